@@ -1,0 +1,100 @@
+"""Atomic file writes and safe array loading shared by every command that touches disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amnet.errors import AMNetError
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename, so no half file is left."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise AMNetError(f"{path}: cannot write, folder {directory} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise AMNetError(f"{path}: cannot write ({exc.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """Read a JSON file; any failure becomes a one-line AMNetError naming the file."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise AMNetError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise AMNetError(f"{path}: is a folder, expected a {what}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AMNetError(f"{path}: malformed {what} ({exc})") from None
+    except OSError as exc:
+        raise AMNetError(f"{path}: cannot read {what} ({exc.strerror})") from None
+
+
+def load_features(path: str | os.PathLike, expected_dim: int | None = None) -> np.ndarray:
+    """Load one ``[T, C]`` feature array as contiguous float32, refusing pickles and bad arrays."""
+    path = Path(path)
+    try:
+        array = np.load(path, allow_pickle=False, mmap_mode=None)
+    except FileNotFoundError:
+        raise AMNetError(f"{path}: feature file not found") from None
+    except IsADirectoryError:
+        raise AMNetError(f"{path}: is a folder, expected a .npy feature file") from None
+    except ValueError as exc:
+        msg = str(exc)
+        if "pickle" in msg.lower() or "object" in msg.lower():
+            raise AMNetError(f"{path}: holds a pickled/object array, refused (allow_pickle=False)") from None
+        raise AMNetError(f"{path}: not a valid .npy file ({msg.splitlines()[0]})") from None
+    except (OSError, EOFError) as exc:
+        raise AMNetError(f"{path}: not a readable .npy file ({exc})") from None
+    if not isinstance(array, np.ndarray):
+        raise AMNetError(f"{path}: expected a single .npy array, found {type(array).__name__}")
+    if array.dtype.kind not in "fiu" or array.dtype.kind == "b":
+        raise AMNetError(f"{path}: features must be numeric floats, found dtype {array.dtype}")
+    if array.ndim != 2:
+        raise AMNetError(f"{path}: features must have shape [T, C], found shape {list(array.shape)}")
+    if expected_dim is not None and array.shape[1] != expected_dim:
+        raise AMNetError(
+            f"{path}: features have {array.shape[1]} channels, the model expects {expected_dim}"
+        )
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if array.size and not np.isfinite(array).all():
+        raise AMNetError(f"{path}: features contain NaN or Inf")
+    return array
