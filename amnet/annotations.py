@@ -65,17 +65,23 @@ def parse_database(data: object, path: os.PathLike | str) -> dict[str, VideoAnno
                 raise AMNetError(f"{path}: video {vid!r} annotation {i} is not an object")
             seg = ann.get("segment")
             if not isinstance(seg, (list, tuple)) or len(seg) != 2:
-                raise AMNetError(f"{path}: video {vid!r} annotation {i} needs 'segment': [start, end]")
+                raise AMNetError(
+                    f"{path}: video {vid!r} annotation {i} needs 'segment': [start, end]"
+                )
             s = _number(seg[0], f"video {vid!r} annotation {i} start", path)
             e = _number(seg[1], f"video {vid!r} annotation {i} end", path)
             if e < s:
-                raise AMNetError(f"{path}: video {vid!r} annotation {i} has a negative-length segment [{s}, {e}]")
+                raise AMNetError(
+                    f"{path}: video {vid!r} annotation {i} has a negative-length segment [{s}, {e}]"
+                )
             label = ann.get("label")
             if not isinstance(label, str):
                 raise AMNetError(f"{path}: video {vid!r} annotation {i} has no 'label' string")
             label_id = ann.get("label_id", -1)
             if isinstance(label_id, bool) or not isinstance(label_id, int):
-                raise AMNetError(f"{path}: video {vid!r} annotation {i} 'label_id' must be an integer")
+                raise AMNetError(
+                    f"{path}: video {vid!r} annotation {i} 'label_id' must be an integer"
+                )
             segs.append((s, e))
             labels.append(label)
             ids.append(label_id)
@@ -101,7 +107,9 @@ def subset_names(videos: Mapping[str, VideoAnnotation]) -> list[str]:
 
 
 def select_subset(
-    videos: Mapping[str, VideoAnnotation], subset: str | Iterable[str], path: os.PathLike | str = "annotations"
+    videos: Mapping[str, VideoAnnotation],
+    subset: str | Iterable[str],
+    path: os.PathLike | str = "annotations",
 ) -> dict[str, VideoAnnotation]:
     """The videos of one or more subsets (case-insensitive); an empty result is an error."""
     wanted = {subset.lower()} if isinstance(subset, str) else {s.lower() for s in subset}
@@ -113,7 +121,9 @@ def select_subset(
     return chosen
 
 
-def build_label_map(videos: Iterable[VideoAnnotation], path: os.PathLike | str = "annotations") -> list[str]:
+def build_label_map(
+    videos: Iterable[VideoAnnotation], path: os.PathLike | str = "annotations"
+) -> list[str]:
     """Class names indexed by label id.
 
     Uses the file's ``label_id`` fields when every annotation has one (ActionFormer files do),
@@ -122,11 +132,13 @@ def build_label_map(videos: Iterable[VideoAnnotation], path: os.PathLike | str =
     pairs: dict[str, int] = {}
     have_ids = True
     for video in videos:
-        for label, label_id in zip(video.labels, video.label_ids.tolist()):
+        for label, label_id in zip(video.labels, video.label_ids.tolist(), strict=True):
             if label_id < 0:
                 have_ids = False
             if label in pairs and pairs[label] != label_id and have_ids:
-                raise AMNetError(f"{path}: label {label!r} appears with two label_ids ({pairs[label]}, {label_id})")
+                raise AMNetError(
+                    f"{path}: label {label!r} appears with two label_ids ({pairs[label]}, {label_id})"
+                )
             pairs.setdefault(label, label_id)
     if not pairs:
         return []
@@ -135,7 +147,9 @@ def build_label_map(videos: Iterable[VideoAnnotation], path: os.PathLike | str =
     by_id: dict[int, str] = {}
     for label, label_id in pairs.items():
         if label_id in by_id and by_id[label_id] != label:
-            raise AMNetError(f"{path}: label_id {label_id} is used by {by_id[label_id]!r} and {label!r}")
+            raise AMNetError(
+                f"{path}: label_id {label_id} is used by {by_id[label_id]!r} and {label!r}"
+            )
         by_id[label_id] = label
     size = max(by_id) + 1
     return [by_id.get(i, f"class_{i}") for i in range(size)]
@@ -150,8 +164,14 @@ def dump_database(videos: Iterable[VideoAnnotation], version: str = "amnet") -> 
             "duration": round(float(v.duration), 3),
             "fps": float(v.fps),
             "annotations": [
-                {"label": label, "segment": [round(float(s), 3), round(float(e), 3)], "label_id": int(i)}
-                for (s, e), label, i in zip(v.segments.tolist(), v.labels, v.label_ids.tolist())
+                {
+                    "label": label,
+                    "segment": [round(float(s), 3), round(float(e), 3)],
+                    "label_id": int(i),
+                }
+                for (s, e), label, i in zip(
+                    v.segments.tolist(), v.labels, v.label_ids.tolist(), strict=True
+                )
             ],
         }
     return {"version": version, "database": database}

@@ -80,7 +80,9 @@ def load_features(path: str | os.PathLike, expected_dim: int | None = None) -> n
     except ValueError as exc:
         msg = str(exc)
         if "pickle" in msg.lower() or "object" in msg.lower():
-            raise AMNetError(f"{path}: holds a pickled/object array, refused (allow_pickle=False)") from None
+            raise AMNetError(
+                f"{path}: holds a pickled/object array, refused (allow_pickle=False)"
+            ) from None
         raise AMNetError(f"{path}: not a valid .npy file ({msg.splitlines()[0]})") from None
     except (OSError, EOFError) as exc:
         raise AMNetError(f"{path}: not a readable .npy file ({exc})") from None
@@ -89,7 +91,9 @@ def load_features(path: str | os.PathLike, expected_dim: int | None = None) -> n
     if array.dtype.kind not in "fiu" or array.dtype.kind == "b":
         raise AMNetError(f"{path}: features must be numeric floats, found dtype {array.dtype}")
     if array.ndim != 2:
-        raise AMNetError(f"{path}: features must have shape [T, C], found shape {list(array.shape)}")
+        raise AMNetError(
+            f"{path}: features must have shape [T, C], found shape {list(array.shape)}"
+        )
     if expected_dim is not None and array.shape[1] != expected_dim:
         raise AMNetError(
             f"{path}: features have {array.shape[1]} channels, the model expects {expected_dim}"

@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 
 
-def visibility_mask(windows: torch.Tensor, lengths: torch.Tensor, t_q: int, t_k: int) -> torch.Tensor:
+def visibility_mask(
+    windows: torch.Tensor, lengths: torch.Tensor, t_q: int, t_k: int
+) -> torch.Tensor:
     """Boolean ``[B, H, Tq, Tk]``: key j visible to query i of head h in video b.
 
     Visible iff both i and j are below the video's length and, for a windowed head

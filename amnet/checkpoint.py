@@ -1,0 +1,86 @@
+"""Checkpoints: plain dicts of tensors and builtins, loadable with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from amnet import __version__
+from amnet.config import config_from_dict
+from amnet.errors import AMNetError
+from amnet.model import AMNet
+
+FORMAT = "amnet-checkpoint"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
+    """Write a checkpoint atomically (temporary file, then rename)."""
+    path = Path(path)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__, **fields}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and sanity-check a checkpoint file; every failure is a one-line AMNetError."""
+    path = Path(path)
+    if not path.is_file():
+        raise AMNetError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+    ) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AMNetError(f"{path}: not a readable checkpoint ({first[:160]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise AMNetError(f"{path}: not an AMNet checkpoint")
+    for key in ("config", "class_names", "model"):
+        if key not in ckpt:
+            raise AMNetError(f"{path}: AMNet checkpoint without '{key}'")
+    return ckpt
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model(
+    path: str | os.PathLike, use_ema: bool = True
+) -> tuple[AMNet, dict[str, Any], list[str]]:
+    """The model of a checkpoint (EMA weights when present and asked for), its config, class names."""
+    ckpt = read_checkpoint(path)
+    cfg = config_from_dict(ckpt["config"], f"{path} (config)")
+    model = AMNet.from_config(cfg)
+    weights = ckpt.get("ema") if use_ema and ckpt.get("ema") is not None else ckpt["model"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise AMNetError(
+            f"{path}: weights do not match the architecture of its config ({str(exc).splitlines()[0][:160]})"
+        ) from None
+    model.eval()
+    return model, cfg, list(ckpt["class_names"])

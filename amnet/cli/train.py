@@ -1,0 +1,68 @@
+"""``amnet-train``: train AMNet from a config on a dataset folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from amnet.cli.common import run_cli, setup_logging
+from amnet.config import load_config
+
+log = logging.getLogger("amnet.train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="amnet-train", description="Train AMNet on pre-extracted video features."
+    )
+    p.add_argument("--config", required=True, help="YAML config (e.g. configs/thumos14_i3d.yaml)")
+    p.add_argument(
+        "--data",
+        help="dataset folder: annotations.json + features/ (overrides relative config paths)",
+    )
+    p.add_argument("--out", required=True, help="run folder for last.pt, best.pt and train.log")
+    p.add_argument(
+        "--epochs", type=int, help="override opt.epochs (0 writes an initialised checkpoint)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--resume", help="continue from a last.pt of the same run")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    return p
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(quiet=args.quiet)
+    from amnet.train import train
+
+    cfg = load_config(args.config)
+    summary = train(
+        cfg,
+        args.data,
+        args.out,
+        args.epochs,
+        args.seed,
+        args.device,
+        args.resume,
+        progress=not args.quiet,
+    )
+    print(
+        json.dumps(
+            {
+                "out_dir": summary["out_dir"],
+                "best_average_mAP": summary["best_map"],
+                "epochs": len(summary["history"]),
+            }
+        )
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv, "amnet-train")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,175 @@
+"""YAML configs in ActionFormer's shape (dataset, model, opt, loader, train_cfg, test_cfg).
+
+A config file overrides :data:`DEFAULTS`; a top-level ``base: other.yaml`` key first loads
+another file (relative to this one), which is how the ablation files stay a few lines long.
+Unknown keys are an error naming the key, so a typo never silently trains the wrong model.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from amnet.errors import AMNetError
+
+THUMOS14_CLASSES = [
+    "BaseballPitch", "BasketballDunk", "Billiards", "CleanAndJerk", "CliffDiving",
+    "CricketBowling", "CricketShot", "Diving", "FrisbeeCatch", "GolfSwing", "HammerThrow",
+    "HighJump", "JavelinThrow", "LongJump", "PoleVault", "Shotput", "SoccerPenalty",
+    "TennisSwing", "ThrowDiscus", "VolleyballSpiking",
+]  # fmt: skip
+
+DEFAULTS: dict[str, Any] = {
+    "dataset_name": "thumos14",
+    "dataset": {
+        "annotation_file": None,  # annotations.json; relative paths resolve against --data
+        "feature_folder": None,  # folder of <video_id>.npy
+        "train_split": ["validation"],
+        "val_split": ["test"],
+        "num_classes": 20,
+        "input_dim": 2048,
+        "default_fps": 30.0,
+        "feature_stride": 4,
+        "num_frames": 16,
+        "max_seq_len": 2304,
+        "trunc_thresh": 0.5,
+        "crop_ratio": [0.9, 1.0],
+        "file_ext": ".npy",
+    },
+    "model": {
+        "embd_dim": 512,
+        "embd_kernel_size": 3,
+        "use_ame": True,
+        "n_ame_layers": 2,
+        "n_heads": 4,
+        "mlp_ratio": 4,
+        "dropout": 0.0,
+        "use_gam": True,
+        "short_window": 19,
+        "n_levels": 6,
+        "head_dim": 512,
+        "head_num_layers": 3,
+        "head_kernel_size": 3,
+        "regression_range": [[0, 4], [4, 8], [8, 16], [16, 32], [32, 64], [64, 10000]],
+        "center_sample_radius": 1.5,
+        "prior_prob": 0.01,
+    },
+    "opt": {
+        "type": "AdamW",
+        "learning_rate": 1.0e-4,
+        "weight_decay": 0.05,
+        "epochs": 35,
+        "warmup_epochs": 5,
+    },
+    "loader": {"batch_size": 2, "num_workers": 0},
+    "train_cfg": {
+        "clip_grad_l2norm": 1.0,
+        "focal_alpha": 0.25,
+        "focal_gamma": 2.0,
+        "init_loss_norm": 100.0,
+        "loss_norm_momentum": 0.9,
+        "reg_loss_weight": 1.0,
+        "lambda_mask": 1.0,
+        "lambda_ctr": 0.1,
+        "ctr_temperature": 0.1,
+        "ema_decay": 0.999,
+        "amp": True,
+        "eval_every": 5,
+    },
+    "test_cfg": {
+        "score_thresh": 0.001,
+        "pre_nms_topk": 2000,
+        "nms_method": "soft",
+        "iou_threshold": 0.1,
+        "sigma": 0.5,
+        "min_score": 0.001,
+        "max_detections": 200,
+        "voting_thresh": 0.7,
+        "multiclass": True,
+        "min_duration": 0.05,
+        "chunk_overlap": 0.25,
+        "tiou_thresholds": [0.3, 0.4, 0.5, 0.6, 0.7],
+    },
+}
+
+
+def merge_config(
+    base: Mapping[str, Any], override: Mapping[str, Any], where: str, prefix: str = ""
+) -> dict:
+    """``base`` updated by ``override``; a key not in ``base`` is an error naming it."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            raise AMNetError(f"{where}: unknown config key '{dotted}'")
+        if isinstance(base[key], Mapping):
+            if not isinstance(value, Mapping):
+                raise AMNetError(f"{where}: config key '{dotted}' must be a section (mapping)")
+            out[key] = merge_config(base[key], value, where, f"{dotted}.")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise AMNetError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise AMNetError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise AMNetError(f"{path}: cannot read config ({exc.strerror})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise AMNetError(f"{path}: a config must be a YAML mapping")
+    return data
+
+
+def load_config(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Load a YAML config over the defaults, following ``base:`` links."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise AMNetError(f"{path}: 'base' links form a cycle")
+    data = _read_yaml(path)
+    base_name = data.pop("base", None)
+    if base_name is not None:
+        base = load_config(path.parent / str(base_name), (*_seen, path))
+    else:
+        base = DEFAULTS
+    cfg = merge_config(base, data, str(path))
+    validate_config(cfg, str(path))
+    return cfg
+
+
+def config_from_dict(data: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
+    """A full config from a (possibly partial) mapping, e.g. the one stored in a checkpoint."""
+    cfg = merge_config(DEFAULTS, data, where)
+    validate_config(cfg, where)
+    return cfg
+
+
+def validate_config(cfg: Mapping[str, Any], where: str) -> None:
+    model, data = cfg["model"], cfg["dataset"]
+    checks = [
+        (model["embd_dim"] > 0 and model["embd_dim"] % 2 == 0, "model.embd_dim must be a positive even number"),
+        (model["n_heads"] >= 2 and model["n_heads"] % 2 == 0, "model.n_heads must be an even number >= 2 (half long, half short)"),
+        (model["embd_dim"] % (2 * model["n_heads"]) == 0, "model.embd_dim must be divisible by 2 * model.n_heads"),
+        (model["n_levels"] >= 1, "model.n_levels must be >= 1"),
+        (len(model["regression_range"]) == model["n_levels"], "model.regression_range needs one [lo, hi] per level"),
+        (data["max_seq_len"] % (2 ** (model["n_levels"] - 1)) == 0, "dataset.max_seq_len must be divisible by 2 ** (n_levels - 1)"),
+        (data["num_classes"] >= 1, "dataset.num_classes must be >= 1"),
+        (data["input_dim"] >= 1, "dataset.input_dim must be >= 1"),
+        (0 <= cfg["test_cfg"]["chunk_overlap"] < 1, "test_cfg.chunk_overlap must be in [0, 1)"),
+        (model["short_window"] >= 1, "model.short_window must be >= 1"),
+    ]  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            raise AMNetError(f"{where}: {message}")

@@ -1,0 +1,224 @@
+"""The video feature dataset: one ``[T, C]`` ``.npy`` per video plus an annotation file.
+
+Time conventions (DESIGN §3): snippet ``t`` is centred at ``(t * stride + num_frames / 2) / fps``
+seconds; ground-truth segments are converted to snippet units with the inverse of that map.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from amnet.annotations import VideoAnnotation, build_label_map, load_annotations, select_subset
+from amnet.errors import AMNetError
+from amnet.fileio import load_features
+
+log = logging.getLogger(__name__)
+
+
+def seconds_to_snippets(
+    seconds: np.ndarray, fps: float, stride: int, num_frames: int
+) -> np.ndarray:
+    return (np.asarray(seconds, dtype=np.float64) * fps - 0.5 * num_frames) / stride
+
+
+def snippets_to_seconds(
+    snippets: np.ndarray, fps: float, stride: int, num_frames: int
+) -> np.ndarray:
+    return (np.asarray(snippets, dtype=np.float64) * stride + 0.5 * num_frames) / fps
+
+
+def truncate_video(
+    feats: np.ndarray,
+    segments: np.ndarray,
+    labels: np.ndarray,
+    max_len: int,
+    trunc_thresh: float,
+    rng: np.random.Generator,
+    crop_ratio: Sequence[float] | None = None,
+    trials: int = 200,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """A random training window of at most ``max_len`` snippets.
+
+    Actions that keep at least ``trunc_thresh`` of their length inside the window stay (clipped
+    to it); the rest are dropped. Windows with at least one action are preferred. Returns the
+    cropped features, segments, labels and the window start.
+    """
+    length = feats.shape[0]
+    if length <= max_len:
+        if crop_ratio is None or length < 2:
+            return feats, segments, labels, 0
+        lo = max(1, round(crop_ratio[0] * length))
+        hi = min(length, round(crop_ratio[1] * length))
+        max_len = int(rng.integers(lo, hi + 1))
+        if max_len >= length:
+            return feats, segments, labels, 0
+    area = np.maximum(segments[:, 1] - segments[:, 0], 1e-6)
+    best = None
+    for _ in range(trials):
+        start = int(rng.integers(0, length - max_len + 1))
+        end = start + max_len
+        inter = np.clip(
+            np.minimum(segments[:, 1], end) - np.maximum(segments[:, 0], start), 0, None
+        )
+        keep = inter / area >= trunc_thresh
+        best = (start, keep)
+        if keep.any() or len(segments) == 0:
+            break
+    start, keep = best
+    window = np.clip(segments[keep], start, start + max_len) - start
+    return feats[start : start + max_len], window, labels[keep], start
+
+
+class VideoFeatureDataset(Dataset):
+    """Videos of some subsets of an annotation file with their features.
+
+    Each item is a dict: ``video_id``, ``feats`` (float32 tensor ``[T, C]``), ``segments``
+    (float32 ``[N, 2]`` in snippet units of the item, after any crop), ``labels`` (int64 ``[N]``),
+    ``fps``, ``duration``, ``feat_stride``, ``num_frames`` and ``offset`` (crop start).
+    """
+
+    def __init__(
+        self,
+        annotation_file: str | os.PathLike,
+        feature_folder: str | os.PathLike,
+        subsets: str | Sequence[str],
+        *,
+        is_training: bool,
+        input_dim: int,
+        max_seq_len: int,
+        feature_stride: int = 4,
+        num_frames: int = 16,
+        default_fps: float = 30.0,
+        trunc_thresh: float = 0.5,
+        crop_ratio: Sequence[float] | None = None,
+        class_names: Sequence[str] | None = None,
+        file_ext: str = ".npy",
+        seed: int = 0,
+    ) -> None:
+        all_videos = load_annotations(annotation_file)
+        self.class_names = (
+            list(class_names)
+            if class_names is not None
+            else build_label_map(all_videos.values(), annotation_file)
+        )
+        self.videos: list[VideoAnnotation] = sorted(
+            select_subset(all_videos, subsets, annotation_file).values(), key=lambda v: v.video_id
+        )
+        self.feature_folder = Path(feature_folder)
+        self.is_training = is_training
+        self.input_dim = input_dim
+        self.max_seq_len = max_seq_len
+        self.feature_stride = feature_stride
+        self.num_frames = num_frames
+        self.default_fps = default_fps
+        self.trunc_thresh = trunc_thresh
+        self.crop_ratio = crop_ratio
+        self.file_ext = file_ext
+        self.rng = np.random.default_rng(seed)
+        self._check_labels(annotation_file)
+        self._check_files()
+
+    def _check_labels(self, path: str | os.PathLike) -> None:
+        known = set(self.class_names)
+        unknown = sorted({lab for v in self.videos for lab in v.labels} - known)
+        if unknown:
+            raise AMNetError(
+                f"{path}: labels {unknown[:5]} are not among the model's {len(known)} classes"
+            )
+        index = {name: i for i, name in enumerate(self.class_names)}
+        for v in self.videos:
+            v.label_ids = np.asarray([index[lab] for lab in v.labels], dtype=np.int64)
+
+    def feature_path(self, video_id: str) -> Path:
+        return self.feature_folder / f"{video_id}{self.file_ext}"
+
+    def _check_files(self) -> None:
+        """Fail early, naming the files, rather than mid-epoch."""
+        missing = [
+            str(self.feature_path(v.video_id))
+            for v in self.videos
+            if not self.feature_path(v.video_id).is_file()
+        ]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise AMNetError(
+                f"{len(missing)} feature file(s) missing: {', '.join(missing[:3])}{more}"
+            )
+        bad = []
+        for v in self.videos:
+            path = self.feature_path(v.video_id)
+            try:
+                header = np.load(path, mmap_mode="r", allow_pickle=False)
+            except Exception as exc:  # any unreadable file is reported with its name
+                bad.append(f"{path} ({type(exc).__name__})")
+                continue
+            if header.ndim != 2 or header.shape[1] != self.input_dim or header.dtype.kind != "f":
+                bad.append(
+                    f"{path} (shape {list(header.shape)}, dtype {header.dtype}; expected [T, {self.input_dim}] float)"
+                )
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise AMNetError(f"{len(bad)} bad feature file(s): {'; '.join(bad[:3])}{more}")
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        video = self.videos[index]
+        feats = load_features(self.feature_path(video.video_id), self.input_dim)
+        fps = video.fps or self.default_fps
+        segments = seconds_to_snippets(video.segments, fps, self.feature_stride, self.num_frames)
+        segments = np.clip(segments, 0, feats.shape[0])
+        labels = video.label_ids
+        offset = 0
+        if self.is_training:
+            feats, segments, labels, offset = truncate_video(
+                feats,
+                segments,
+                labels,
+                self.max_seq_len,
+                self.trunc_thresh,
+                self.rng,
+                self.crop_ratio,
+            )
+        return {
+            "video_id": video.video_id,
+            "feats": torch.from_numpy(np.ascontiguousarray(feats)),
+            "segments": torch.as_tensor(segments, dtype=torch.float32).reshape(-1, 2),
+            "labels": torch.as_tensor(labels, dtype=torch.int64),
+            "fps": fps,
+            "duration": video.duration,
+            "feat_stride": self.feature_stride,
+            "num_frames": self.num_frames,
+            "offset": offset,
+        }
+
+
+def collate_videos(
+    items: list[dict[str, Any]], pad_multiple: int = 1, pad_to: int | None = None
+) -> dict[str, Any]:
+    """Pad a list of items to one ``[B, T, C]`` batch with valid ``lengths`` and ``mask``.
+
+    ``T`` is the longest item (or ``pad_to``) rounded up to ``pad_multiple`` so every pyramid
+    level divides evenly. Per-video fields stay lists.
+    """
+    lengths = torch.tensor([it["feats"].shape[0] for it in items], dtype=torch.int64)
+    longest = int(lengths.max()) if pad_to is None else max(pad_to, int(lengths.max()))
+    padded = max(pad_multiple, -(-longest // pad_multiple) * pad_multiple)
+    channels = items[0]["feats"].shape[1]
+    feats = items[0]["feats"].new_zeros(len(items), padded, channels)
+    for i, it in enumerate(items):
+        feats[i, : it["feats"].shape[0]] = it["feats"]
+    batch = {key: [it[key] for it in items] for key in items[0] if key != "feats"}
+    batch["feats"] = feats
+    batch["lengths"] = lengths
+    batch["mask"] = torch.arange(padded)[None, :] < lengths[:, None]
+    return batch

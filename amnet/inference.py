@@ -1,0 +1,96 @@
+"""Running a PyTorch AMNet over whole videos: chunking, batching and the shared post-processing."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from amnet.detections import Detections
+from amnet.postprocess import PostprocessConfig, plan_chunks, postprocess_chunks
+
+log = logging.getLogger(__name__)
+
+_NOT_POSTPROCESS = ("chunk_overlap", "tiou_thresholds")
+
+
+def postprocess_config(cfg: Mapping[str, Any]) -> PostprocessConfig:
+    """The post-processing settings of a full config's ``test_cfg``."""
+    return PostprocessConfig.from_dict(
+        {k: v for k, v in cfg["test_cfg"].items() if k not in _NOT_POSTPROCESS}
+    )
+
+
+@torch.no_grad()
+def predict_chunks(
+    model: torch.nn.Module,
+    feats: np.ndarray,
+    max_seq_len: int,
+    overlap: float,
+    device: torch.device | str = "cpu",
+    batch_size: int = 4,
+) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Raw model outputs ``(scores, segments, offset)`` for each chunk of one ``[T, C]`` video."""
+    windows = plan_chunks(feats.shape[0], max_seq_len, overlap)
+    outputs: list[tuple[np.ndarray, np.ndarray, int]] = []
+    for i in range(0, len(windows), batch_size):
+        group = windows[i : i + batch_size]
+        length = max(end - start for start, end in group)
+        x = torch.zeros(len(group), length, feats.shape[1], dtype=torch.float32)
+        for j, (start, end) in enumerate(group):
+            x[j, : end - start] = torch.from_numpy(feats[start:end])
+        lengths = torch.tensor([end - start for start, end in group], dtype=torch.int64)
+        scores, segments = model.predict(x.to(device), lengths.to(device))
+        scores, segments = scores.float().cpu().numpy(), segments.float().cpu().numpy()
+        outputs.extend((scores[j], segments[j], start) for j, (start, _) in enumerate(group))
+    return outputs
+
+
+def detect_video(
+    model: torch.nn.Module,
+    feats: np.ndarray,
+    cfg: Mapping[str, Any],
+    duration: float,
+    fps: float | None = None,
+    device: torch.device | str = "cpu",
+    post: PostprocessConfig | None = None,
+) -> Detections:
+    """Detections (seconds) of one video with the config's chunk policy and post-processing."""
+    data = cfg["dataset"]
+    chunks = predict_chunks(
+        model, feats, data["max_seq_len"], cfg["test_cfg"]["chunk_overlap"], device
+    )
+    return postprocess_chunks(
+        chunks,
+        duration=duration,
+        fps=fps or data["default_fps"],
+        feature_stride=data["feature_stride"],
+        num_frames=data["num_frames"],
+        cfg=post or postprocess_config(cfg),
+    )
+
+
+def detect_dataset(
+    model: torch.nn.Module,
+    items: Iterable[Mapping[str, Any]],
+    cfg: Mapping[str, Any],
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    total: int | None = None,
+) -> dict[str, Detections]:
+    """Detections for every item of a dataset (items as produced by VideoFeatureDataset)."""
+    model.eval()
+    post = postprocess_config(cfg)
+    results: dict[str, Detections] = {}
+    for item in tqdm(
+        items, total=total, desc="inference", unit="video", disable=not progress, leave=False
+    ):
+        feats = item["feats"].numpy() if torch.is_tensor(item["feats"]) else item["feats"]
+        results[item["video_id"]] = detect_video(
+            model, feats, cfg, item["duration"], item["fps"], device, post
+        )
+    return results

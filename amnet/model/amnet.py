@@ -1,0 +1,238 @@
+"""AMNet: Action-aware Masking Network with Group-based Attention.
+
+Read top to bottom: features are embedded (Conv1d ×2), refined by the Action Masking Encoder
+(AME), then a 6-level pyramid of Group Attention Module (GAM) blocks with masked stride-2
+max-pooling between levels feeds shared classification and regression heads. ``forward``
+returns raw head outputs (training); ``predict`` returns what the exported graph returns:
+per-point class probabilities and decoded segments in snippet units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from amnet.model.ame import ActionMaskingEncoder, action_contrastive_loss
+from amnet.model.blocks import masked_max_pool
+from amnet.model.embedding import FeatureEmbedding
+from amnet.model.gam import GAMBlock
+from amnet.model.heads import ClassificationHead, RegressionHead
+from amnet.model.losses import diou_loss_1d, sigmoid_focal_loss
+from amnet.model.targets import assign_targets, foreground_mask, pyramid_points
+
+
+@dataclass
+class AMNetOutput:
+    cls_logits: torch.Tensor  # [B, P, K]
+    offsets: torch.Tensor  # [B, P, 2], distances to start/end in units of the point's stride
+    point_mask: torch.Tensor  # [B, P] bool, points inside the valid length
+    centers: torch.Tensor  # [P] level-0 snippet index of each point
+    strides: torch.Tensor  # [P]
+    levels: torch.Tensor  # [P]
+    actionness_logits: torch.Tensor | None  # [B, T] (None without AME)
+    encoded: torch.Tensor | None  # [B, T, D] AME output (None without AME)
+    mask: torch.Tensor  # [B, T, 1] float, padded length
+
+
+class AMNet(nn.Module):
+    def __init__(
+        self,
+        input_dim: int,
+        num_classes: int,
+        embd_dim: int = 512,
+        embd_kernel_size: int = 3,
+        use_ame: bool = True,
+        n_ame_layers: int = 2,
+        n_heads: int = 4,
+        mlp_ratio: int = 4,
+        dropout: float = 0.0,
+        use_gam: bool = True,
+        short_window: int = 19,
+        n_levels: int = 6,
+        head_dim: int = 512,
+        head_num_layers: int = 3,
+        head_kernel_size: int = 3,
+        regression_range: Sequence[Sequence[float]] = (
+            (0, 4),
+            (4, 8),
+            (8, 16),
+            (16, 32),
+            (32, 64),
+            (64, 10000),
+        ),
+        center_sample_radius: float = 1.5,
+        prior_prob: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.n_levels = n_levels
+        self.regression_range = [list(map(float, r)) for r in regression_range]
+        self.center_sample_radius = center_sample_radius
+        # Per-channel input standardisation, set from the training split before training
+        # (identity until then). Raw I3D-style features are non-negative with a large shared
+        # offset that otherwise dominates the first LayerNorm and stalls learning.
+        self.register_buffer("input_mean", torch.zeros(input_dim))
+        self.register_buffer("input_std", torch.ones(input_dim))
+        self.embedding = FeatureEmbedding(input_dim, embd_dim, embd_kernel_size)
+        self.ame = (
+            ActionMaskingEncoder(embd_dim, n_ame_layers, n_heads, mlp_ratio, dropout)
+            if use_ame
+            else None
+        )
+        self.pyramid = nn.ModuleList(
+            GAMBlock(embd_dim, n_heads, short_window, mlp_ratio, dropout, grouped=use_gam)
+            for _ in range(n_levels)
+        )
+        self.cls_head = ClassificationHead(
+            embd_dim, head_dim, num_classes, head_num_layers, head_kernel_size, prior_prob
+        )
+        self.reg_head = RegressionHead(
+            embd_dim, head_dim, n_levels, head_num_layers, head_kernel_size
+        )
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> AMNet:
+        return cls(
+            input_dim=cfg["dataset"]["input_dim"],
+            num_classes=cfg["dataset"]["num_classes"],
+            **cfg["model"],
+        )
+
+    @torch.no_grad()
+    def set_input_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.input_mean.copy_(mean)
+        self.input_std.copy_(std.clamp_min(1e-3))
+
+    @property
+    def pad_multiple(self) -> int:
+        return 2 ** (self.n_levels - 1)
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> AMNetOutput:
+        """``feats`` ``[B, T, C]`` (any T; padded inside to the pyramid's multiple), ``lengths`` ``[B]``."""
+        t = feats.shape[1]
+        padded = (t + self.pad_multiple - 1) // self.pad_multiple * self.pad_multiple
+        x = F.pad(feats, (0, 0, 0, padded - t))
+        lengths = lengths.to(torch.int64)
+        mask = (
+            (torch.arange(padded, device=x.device)[None, :] < lengths[:, None])
+            .unsqueeze(-1)
+            .to(x.dtype)
+        )
+        x = (x - self.input_mean) / self.input_std * mask
+
+        x = self.embedding(x, mask)
+        actionness, encoded = None, None
+        if self.ame is not None:
+            x, actionness = self.ame(x, mask, lengths)
+            encoded = x
+
+        cls_out, reg_out, point_masks = [], [], []
+        level_mask, level_lengths = mask, lengths
+        for level, block in enumerate(self.pyramid):
+            if level > 0:
+                x, level_mask, level_lengths = masked_max_pool(x, level_mask, level_lengths)
+            x = block(x, level_mask, level_lengths)
+            cls_out.append(self.cls_head(x, level_mask))
+            reg_out.append(self.reg_head(x, level_mask, level))
+            point_masks.append(level_mask.squeeze(-1) > 0)
+
+        centers, strides, levels = pyramid_points(padded, self.n_levels, x.device)
+        return AMNetOutput(
+            cls_logits=torch.cat(cls_out, dim=1),
+            offsets=torch.cat(reg_out, dim=1),
+            point_mask=torch.cat(point_masks, dim=1),
+            centers=centers,
+            strides=strides,
+            levels=levels,
+            actionness_logits=actionness,
+            encoded=encoded,
+            mask=mask,
+        )
+
+    def predict(
+        self, feats: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class probabilities ``[B, P, K]`` (0 at padded points) and segments ``[B, P, 2]``
+        in snippet units: the exported graph's outputs."""
+        out = self(feats, lengths)
+        scores = torch.sigmoid(out.cls_logits) * out.point_mask.unsqueeze(-1).to(
+            out.cls_logits.dtype
+        )
+        step = out.offsets * out.strides[None, :, None]
+        segments = torch.stack([out.centers - step[..., 0], out.centers + step[..., 1]], dim=-1)
+        return scores, segments
+
+
+class AMNetLoss(nn.Module):
+    """Focal + DIoU + actionness BCE + action contrastive loss (DESIGN §4.7)."""
+
+    def __init__(self, model: AMNet, train_cfg: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = dict(train_cfg)
+        self.register_buffer("loss_norm", torch.tensor(float(train_cfg["init_loss_norm"])))
+
+    def forward(
+        self, out: AMNetOutput, segments: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        cfg, model = self.cfg, self.model
+        cls_targets, reg_targets = zip(
+            *(
+                assign_targets(
+                    out.centers, out.strides, out.levels, seg.to(out.centers.device), lab.to(out.centers.device),
+                    model.num_classes, model.regression_range, model.center_sample_radius,
+                )
+                for seg, lab in zip(segments, labels, strict=True)
+            ),
+            strict=True,
+        )  # fmt: skip
+        cls_targets = torch.stack(cls_targets)
+        reg_targets = torch.stack(reg_targets)
+        valid = out.point_mask
+        positive = (cls_targets.sum(-1) > 0) & valid
+        num_pos = positive.sum().item()
+        if self.training:
+            m = cfg["loss_norm_momentum"]
+            self.loss_norm.mul_(m).add_((1 - m) * max(num_pos, 1))
+        norm = self.loss_norm.clamp_min(1.0)
+
+        logits = out.cls_logits.float()
+        cls_loss = (
+            sigmoid_focal_loss(
+                logits[valid], cls_targets[valid], cfg["focal_alpha"], cfg["focal_gamma"]
+            ).sum()
+            / norm
+        )
+        if num_pos:
+            reg_loss = (
+                diou_loss_1d(out.offsets.float()[positive], reg_targets[positive]).sum() / norm
+            )
+        else:
+            reg_loss = out.offsets.sum() * 0.0
+        losses = {"cls_loss": cls_loss, "reg_loss": reg_loss}
+        total = cls_loss + cfg["reg_loss_weight"] * reg_loss
+
+        if out.actionness_logits is not None:
+            length = out.mask.shape[1]
+            fg = torch.stack([foreground_mask(seg.to(out.mask.device), length) for seg in segments])
+            snippet_valid = out.mask.squeeze(-1)
+            bce = F.binary_cross_entropy_with_logits(
+                out.actionness_logits.float(), fg, reduction="none"
+            )
+            mask_loss = (bce * snippet_valid).sum() / snippet_valid.sum().clamp_min(1.0)
+            ctr_loss = action_contrastive_loss(
+                out.encoded.float(),
+                out.actionness_logits.float(),
+                fg,
+                out.mask,
+                cfg["ctr_temperature"],
+            )
+            losses["mask_loss"], losses["ctr_loss"] = mask_loss, ctr_loss
+            total = total + cfg["lambda_mask"] * mask_loss + cfg["lambda_ctr"] * ctr_loss
+        losses["final_loss"] = total
+        return losses

@@ -1,0 +1,446 @@
+"""Post-processing shared by every backend: model outputs -> detections in seconds.
+
+The PyTorch model, the ONNX Runtime session and the TensorRT engine all hand their raw per-chunk
+outputs (``scores [P, K]`` sigmoid probabilities and ``segments [P, 2]`` decoded boundaries in
+snippet units relative to the chunk start) to :func:`postprocess_chunks`, so that the three
+backends produce the same detections from the same numbers. Everything here is numpy only.
+
+Pipeline (see DESIGN.md §4.6 and §4.8):
+
+1. :func:`select_candidates` - per chunk, keep scores above ``score_thresh`` and the top
+   ``pre_nms_topk`` (point, class) pairs.
+2. shift by the chunk offset, convert to seconds (:func:`snippets_to_seconds`), clip to the video,
+   drop detections shorter than ``min_duration``.
+3. :func:`nms` - one (soft-)NMS over all chunks together, so an action seen by two overlapping
+   chunks merges into one detection, then score voting and the ``max_detections`` cut.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from amnet.detections import Detections
+from amnet.errors import AMNetError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "NMS_METHODS",
+    "PostprocessConfig",
+    "decode_segments",
+    "nms",
+    "plan_chunks",
+    "postprocess_chunks",
+    "select_candidates",
+    "snippets_to_seconds",
+]
+
+NMS_METHODS = ("soft", "hard", "none")
+
+# Guards the IoU division for zero-length segments (their IoU with anything is then 0).
+_EPS = 1e-12
+
+
+@dataclass
+class PostprocessConfig:
+    """Settings of the post-processing path (defaults: THUMOS14, DESIGN.md §4.8).
+
+    Attributes:
+        score_thresh: candidates must score strictly above this (>= 0, so the exactly-zero
+            scores of padded points never become candidates).
+        pre_nms_topk: at most this many (point, class) candidates per chunk.
+        nms_method: ``"soft"`` (Gaussian soft-NMS), ``"hard"`` or ``"none"``.
+        iou_threshold: hard NMS drops detections whose tIoU with a kept one exceeds this.
+        sigma: Gaussian soft-NMS decays a score by ``exp(-iou**2 / sigma)``.
+        min_score: soft-NMS drops detections whose decayed score falls below this.
+        max_detections: at most this many detections per video.
+        voting_thresh: score voting averages candidates with tIoU >= this; 0 disables voting.
+        multiclass: NMS only among detections of the same class (False: across all classes).
+        min_duration: detections shorter than this many seconds (after clipping) are dropped.
+    """
+
+    score_thresh: float = 0.001
+    pre_nms_topk: int = 2000
+    nms_method: str = "soft"
+    iou_threshold: float = 0.1
+    sigma: float = 0.5
+    min_score: float = 0.001
+    max_detections: int = 200
+    voting_thresh: float = 0.7
+    multiclass: bool = True
+    min_duration: float = 0.05
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`AMNetError` naming the first invalid setting."""
+        for name in ("pre_nms_topk", "max_detections"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise AMNetError(f"postprocess.{name} must be an integer >= 1, got {value!r}")
+        for name in (
+            "score_thresh",
+            "iou_threshold",
+            "sigma",
+            "min_score",
+            "voting_thresh",
+            "min_duration",
+        ):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float, np.floating, np.integer))
+                or not math.isfinite(value)
+            ):
+                raise AMNetError(f"postprocess.{name} must be a finite number, got {value!r}")
+        if self.nms_method not in NMS_METHODS:
+            raise AMNetError(
+                f"postprocess.nms_method must be one of {', '.join(NMS_METHODS)}, "
+                f"got {self.nms_method!r}"
+            )
+        if not isinstance(self.multiclass, bool):
+            raise AMNetError(
+                f"postprocess.multiclass must be true or false, got {self.multiclass!r}"
+            )
+        if self.score_thresh < 0:
+            raise AMNetError(f"postprocess.score_thresh must be >= 0, got {self.score_thresh}")
+        if self.sigma <= 0:
+            raise AMNetError(f"postprocess.sigma must be > 0, got {self.sigma}")
+        if not 0 <= self.iou_threshold <= 1:
+            raise AMNetError(
+                f"postprocess.iou_threshold must be in [0, 1], got {self.iou_threshold}"
+            )
+        if not 0 <= self.voting_thresh <= 1:
+            raise AMNetError(
+                f"postprocess.voting_thresh must be in [0, 1], got {self.voting_thresh}"
+            )
+        if self.min_score < 0:
+            raise AMNetError(f"postprocess.min_score must be >= 0, got {self.min_score}")
+        if self.min_duration < 0:
+            raise AMNetError(f"postprocess.min_duration must be >= 0, got {self.min_duration}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> PostprocessConfig:
+        """Build a config from a mapping (e.g. a YAML section); missing keys take defaults.
+
+        Raises:
+            AMNetError: on keys that are not settings (all of them named) or invalid values.
+        """
+        if values is None:
+            return cls()
+        if not isinstance(values, Mapping):
+            raise AMNetError(f"postprocess settings must be a mapping, got {type(values).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(str(k) for k in values if k not in known)
+        if unknown:
+            raise AMNetError(
+                f"unknown postprocess setting(s): {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        return cls(**dict(values))
+
+
+def decode_segments(centers: np.ndarray, strides: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Turn per-point regression offsets into ``[start, end]`` segments in snippet units.
+
+    The numpy twin of the decoding inside the model graph: offsets are distances to the start and
+    the end in units of the point's level stride.
+
+    Args:
+        centers: ``[P]`` point positions in snippets.
+        strides: ``[P]`` level stride of each point, in snippets.
+        offsets: ``[P, 2]`` distances to start and end, in strides.
+
+    Returns:
+        ``[P, 2]`` float64 ``start = c - offsets[:, 0] * stride``, ``end = c + offsets[:, 1] * stride``.
+    """
+    c = np.asarray(centers, dtype=np.float64).reshape(-1)
+    s = np.asarray(strides, dtype=np.float64).reshape(-1)
+    o = np.asarray(offsets, dtype=np.float64)
+    if o.shape != (len(c), 2) or s.shape != c.shape:
+        raise ValueError(
+            f"decode_segments: centers {c.shape}, strides {s.shape}, offsets {o.shape} "
+            "(expected [P], [P], [P, 2])"
+        )
+    return np.stack([c - o[:, 0] * s, c + o[:, 1] * s], axis=1)
+
+
+def snippets_to_seconds(
+    segments: np.ndarray, fps: float, feature_stride: int, num_frames: int
+) -> np.ndarray:
+    """Convert snippet positions (any shape) to seconds.
+
+    Snippet ``t`` is centred at ``(t * feature_stride + num_frames / 2) / fps`` seconds
+    (THUMOS14: fps 30, stride 4, 16 frames per snippet).
+    """
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    t = np.asarray(segments, dtype=np.float64)
+    return (t * float(feature_stride) + 0.5 * float(num_frames)) / float(fps)
+
+
+def plan_chunks(num_snippets: int, max_len: int, overlap: float) -> list[tuple[int, int]]:
+    """Split ``num_snippets`` snippets into ``[start, end)`` inference windows.
+
+    One window when the video fits in ``max_len``; otherwise windows of exactly ``max_len`` with
+    ``step = max_len - round(max_len * overlap)`` (at least 1), the last one aligned to the end so
+    that no window runs past the video and every snippet is covered.
+
+    Raises:
+        ValueError: on a negative length, ``max_len < 1`` or ``overlap`` outside ``[0, 1)``.
+    """
+    for name, value in (("num_snippets", num_snippets), ("max_len", max_len)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"plan_chunks: {name} must be an integer, got {value!r}")
+    if num_snippets < 0:
+        raise ValueError(f"plan_chunks: num_snippets must be >= 0, got {num_snippets}")
+    if max_len < 1:
+        raise ValueError(f"plan_chunks: max_len must be >= 1, got {max_len}")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"plan_chunks: overlap must be in [0, 1), got {overlap}")
+    total, window = int(num_snippets), int(max_len)
+    if total == 0:
+        return []
+    if total <= window:
+        return [(0, total)]
+    step = max(window - round(window * overlap), 1)
+    last = total - window
+    starts = list(range(0, last + 1, step))
+    if starts[-1] != last:
+        starts.append(last)
+    return [(s, s + window) for s in starts]
+
+
+def select_candidates(
+    scores: np.ndarray, segments: np.ndarray, cfg: PostprocessConfig | None = None
+) -> Detections:
+    """Pick the (point, class) candidates of one chunk.
+
+    Keeps entries scoring strictly above ``cfg.score_thresh`` and of those the top
+    ``cfg.pre_nms_topk`` over the flattened ``P x K`` scores. Ties are resolved by flattened index
+    (point-major), so the selection is deterministic.
+
+    Args:
+        scores: ``[P, K]`` class probabilities.
+        segments: ``[P, 2]`` decoded segments (any unit; returned unchanged).
+
+    Returns:
+        Candidates sorted by score descending; ``labels`` are the class indices.
+    """
+    cfg = cfg or PostprocessConfig()
+    scores = np.asarray(scores)
+    segments = np.asarray(segments, dtype=np.float64)
+    if scores.ndim != 2 or segments.shape != (scores.shape[0], 2):
+        raise ValueError(
+            f"select_candidates: scores {scores.shape}, segments {segments.shape} "
+            "(expected [P, K] and [P, 2])"
+        )
+    num_classes = scores.shape[1]
+    flat = scores.reshape(-1)
+    idx = np.flatnonzero(flat > cfg.score_thresh)  # NaN fails the test, so it is dropped too
+    vals = flat[idx].astype(np.float64)
+    k = cfg.pre_nms_topk
+    if len(idx) > k:
+        # Partition instead of a full sort: all entries above the k-th largest value, then the
+        # earliest entries equal to it - the same set a stable sort would keep, at O(n) cost.
+        kth = np.partition(vals, len(vals) - k)[len(vals) - k]
+        above = np.flatnonzero(vals > kth)
+        ties = np.flatnonzero(vals == kth)[: k - len(above)]
+        keep = np.sort(np.concatenate([above, ties]))
+        idx, vals = idx[keep], vals[keep]
+    order = np.argsort(-vals, kind="stable")
+    idx, vals = idx[order], vals[order]
+    return Detections(segments[idx // num_classes], vals, idx % num_classes)
+
+
+def _tiou_one_to_many(
+    start: float,
+    end: float,
+    length: float,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    lengths: np.ndarray,
+) -> np.ndarray:
+    """tIoU of one segment with many (``lengths`` precomputed, clipped at 0)."""
+    inter = np.minimum(ends, end)
+    inter -= np.maximum(starts, start)
+    np.maximum(inter, 0.0, out=inter)
+    union = lengths + length
+    union -= inter
+    np.maximum(union, _EPS, out=union)
+    inter /= union
+    return inter
+
+
+def _tiou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[len(a), len(b)]`` tIoU between two segment sets."""
+    inter = np.minimum(a[:, None, 1], b[None, :, 1]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    np.maximum(inter, 0.0, out=inter)
+    len_a = np.maximum(a[:, 1] - a[:, 0], 0.0)
+    len_b = np.maximum(b[:, 1] - b[:, 0], 0.0)
+    union = len_a[:, None] + len_b[None, :] - inter
+    return inter / np.maximum(union, _EPS)
+
+
+def _group_bounds(keys: np.ndarray) -> tuple[np.ndarray, list[int], list[int]]:
+    """Stable order that makes equal keys contiguous, plus each position's ``[lo, hi)`` group."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    _, first, counts = np.unique(sorted_keys, return_index=True, return_counts=True)
+    lo = np.repeat(first, counts)
+    return order, lo.tolist(), (lo + np.repeat(counts, counts)).tolist()
+
+
+def _suppress(dets: Detections, cfg: PostprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy (soft-)NMS; returns the kept indices into ``dets`` and their final scores.
+
+    Groups (classes, or everything when not multiclass) are laid out contiguously so that each
+    step computes the tIoU of the pick against its own group only, as one vectorised operation.
+    Picks are taken in global descending order of the current score; since scores only ever
+    decrease, that sequence is non-increasing, so the loop can stop after ``max_detections``
+    picks without changing the result.
+    """
+    keys = dets.labels if cfg.multiclass else np.zeros(len(dets), dtype=np.int64)
+    order, lo, hi = _group_bounds(keys)
+    segs = dets.segments[order]
+    starts = np.ascontiguousarray(segs[:, 0])
+    ends = np.ascontiguousarray(segs[:, 1])
+    lengths = np.maximum(ends - starts, 0.0)
+    cur = dets.scores[order].copy()
+    soft = cfg.nms_method == "soft"
+    floor = cfg.min_score if soft else -np.inf
+    cur[~(cur >= floor)] = -np.inf  # NaN and (soft) too-low scores are never picked
+    if soft:
+        inv_sigma = 1.0 / cfg.sigma
+
+    picked: list[int] = []
+    picked_scores: list[float] = []
+    while len(picked) < cfg.max_detections:
+        i = int(cur.argmax())
+        top = float(cur[i])
+        if top == -np.inf:
+            break
+        picked.append(i)
+        picked_scores.append(top)
+        cur[i] = -np.inf
+        a, b = lo[i], hi[i]
+        if b - a == 1:
+            continue
+        iou = _tiou_one_to_many(
+            float(starts[i]),
+            float(ends[i]),
+            float(lengths[i]),
+            starts[a:b],
+            ends[a:b],
+            lengths[a:b],
+        )
+        group = cur[a:b]  # a view: updates land in ``cur``
+        if soft:
+            iou *= iou
+            iou *= -inv_sigma
+            group *= np.exp(iou, out=iou)
+            # -inf * 0 (full underflow) gives NaN; the negated test removes it along with the rest.
+            group[~(group >= floor)] = -np.inf
+        else:
+            group[iou > cfg.iou_threshold] = -np.inf
+    return order[np.asarray(picked, dtype=np.int64)], np.asarray(picked_scores, dtype=np.float64)
+
+
+def _vote(dets: Detections, kept: np.ndarray, thresh: float) -> np.ndarray:
+    """Score voting: each kept segment becomes the score-weighted mean of the original candidate
+    segments of its class that overlap it with tIoU >= ``thresh`` (itself included)."""
+    voted = dets.segments[kept].copy()
+    weights_all = np.nan_to_num(np.clip(dets.scores, 0.0, None), nan=0.0)
+    kept_labels = dets.labels[kept]
+    for label in np.unique(kept_labels):
+        rows = np.flatnonzero(kept_labels == label)
+        cols = np.flatnonzero(dets.labels == label)
+        iou = _tiou_matrix(voted[rows], dets.segments[cols])
+        w = np.where(iou >= thresh, weights_all[cols][None, :], 0.0)
+        total = w.sum(axis=1)
+        ok = total > 0  # e.g. a zero-length segment has no overlap: leave it as it is
+        voted[rows[ok]] = (w[ok] @ dets.segments[cols]) / total[ok, None]
+    return voted
+
+
+def nms(dets: Detections, cfg: PostprocessConfig | None = None) -> Detections:
+    """Non-maximum suppression, score voting and the per-video cut.
+
+    - ``"soft"``: Gaussian soft-NMS - repeatedly take the highest-scoring remaining detection,
+      multiply the others' scores by ``exp(-iou**2 / sigma)``, drop those below ``min_score``.
+    - ``"hard"``: drop detections whose tIoU with a kept one exceeds ``iou_threshold``.
+    - ``"none"``: no suppression.
+
+    Suppression happens within a class when ``cfg.multiclass`` (else across all). Then, unless
+    ``voting_thresh`` is 0, score voting replaces each kept segment by the score-weighted mean of
+    the original (pre-NMS) candidates of the same class with tIoU >= ``voting_thresh``. Returns at
+    most ``max_detections`` detections sorted by score descending (ties keep pick order).
+    """
+    cfg = cfg or PostprocessConfig()
+    if len(dets) == 0:
+        return Detections.empty()
+    if cfg.nms_method == "none":
+        valid = np.flatnonzero(~np.isnan(dets.scores))
+        order = valid[np.argsort(-dets.scores[valid], kind="stable")][: cfg.max_detections]
+        kept, kept_scores = order, dets.scores[order]
+    else:
+        kept, kept_scores = _suppress(dets, cfg)
+    if len(kept) == 0:
+        return Detections.empty()
+    segments = (
+        _vote(dets, kept, cfg.voting_thresh) if cfg.voting_thresh > 0 else dets.segments[kept]
+    )
+    rank = np.argsort(-kept_scores, kind="stable")[: cfg.max_detections]
+    return Detections(segments[rank], kept_scores[rank], dets.labels[kept][rank])
+
+
+def postprocess_chunks(
+    chunks: Sequence[tuple[np.ndarray, np.ndarray, int]],
+    duration: float,
+    fps: float,
+    feature_stride: int,
+    num_frames: int,
+    cfg: PostprocessConfig | None = None,
+) -> Detections:
+    """Turn the raw outputs of one video's chunks into its final detections, in seconds.
+
+    This is the single path every backend calls; an ordinary video is one chunk at offset 0.
+
+    Args:
+        chunks: per chunk ``(scores [P, K], segments [P, 2], offset)`` with segments in snippet
+            units relative to the chunk start and ``offset`` the chunk's first snippet.
+        duration: video length in seconds; detections are clipped to ``[0, duration]``.
+        fps, feature_stride, num_frames: the feature convention (see :func:`snippets_to_seconds`).
+
+    Returns:
+        At most ``cfg.max_detections`` detections sorted by score descending, after one NMS over
+        all chunks together (so an action seen by two overlapping chunks yields one detection).
+    """
+    cfg = cfg or PostprocessConfig()
+    if not (math.isfinite(duration) and duration >= 0):
+        raise ValueError(f"postprocess_chunks: duration must be finite and >= 0, got {duration}")
+    parts: list[Detections] = []
+    for scores, segments, offset in chunks:
+        cand = select_candidates(scores, segments, cfg)
+        if len(cand) == 0:
+            continue
+        segs = snippets_to_seconds(cand.segments + float(offset), fps, feature_stride, num_frames)
+        np.clip(segs, 0.0, duration, out=segs)
+        keep = (segs[:, 1] - segs[:, 0]) >= cfg.min_duration
+        parts.append(Detections(segs[keep], cand.scores[keep], cand.labels[keep]))
+    merged = Detections.concatenate(parts)
+    result = nms(merged, cfg)
+    logger.debug(
+        "postprocess: %d chunk(s), %d candidates -> %d detections",
+        len(chunks),
+        len(merged),
+        len(result),
+    )
+    return result

@@ -1,0 +1,125 @@
+"""ActivityNet results JSON: writing detections out and reading them back, validated.
+
+The format (DESIGN §3)::
+
+    {"version": str,
+     "results": {video_id: [{"label": str, "label_id": int, "score": float,
+                             "segment": [start, end]}]},
+     "external_data": {}}
+
+Segments are in seconds. Scores and bounds are written at full float precision so that a file
+round-trips exactly (rounding would also create score ties that change the metric).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from amnet.detections import Detections
+from amnet.errors import AMNetError
+from amnet.fileio import atomic_write_json, read_json
+
+
+def results_to_json(
+    per_video: Mapping[str, Detections], class_names: Sequence[str], version: str = "amnet"
+) -> dict:
+    """The results JSON object for ``per_video`` detections (class ids index ``class_names``)."""
+    num_classes = len(class_names)
+    results: dict[str, list[dict]] = {}
+    for vid, det in per_video.items():
+        labels = det.labels.tolist()
+        if labels and (min(labels) < 0 or max(labels) >= num_classes):
+            raise AMNetError(f"video {vid!r}: class id outside [0, {num_classes})")
+        if not (np.isfinite(det.scores).all() and np.isfinite(det.segments).all()):
+            # json.dumps would write NaN/Infinity, which is not JSON.
+            raise AMNetError(f"video {vid!r}: non-finite score or segment bound")
+        results[str(vid)] = [
+            {"label": class_names[c], "label_id": c, "score": score, "segment": [s, e]}
+            for c, score, (s, e) in zip(
+                labels, det.scores.tolist(), det.segments.tolist(), strict=True
+            )
+        ]
+    return {"version": version, "results": results, "external_data": {}}
+
+
+def write_results(
+    path: str | os.PathLike,
+    per_video: Mapping[str, Detections],
+    class_names: Sequence[str],
+    version: str = "amnet",
+) -> None:
+    """Write a results file atomically (a reader never sees a half-written file)."""
+    atomic_write_json(path, results_to_json(per_video, class_names, version))
+
+
+def _finite(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def read_results(path: str | os.PathLike, class_names: Sequence[str]) -> dict[str, Detections]:
+    """Read and validate a results file; returns detections per video in file order.
+
+    ``label`` must be one of ``class_names``; ``label_id`` is optional, but when present it
+    must name the same class. Any problem is an AMNetError naming the file, the video and the
+    entry.
+    """
+    data = read_json(path, "results file")
+    if not isinstance(data, Mapping) or "results" not in data:
+        raise AMNetError(f"{path}: not a results file (no 'results' object)")
+    results = data["results"]
+    if not isinstance(results, Mapping):
+        raise AMNetError(f"{path}: 'results' must be an object of video id -> list of detections")
+    class_index: dict[str, int] = {}
+    for i, name in enumerate(class_names):
+        class_index.setdefault(name, i)
+
+    out: dict[str, Detections] = {}
+    for vid, entries in results.items():
+        if not isinstance(entries, list):
+            raise AMNetError(f"{path}: video {vid!r}: detections must be a list")
+        n = len(entries)
+        segs = np.empty((n, 2))
+        scores = np.empty(n)
+        labels = np.empty(n, dtype=np.int64)
+        for i, entry in enumerate(entries):
+            where = f"{path}: video {vid!r} detection {i}"
+            if not isinstance(entry, Mapping):
+                raise AMNetError(f"{where} is not an object")
+            label = entry.get("label")
+            if not isinstance(label, str):
+                raise AMNetError(f"{where} has no 'label' string")
+            c = class_index.get(label)
+            if c is None:
+                raise AMNetError(
+                    f"{where}: label {label!r} is not one of the {len(class_names)} classes of "
+                    "the annotation file"
+                )
+            if "label_id" in entry:
+                label_id = entry["label_id"]
+                if isinstance(label_id, bool) or not isinstance(label_id, int):
+                    raise AMNetError(f"{where}: 'label_id' must be an integer, found {label_id!r}")
+                if not 0 <= label_id < len(class_names) or class_names[label_id] != label:
+                    raise AMNetError(
+                        f"{where}: label_id {label_id} does not match label {label!r} "
+                        f"(expected {c})"
+                    )
+                c = label_id
+            score = entry.get("score")
+            if not _finite(score):
+                raise AMNetError(f"{where}: 'score' must be a finite number, found {score!r}")
+            seg = entry.get("segment")
+            if not isinstance(seg, (list, tuple)) or len(seg) != 2 or not all(map(_finite, seg)):
+                raise AMNetError(
+                    f"{where}: 'segment' must be two finite numbers [start, end], found {seg!r}"
+                )
+            if seg[1] < seg[0]:
+                raise AMNetError(f"{where}: negative-length segment [{seg[0]}, {seg[1]}]")
+            segs[i] = seg
+            scores[i] = score
+            labels[i] = c
+        out[str(vid)] = Detections(segs, scores, labels)
+    return out

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# GPU check on a lent NVIDIA machine (PyTorch and Triton preinstalled, nothing downloadable):
+# the group-attention kernel's CUDA parity tests (fp32, fp16, bf16) and its benchmark.
+#
+#   OUT=/path/to/results bash scripts/gpu_check.sh      # from the repository root
+#
+# Budget: about 6 minutes on an H100 in all. Each step runs under its own timeout and a failed
+# step does not stop the next; the exit status is non-zero if any step failed. Results in $OUT
+# (at most 8 files come back from a lent machine; this script writes 6):
+#   summary.md            one row per step: exit status, seconds
+#   setup.log             GPU, versions, how amnet was made importable
+#   kernel_tests.log      pytest tests/test_kernel.py on CUDA (interpreter-only tests skip)
+#   bench.log             benchmark progress
+#   attention_bench.json  benchmark results (rewritten after every measurement)
+#   attention_bench.md    the same as a markdown table
+set -uo pipefail
+: "${OUT:?set OUT to the results folder}"
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+
+# Compiled kernels, not the interpreter. tests/conftest.py only setdefault()s TRITON_INTERPRET
+# to 1, so this explicit value wins. Triton reads the variable as a boolean ("1", "true" and
+# "on" enable the interpreter; "0" or unset leave it off) when the kernels are defined, i.e.
+# when amnet.kernels.group_attention_triton is imported.
+export TRITON_INTERPRET=0
+export PYTHONUNBUFFERED=1
+unset AMNET_ATTENTION
+
+summary="$OUT/summary.md"
+printf '| step | exit | seconds |\n|---|---|---|\n' >"$summary"
+failed=0
+
+# step NAME SECONDS COMMAND...: run COMMAND under a timeout, logging to $OUT/NAME.log and stdout.
+step() {
+  local name=$1 limit=$2
+  shift 2
+  local start=$SECONDS rc
+  echo "=== $name (limit ${limit}s)"
+  timeout --kill-after=15 "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+  rc=${PIPESTATUS[0]}
+  if [ "$rc" -ne 0 ]; then
+    failed=1
+    [ "$rc" -eq 124 ] && echo "$name: timed out after ${limit}s" | tee -a "$OUT/$name.log"
+  fi
+  printf '| %s | %s | %s |\n' "$name" "$rc" "$((SECONDS - start))" >>"$summary"
+}
+
+# amnet maps kernels/, export/ and deploy/ into its namespace (setuptools package-dir), so a
+# plain PYTHONPATH is not enough: install the copy in editable mode; if that fails, link the
+# folders into amnet/ in this (disposable) copy and put it on PYTHONPATH.
+setup() {
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  "$PY" -c "import sys, torch, triton; print(sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
+  if timeout 60 "$PY" -m pip install -q -e . --no-deps --no-build-isolation \
+    && (cd /tmp && "$PY" -c "import amnet.kernels"); then
+    echo "amnet: editable install"
+  else
+    echo "amnet: editable install failed; linking kernels/ export/ deploy/ into amnet/"
+    for d in kernels export deploy; do [ -e "amnet/$d" ] || ln -s "../$d" "amnet/$d"; done
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+  (cd /tmp && "$PY" -c "import amnet.kernels as k; print('amnet.kernels from', k.__file__)")
+}
+# Run in this shell (not under step's pipeline) so that an exported PYTHONPATH stays set.
+start=$SECONDS
+setup >"$OUT/setup.log" 2>&1
+rc=$?
+cat "$OUT/setup.log"
+[ "$rc" -eq 0 ] || failed=1
+printf '| setup | %s | %s |\n' "$rc" "$((SECONDS - start))" >>"$summary"
+
+step kernel_tests 120 "$PY" -m pytest tests/test_kernel.py -q -rs -p no:cacheprovider
+
+step bench 170 "$PY" benchmarks/bench_attention.py --out "$OUT" --dtypes fp16 --rep-ms 100
+
+# -------------------------------------------------------------------------------------------
+# LATER STEP: model training-step peak memory (to be added here).
+# About 60 s of the 6-minute budget is left for it; follow the pattern above, e.g.
+#   step train_memory 60 "$PY" <script> --out "$OUT"
+# and keep $OUT to 8 files in all (6 are written above).
+# -------------------------------------------------------------------------------------------
+
+cat "$summary"
+exit "$failed"

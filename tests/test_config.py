@@ -1,0 +1,81 @@
+from pathlib import Path
+
+import pytest
+
+from amnet.config import DEFAULTS, config_from_dict, load_config
+from amnet.errors import AMNetError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_paper_config_has_the_papers_settings():
+    cfg = load_config(CONFIGS / "thumos14_i3d.yaml")
+    assert cfg["model"]["embd_dim"] == 512
+    assert cfg["model"]["n_ame_layers"] == 2 and cfg["model"]["n_heads"] == 4
+    assert cfg["dataset"]["max_seq_len"] == 2304 and cfg["dataset"]["num_classes"] == 20
+    assert (
+        cfg["dataset"]["default_fps"],
+        cfg["dataset"]["feature_stride"],
+        cfg["dataset"]["num_frames"],
+    ) == (30.0, 4, 16)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert set(cfg) == set(DEFAULTS)
+
+
+def test_ablation_files_override_only_their_keys():
+    base = load_config(CONFIGS / "thumos14_i3d.yaml")
+    dim = load_config(CONFIGS / "ablations" / "dim_1024.yaml")
+    heads = load_config(CONFIGS / "ablations" / "layers2_heads8.yaml")
+    assert dim["model"]["embd_dim"] == 1024 and dim["dataset"] == base["dataset"]
+    assert heads["model"]["n_heads"] == 8 and heads["model"]["embd_dim"] == 512
+
+
+def test_anet_uses_its_tiou_range():
+    cfg = load_config(CONFIGS / "anet_i3d.yaml")
+    assert (
+        cfg["test_cfg"]["tiou_thresholds"][0] == 0.5
+        and cfg["test_cfg"]["tiou_thresholds"][-1] == 0.95
+    )
+    assert cfg["dataset"]["num_classes"] == 200
+
+
+def test_unknown_key_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  embd_dims: 256\n")
+    with pytest.raises(AMNetError, match=r"unknown config key 'model.embd_dims'"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("model: [1, 2]\n", "must be a section"),
+        ("model:\n  n_heads: 3\n", "n_heads"),
+        ("dataset:\n  max_seq_len: 100\n", "max_seq_len"),
+        ("- a\n- b\n", "mapping"),
+        ("model: {embd_dim: 64\n", "malformed YAML"),
+        ("base: missing.yaml\n", "not found"),
+    ],
+)
+def test_bad_configs_give_one_line_errors(tmp_path, text, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(AMNetError, match=message) as info:
+        load_config(bad)
+    assert "\n" not in str(info.value)
+
+
+def test_base_cycle_is_an_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(AMNetError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_config_from_partial_dict():
+    cfg = config_from_dict({"model": {"embd_dim": 64, "head_dim": 64}})
+    assert cfg["model"]["embd_dim"] == 64 and cfg["model"]["n_heads"] == 4
