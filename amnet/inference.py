@@ -50,6 +50,24 @@ def predict_chunks(
     return outputs
 
 
+@torch.no_grad()
+def actionness(
+    model: torch.nn.Module, feats: np.ndarray, device: torch.device | str = "cpu"
+) -> np.ndarray | None:
+    """The AME's action-aware mask ``m`` (``[T]``, in (0, 1)) over a whole video; None without AME.
+
+    The mask head sits on the convolutional embedding, before any attention, so it is local and
+    the whole video goes through in one pass, whatever its length.
+    """
+    if getattr(model, "ame", None) is None:
+        return None
+    x = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))[None].to(device)
+    x = (x - model.input_mean) / model.input_std
+    mask = torch.ones(1, x.shape[1], 1, device=x.device)
+    logits = model.ame.actionness(model.embedding(x, mask), mask)
+    return torch.sigmoid(logits[0]).float().cpu().numpy()
+
+
 def detect_video(
     model: torch.nn.Module,
     feats: np.ndarray,

@@ -7,6 +7,13 @@ File mode::
 prints a table of mAP per tIoU threshold; with ``--json`` the last line of stdout is the result
 as one JSON object. File mode needs numpy only (it must not import torch), so anything that
 needs the model is imported inside its own code path.
+
+Model mode::
+
+    amnet-eval --ckpt CKPT --data DIR [--subset test] [--out RESULTS.json] [--json]
+
+runs a checkpoint over a split (videos longer than max_seq_len in overlapping chunks, merged by
+the shared post-processing), writes ActivityNet results JSON and prints the same table.
 """
 
 from __future__ import annotations
@@ -40,13 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
     # Not argparse-required: other modes of this command do without them.
     files.add_argument("--gt", metavar="ANNOTATIONS.json", help="ground-truth annotation file")
     files.add_argument("--pred", metavar="RESULTS.json", help="ActivityNet results file")
+    model = parser.add_argument_group("model mode")
+    model.add_argument("--ckpt", help="AMNet checkpoint (last.pt / best.pt)")
+    model.add_argument("--data", help="dataset folder: annotations.json + features/")
+    model.add_argument("--out", metavar="RESULTS.json", help="write the detections here")
+    model.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    model.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     parser.add_argument(
-        "--subset", help="annotation subset to evaluate, e.g. test (case-insensitive)"
+        "--subset",
+        help="annotation subset to evaluate, e.g. test (case-insensitive; model mode defaults "
+        "to the config's val_split)",
     )
     parser.add_argument(
         "--tiou",
-        default=DEFAULT_TIOU,
-        help=f"tIoU thresholds, start:stop:step or a comma list (default: {DEFAULT_TIOU})",
+        default=None,
+        help=f"tIoU thresholds, start:stop:step or a comma list (default: {DEFAULT_TIOU}; "
+        "model mode: the config's test_cfg.tiou_thresholds)",
     )
     parser.add_argument(
         "--json", action="store_true", help="also print the result as JSON on the last line"
@@ -96,11 +112,42 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     # Quiet by default: stderr carries warnings and the one-line error only.
     setup_logging(verbose=args.verbose, quiet=not args.verbose)
+    if args.ckpt is not None:
+        return _model_mode(args)
     if args.gt is None or args.pred is None or args.subset is None:
         raise AMNetError(
             "file mode needs --gt ANNOTATIONS.json, --subset SUBSET and --pred RESULTS.json"
         )
-    result, _ = evaluate_files(args.gt, args.subset, args.pred, args.tiou)
+    result, _ = evaluate_files(args.gt, args.subset, args.pred, args.tiou or DEFAULT_TIOU)
+    report(result, args.json)
+    return 0
+
+
+def _model_mode(args: argparse.Namespace) -> int:
+    if args.data is None:
+        raise AMNetError("model mode needs --data DIR (annotations.json + features/)")
+    if args.gt is not None or args.pred is not None:
+        raise AMNetError("--ckpt cannot be combined with --gt/--pred (file mode)")
+    import torch
+
+    from amnet.checkpoint import load_model
+    from amnet.results import write_results
+    from amnet.train import evaluate_model, make_dataset
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise AMNetError("--device cuda asked for, but no CUDA device is available")
+    model, cfg, class_names = load_model(args.ckpt, use_ema=not args.no_ema)
+    if args.subset is not None:
+        cfg["dataset"]["val_split"] = [args.subset]
+    if args.tiou is not None:
+        cfg["test_cfg"]["tiou_thresholds"] = parse_tiou(args.tiou).tolist()
+    dataset = make_dataset(cfg, args.data, "val_split", training=False, class_names=class_names)
+    model = model.to(args.device)
+    detections, result = evaluate_model(
+        model, dataset, cfg, torch.device(args.device), progress=not args.json
+    )
+    if args.out is not None:
+        write_results(args.out, detections, class_names)
     report(result, args.json)
     return 0
 
