@@ -1,12 +1,20 @@
 """PyTorch reference of the fused group-based attention (DESIGN §5).
 
 Same math as the Triton kernel, written with broadcasting only (no Python branching on tensor
-values) so that it exports cleanly to ONNX and runs on any device.
+values) so that it exports cleanly to ONNX and runs on any device. It is also the CPU path, so
+it avoids passes over the ``[B, H, T, T]`` scores: masking is two broadcast adds of small bias
+tensors, and rows past a video's length are zeroed on the ``[B, H, T, Dh]`` output instead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+
+# Added to the scores of invisible keys: exp() of it underflows to exactly 0, and twice it is
+# still finite in float32, so a row that sees no key gives a uniform softmax, never NaN.
+_MASKED = -1.0e30
 
 
 def visibility_mask(
@@ -26,19 +34,47 @@ def visibility_mask(
     return in_window & (qi < length) & (kj < length)
 
 
+def _window_bias(windows: torch.Tensor, t_q: int, t_k: int, device: torch.device) -> torch.Tensor:
+    """``[H, Tq, Tk]``: 0 where the head's window lets query i see key j, else ``_MASKED``."""
+    qi = torch.arange(t_q, device=device).view(1, t_q, 1)
+    kj = torch.arange(t_k, device=device).view(1, 1, t_k)
+    windows = windows.to(device).view(-1, 1, 1)
+    half = torch.div(windows, 2, rounding_mode="floor")
+    visible = ((qi - kj).abs() <= half) | (windows <= 0)
+    return torch.where(visible, 0.0, _MASKED)
+
+
 def group_attention_reference(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    windows: torch.Tensor,
+    windows: torch.Tensor | Sequence[int],
     lengths: torch.Tensor,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Masked attention over ``[B, H, T, Dh]`` tensors; rows that see no key are 0."""
+    """Masked attention over ``[B, H, T, Dh]`` tensors; rows that see no key are 0.
+
+    ``windows`` may be a tensor or a list; a list of zeros (all heads global) skips the window
+    bias altogether.
+    """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    mask = visibility_mask(windows.to(lengths.device), lengths, q.shape[-2], k.shape[-2])
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
-    # A finite fill keeps fully masked rows NaN-free; they are zeroed right after.
-    scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
-    probs = torch.softmax(scores, dim=-1) * mask.any(dim=-1, keepdim=True).to(scores.dtype)
-    return torch.matmul(probs, v.float()).to(q.dtype)
+    t_q, t_k = q.shape[-2], k.shape[-2]
+    device = q.device
+    scores = torch.matmul(q.float() * scale, k.float().transpose(-1, -2))
+    all_global = not isinstance(windows, torch.Tensor) and all(int(w) <= 0 for w in windows)
+    if not all_global:
+        w = (
+            windows
+            if isinstance(windows, torch.Tensor)
+            else torch.tensor(list(windows), device=device)
+        )
+        scores = scores + _window_bias(w, t_q, t_k, device)
+    lengths = lengths.to(device)
+    key_bias = torch.where(
+        torch.arange(t_k, device=device).view(1, t_k) < lengths.view(-1, 1), 0.0, _MASKED
+    )
+    scores = scores + key_bias.view(-1, 1, 1, t_k)
+    out = torch.matmul(torch.softmax(scores, dim=-1), v.float())
+    # A query row below the length always sees itself, so only rows past it see no key.
+    row_valid = (torch.arange(t_q, device=device).view(1, t_q) < lengths.view(-1, 1)).to(out.dtype)
+    return (out * row_valid.view(-1, 1, t_q, 1)).to(q.dtype)

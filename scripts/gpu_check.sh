@@ -6,13 +6,14 @@
 #
 # Budget: about 6 minutes on an H100 in all. Each step runs under its own timeout and a failed
 # step does not stop the next; the exit status is non-zero if any step failed. Results in $OUT
-# (at most 8 files come back from a lent machine; this script writes 6):
+# (at most 8 files come back from a lent machine; this script writes 6, 7 with TensorRT):
 #   summary.md            one row per step: exit status, seconds
 #   setup.log             GPU, versions, how amnet was made importable
 #   kernel_tests.log      pytest tests/test_kernel.py on CUDA (interpreter-only tests skip)
 #   bench.log             benchmark progress
 #   attention_bench.json  benchmark results (rewritten after every measurement)
 #   attention_bench.md    the same as a markdown table
+#   tensorrt.json         TensorRT fp32/fp16 engines vs ONNX Runtime (only with tensorrt installed)
 set -uo pipefail
 : "${OUT:?set OUT to the results folder}"
 cd "$(dirname "$0")/.."
@@ -80,6 +81,24 @@ step bench 170 "$PY" benchmarks/bench_attention.py --out "$OUT" --dtypes fp16 --
 #   step train_memory 60 "$PY" <script> --out "$OUT"
 # and keep $OUT to 8 files in all (6 are written above).
 # -------------------------------------------------------------------------------------------
+
+# TensorRT step (only where `import tensorrt`, onnx and onnxruntime work): export a tiny
+# initialised checkpoint to ONNX, build fp32 and fp16 engines with export/to_tensorrt.py's API,
+# run them on CUDA buffers and compare with ONNX Runtime (tests/test_tensorrt.py). Writes ONE
+# file, $OUT/tensorrt.json (the log goes to stdout only, to stay within the 8 files); 120 s.
+if "$PY" -c "import tensorrt, onnx, onnxruntime" >/dev/null 2>&1; then
+  echo "=== tensorrt (limit 120s)"
+  start=$SECONDS
+  AMNET_TRT_SUMMARY="$OUT/tensorrt.json" timeout --kill-after=15 120 \
+    "$PY" -m pytest tests/test_tensorrt.py -q -rs -p no:cacheprovider
+  rc=$?
+  [ "$rc" -eq 0 ] || failed=1
+  [ "$rc" -eq 124 ] && echo "tensorrt: timed out after 120s"
+  printf '| tensorrt | %s | %s |\n' "$rc" "$((SECONDS - start))" >>"$summary"
+else
+  echo "=== tensorrt: skipped (tensorrt, onnx or onnxruntime not importable)"
+  printf '| tensorrt | skipped: no tensorrt/onnx/onnxruntime | 0 |\n' >>"$summary"
+fi
 
 cat "$summary"
 exit "$failed"

@@ -1,0 +1,196 @@
+"""amnet-train and amnet-eval (model mode) as a user runs them, including their bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny_cpu.yaml"
+
+
+def cli(module: str, *args: str) -> subprocess.CompletedProcess:
+    code = f"from amnet.cli.{module} import main; raise SystemExit(main())"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data")
+    proc = cli("synth", "--out", str(out), "--preset", "tiny", "--videos", "6", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_epoch(small_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    proc = cli(
+        "train",
+        "--config",
+        str(TINY),
+        "--data",
+        str(small_data),
+        "--out",
+        str(run),
+        "--epochs",
+        "1",
+        "--quiet",
+    )
+    assert proc.returncode == 0, proc.stderr
+    return run
+
+
+def test_train_writes_safe_checkpoints_and_a_log(one_epoch):
+    ckpt = torch.load(one_epoch / "last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["class_names"][0] == "BaseballPitch"
+    assert ckpt["config"]["model"]["embd_dim"] == 64
+    assert (one_epoch / "best.pt").is_file()
+    log = (one_epoch / "train.log").read_text()
+    assert "attention path reference" in log and "epoch 1/1" in log
+
+
+def test_resume_continues_the_run(one_epoch, small_data, tmp_path):
+    run = tmp_path / "resumed"
+    run.mkdir()
+    (run / "last.pt").write_bytes((one_epoch / "last.pt").read_bytes())
+    proc = cli(
+        "train",
+        "--config",
+        str(TINY),
+        "--data",
+        str(small_data),
+        "--out",
+        str(run),
+        "--epochs",
+        "2",
+        "--resume",
+        str(run / "last.pt"),
+        "--quiet",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1])["epochs"] == 1  # only epoch 2 ran
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_eval_model_mode_matches_file_mode(one_epoch, small_data, tmp_path):
+    results = tmp_path / "results.json"
+    proc = cli(
+        "evaluate",
+        "--ckpt",
+        str(one_epoch / "last.pt"),
+        "--data",
+        str(small_data),
+        "--subset",
+        "test",
+        "--out",
+        str(results),
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    model_mode = json.loads(proc.stdout.splitlines()[-1])
+    data = json.loads(results.read_text())
+    assert set(data) == {"version", "results", "external_data"}
+    proc = cli(
+        "evaluate",
+        "--gt",
+        str(small_data / "annotations.json"),
+        "--subset",
+        "test",
+        "--pred",
+        str(results),
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    file_mode = json.loads(proc.stdout.splitlines()[-1])
+    assert np.allclose(model_mode["mAP"], file_mode["mAP"], atol=1e-12)
+
+
+def test_epochs_zero_writes_an_initialised_checkpoint(small_data, tmp_path):
+    proc = cli(
+        "train",
+        "--config",
+        str(TINY),
+        "--data",
+        str(small_data),
+        "--out",
+        str(tmp_path),
+        "--epochs",
+        "0",
+        "--quiet",
+    )
+    assert proc.returncode == 0, proc.stderr
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 0
+    # The input statistics of the training split are set even without training.
+    assert float(ckpt["model"]["input_std"].mean()) != 1.0
+
+
+def test_unknown_config_key(small_data, tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"base: {TINY}\nmodel:\n  n_head: 8\n")
+    assert_one_line_error(
+        cli("train", "--config", str(cfg), "--data", str(small_data), "--out", str(tmp_path / "r")),
+        "model.n_head",
+    )
+
+
+def test_feature_dim_not_matching_the_config(small_data, tmp_path):
+    cfg = tmp_path / "dim.yaml"
+    cfg.write_text(f"base: {TINY}\ndataset:\n  input_dim: 1024\n")
+    assert_one_line_error(
+        cli("train", "--config", str(cfg), "--data", str(small_data), "--out", str(tmp_path / "r")),
+        "expected [T, 1024]",
+    )
+
+
+def test_empty_training_split(small_data, tmp_path):
+    cfg = tmp_path / "split.yaml"
+    cfg.write_text(f"base: {TINY}\ndataset:\n  train_split: [training]\n")
+    assert_one_line_error(
+        cli("train", "--config", str(cfg), "--data", str(small_data), "--out", str(tmp_path / "r")),
+        "has no videos",
+    )
+
+
+def test_corrupt_and_foreign_checkpoints(small_data, tmp_path):
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00" * 100)
+    assert_one_line_error(
+        cli("evaluate", "--ckpt", str(tmp_path / "corrupt.pt"), "--data", str(small_data)),
+        "not a readable checkpoint",
+    )
+    torch.save({"model": {}}, tmp_path / "foreign.pt")
+    assert_one_line_error(
+        cli("evaluate", "--ckpt", str(tmp_path / "foreign.pt"), "--data", str(small_data)),
+        "not an AMNet checkpoint",
+    )
+
+
+def test_missing_data_folder(tmp_path):
+    assert_one_line_error(
+        cli(
+            "train",
+            "--config",
+            str(TINY),
+            "--data",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "r"),
+        ),
+        "not found",
+    )
