@@ -88,6 +88,12 @@ def make_dataset(
         trunc_thresh=d["trunc_thresh"], crop_ratio=d["crop_ratio"] if training else None,
         class_names=class_names, file_ext=d["file_ext"], seed=seed,
     )  # fmt: skip
+    if class_names is None and len(dataset.class_names) < d["num_classes"]:
+        # Ids past the largest one present (classes absent from a small split) keep a placeholder
+        # name, so the model still has the configured number of outputs.
+        dataset.class_names += [
+            f"class_{i}" for i in range(len(dataset.class_names), d["num_classes"])
+        ]
     if len(dataset.class_names) != d["num_classes"]:
         raise AMNetError(
             f"{ann}: {len(dataset.class_names)} classes in the annotations, the config says dataset.num_classes={d['num_classes']}"
@@ -249,7 +255,8 @@ def _train(
 
     log.info(
         "training AMNet: %d videos, %d classes, %d epochs, device %s, attention path %s, AMP %s, %.2fM parameters",
-        len(train_set), len(class_names), epochs, device, attention_backend(device), use_amp,
+        len(train_set), len(class_names), epochs, device,
+        attention_backend(device, cfg["model"]["embd_dim"] // cfg["model"]["n_heads"]), use_amp,
         sum(p.numel() for p in model.parameters()) / 1e6,
     )  # fmt: skip
 

@@ -43,32 +43,48 @@ def synthetic_batch(cfg: dict, batch: int, length: int, seed: int = 0):
     return feats, torch.full((batch,), length), segs, labels
 
 
-def measure_train(config: str, iters: int, overrides: dict) -> dict:
+def measure_train(config: str, iters: int, overrides: dict, device: str = "cpu") -> dict:
+    """One training step as ``amnet-train`` runs it (AMP on CUDA), repeated ``iters`` times."""
     import torch
 
     from amnet.config import load_config
+    from amnet.kernels import attention_backend
     from amnet.model import AMNet, AMNetLoss
     from amnet.train import parameter_groups
 
     torch.manual_seed(0)
     cfg = load_config(ROOT / config)
     cfg["model"].update(overrides)
-    model = AMNet.from_config(cfg).train()
-    criterion = AMNetLoss(model, cfg["train_cfg"]).train()
+    dev = torch.device(device)
+    model = AMNet.from_config(cfg).to(dev).train()
+    criterion = AMNetLoss(model, cfg["train_cfg"]).to(dev).train()
     opt = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
     batch = cfg["loader"]["batch_size"]
     feats, lengths, segs, labels = synthetic_batch(cfg, batch, cfg["dataset"]["max_seq_len"])
+    feats, lengths = feats.to(dev), lengths.to(dev)
     times = []
     for i in range(iters + 1):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         started = time.perf_counter()
-        loss = criterion(model(feats, lengths), segs, labels)["final_loss"]
+        with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=dev.type == "cuda"):
+            out = model(feats, lengths)
+        loss = criterion(out, segs, labels)["final_loss"]
         opt.zero_grad()
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         if i:  # the first iteration warms up allocators and kernels
             times.append(time.perf_counter() - started)
     per_iter = sorted(times)[len(times) // 2]
+    cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None
     return {
+        "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+        "attention": attention_backend(dev),
+        "cuda_peak_mb": cuda_peak,
         "config": config,
         "overrides": overrides,
         "batch": batch,
@@ -126,13 +142,19 @@ def main() -> None:
     p.add_argument("--length", type=int, default=2304)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--variants", default="base", help="train: comma list of base, dim1024, heads8")
+    p.add_argument("--device", default="cpu", help="train: cpu or cuda")
+    p.add_argument("--json-out", help="also write all results as JSON here")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     p.add_argument("--dim", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         if args.what == "train":
-            print(json.dumps(measure_train(args.config, args.iters, json.loads(args.overrides))))
+            print(
+                json.dumps(
+                    measure_train(args.config, args.iters, json.loads(args.overrides), args.device)
+                )
+            )
         else:
             print(json.dumps(measure_infer(args.config, args.dim, args.length, args.repeats)))
         return
@@ -143,6 +165,7 @@ def main() -> None:
     print(
         f"machine: {machine}\ncommand: python benchmarks/bench_model.py {' '.join(sys.argv[1:])}\n"
     )
+    results: list[dict] = []
     if args.what == "train":
         variants = {
             "base": {},
@@ -150,45 +173,45 @@ def main() -> None:
             "heads8": {"n_heads": 8},
         }
         print(
-            "| config | params (M) | batch × T | s / iteration | s / THUMOS14 epoch | peak RSS (MB) |"
+            "| config | device, attention | params (M) | batch × T | s / iteration "
+            "| s / THUMOS14 epoch | peak RSS (MB) | peak CUDA (MB) |"
         )
-        print("| --- | --- | --- | --- | --- | --- |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for name in args.variants.split(","):
-            r = run_child(
-                [
-                    "train",
-                    "--config",
-                    args.config,
-                    "--iters",
-                    str(args.iters),
-                    "--overrides",
-                    json.dumps(variants[name]),
-                ]
-            )
+            child = ["train", "--config", args.config, "--iters", str(args.iters)]
+            child += ["--device", args.device, "--overrides", json.dumps(variants[name])]
+            try:
+                r = run_child(child)
+            except subprocess.CalledProcessError as exc:
+                last = (exc.stderr.strip().splitlines() or ["failed"])[-1][:120]
+                reason = "out of memory" if "out of memory" in exc.stderr.lower() else last
+                print(f"| {Path(args.config).name} {name} | {args.device} | {reason} | | | | | |")
+                results.append({"variant": name, "error": reason})
+                continue
+            r["variant"] = name
+            results.append(r)
+            cuda = "-" if r["cuda_peak_mb"] is None else f"{r['cuda_peak_mb']:.0f}"
             print(
-                f"| {Path(args.config).name} {name} | {r['params_m']:.1f} | {r['batch']} × {r['length']} | "
-                f"{r['seconds_per_iter']:.2f} | {r['seconds_per_epoch_thumos14']:.0f} | {r['peak_rss_mb']:.0f} |"
+                f"| {Path(args.config).name} {name} | {r['device']}, {r['attention']} "
+                f"| {r['params_m']:.1f} | {r['batch']} × {r['length']} "
+                f"| {r['seconds_per_iter']:.2f} | {r['seconds_per_epoch_thumos14']:.0f} "
+                f"| {r['peak_rss_mb']:.0f} | {cuda} |"
             )
     else:
         print("| D | T | s / chunk | snippets / s | peak RSS (MB) |")
         print("| --- | --- | --- | --- | --- |")
         for dim in [int(d) for d in args.dims.split(",")]:
-            r = run_child(
-                [
-                    "infer",
-                    "--config",
-                    args.config,
-                    "--dim",
-                    str(dim),
-                    "--length",
-                    str(args.length),
-                    "--repeats",
-                    str(args.repeats),
-                ]
-            )
+            child = ["infer", "--config", args.config, "--dim", str(dim)]
+            child += ["--length", str(args.length), "--repeats", str(args.repeats)]
+            r = run_child(child)
+            results.append(r)
             print(
-                f"| {dim} | {r['length']} | {r['seconds']:.3f} | {r['snippets_per_s']:.0f} | {r['peak_rss_mb']:.0f} |"
+                f"| {dim} | {r['length']} | {r['seconds']:.3f} | {r['snippets_per_s']:.0f} "
+                f"| {r['peak_rss_mb']:.0f} |"
             )
+    if args.json_out:
+        out = {"machine": machine, "command": sys.argv[1:], "results": results}
+        Path(args.json_out).write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

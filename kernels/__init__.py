@@ -44,15 +44,19 @@ def _triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def attention_backend(device: torch.device | str | None = None) -> str:
+def attention_backend(device: torch.device | str | None = None, head_dim: int | None = None) -> str:
     """Which implementation ``group_attention`` uses for tensors on ``device``.
 
     ``"triton"`` or ``"reference"``. ``device=None`` means torch's default device. The
-    ``AMNET_ATTENTION`` environment variable, when set to one of the two, wins.
+    ``AMNET_ATTENTION`` environment variable, when set to one of the two, wins. Heads wider
+    than the kernel's ``MAX_HEAD_DIM`` (e.g. D 512 with 2 heads) take the reference unless
+    Triton is forced, in which case ``group_attention`` refuses them.
     """
     forced = os.environ.get(BACKEND_ENV, "").strip().lower()
     if forced in _BACKENDS:
         return forced
+    if head_dim is not None and head_dim > MAX_HEAD_DIM:
+        return "reference"
     if forced not in ("", "auto"):
         raise ValueError(f"{BACKEND_ENV}: expected one of {', '.join(_BACKENDS)}, got {forced!r}")
     device = torch.get_default_device() if device is None else torch.device(device)
@@ -105,8 +109,8 @@ def _validate(
         if t.device != q.device:
             raise ValueError(f"{name}: device {t.device} differs from q's {q.device}")
     batch, heads, seq_len, head_dim = q.shape
-    if not 1 <= head_dim <= MAX_HEAD_DIM:
-        raise ValueError(f"q: head size {head_dim} outside 1..{MAX_HEAD_DIM}")
+    if head_dim < 1:
+        raise ValueError(f"q: head size {head_dim} must be at least 1")
     if not isinstance(lengths, torch.Tensor):
         raise ValueError(f"lengths: expected a [B] integer tensor, got {type(lengths).__name__}")
     if lengths.shape != (batch,):
@@ -156,15 +160,18 @@ def group_attention(
 ) -> torch.Tensor:
     """Attention where each head has its own window (0 = global) and each video a valid length.
 
-    q, k, v: ``[B, H, T, Dh]`` (float32, float16 or bfloat16, same dtype and device, Dh <= 128).
+    q, k, v: ``[B, H, T, Dh]`` (float32, float16 or bfloat16, same dtype and device; the Triton
+    kernel takes Dh <= 128, wider heads run the reference).
     windows: one int >= 0 per head; for ``w > 0`` key j is visible to query i iff
     ``|i - j| <= w // 2``. lengths: ``[B]`` ints in ``[0, T]``; keys at or past the length are
     invisible and query rows at or past it return 0, as does any row that sees no key.
     scale: defaults to ``Dh ** -0.5``. Raises ValueError, naming the argument, on bad input.
     """
-    _, heads, _, _ = _validate(q, k, v, lengths)
-    backend = attention_backend(q.device)
+    _, heads, _, head_dim = _validate(q, k, v, lengths)
+    backend = attention_backend(q.device, head_dim)
     if backend == "triton":
+        if head_dim > MAX_HEAD_DIM:
+            raise ValueError(f"q: head size {head_dim} above the Triton kernel's {MAX_HEAD_DIM}")
         win_values = _windows_list(windows, heads)
         # Imported here so that importing amnet.kernels never imports triton.
         from amnet.kernels.group_attention_triton import group_attention_triton, interpreting

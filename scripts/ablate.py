@@ -1,6 +1,6 @@
 """Train and evaluate the seed's ablations; print the table in the seed's format.
 
-    python scripts/ablate.py --data DIR [--epochs N] [--max-seq-len L] [--configs a,b,...] [--out TABLE.md]
+    python scripts/ablate.py --data DIR [--epochs N] [--max-seq-len L] [--lr X] [--configs a,b,...] [--out TABLE.md]
 
 DIR is an ``amnet-synth`` / ActionFormer folder with the config's train and test splits. Each
 row trains one file of ``configs/ablations/`` from scratch (same seed), then runs inference on
@@ -47,6 +47,8 @@ def run_one(name: str, args: argparse.Namespace, work: Path) -> dict:
     cfg = load_config(ROOT / "configs" / "ablations" / f"{name}.yaml")
     if args.max_seq_len:
         cfg["dataset"]["max_seq_len"] = args.max_seq_len
+    if args.lr:
+        cfg["opt"]["learning_rate"] = args.lr
     cfg["train_cfg"]["eval_every"] = 0
     cfg["opt"]["warmup_epochs"] = min(cfg["opt"]["warmup_epochs"], max(args.epochs // 4, 0))
     run = work / name
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="override dataset.max_seq_len (a multiple of 32)",
     )
+    p.add_argument("--lr", type=float, default=None, help="override opt.learning_rate (short runs)")
     p.add_argument("--configs", default=",".join(n for n, _ in SEED_TABLES))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     lines = [
         f"command: `python scripts/ablate.py {' '.join(argv if argv is not None else sys.argv[1:])}`  ",
-        f"device: {device}; epochs {args.epochs}; max_seq_len {args.max_seq_len or 'config'}; seed {args.seed}",
+        f"device: {device}; epochs {args.epochs}; max_seq_len {args.max_seq_len or 'config'}; "
+        f"learning rate {args.lr or 'config'}; seed {args.seed}",
         "",
         "| config | mAP@0.5 | mAP@0.7 | avg | train | inference (test set) |",
         "| --- | --- | --- | --- | --- | --- |",

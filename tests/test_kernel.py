@@ -255,8 +255,8 @@ BAD_INPUTS: list[tuple[str, Bad, str]] = [
     ("v dtype", _replace(2, lambda a: a[2].half()), "v"),
     ("k device", _replace(1, lambda a: a[1].to("meta")), "k"),
     (
-        "head size",
-        lambda: (*(torch.zeros(2, 3, 10, 129),) * 3, [0, 1, 5], torch.tensor([10, 4])),
+        "head size 0",
+        lambda: (*(torch.zeros(2, 3, 10, 0),) * 3, [0, 1, 5], torch.tensor([10, 4])),
         "q",
     ),
     ("windows length", _replace(3, [0, 1]), "windows"),
@@ -419,3 +419,18 @@ def test_cuda_lengths_range_rechecked_after_in_place_change() -> None:
     lengths.fill_(9)  # an in-place change must be checked again
     with pytest.raises(ValueError, match=r"^lengths:"):
         group_attention(q, q, q, [0], lengths)
+
+
+def test_wide_heads_take_the_reference_unless_triton_is_forced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    q = torch.randn(1, 2, 12, 160)
+    lengths = torch.tensor([9])
+    monkeypatch.delenv("AMNET_ATTENTION", raising=False)
+    assert kernels.attention_backend("cuda", head_dim=160) == "reference"
+    out = kernels.group_attention(q, q, q, [0, 5], lengths)
+    expected = kernels.group_attention_reference(q, q, q, torch.tensor([0, 5]), lengths)
+    assert torch.allclose(out, expected)
+    monkeypatch.setenv("AMNET_ATTENTION", "triton")
+    with pytest.raises(ValueError, match="q: head size 160 above"):
+        kernels.group_attention(q, q, q, [0, 5], lengths)
