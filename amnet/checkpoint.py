@@ -29,6 +29,7 @@ def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -49,6 +50,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         zipfile.BadZipFile,
         ValueError,
         OSError,
+        # The restricted unpickler raises these too on damaged files.
+        IndexError,
+        KeyError,
+        TypeError,
+        AttributeError,
     ) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AMNetError(f"{path}: not a readable checkpoint ({first[:160]})") from None

@@ -1,0 +1,20 @@
+"""The thin runtime: AMNet inference with numpy plus ONNX Runtime, TensorRT or PyTorch.
+
+::
+
+    from amnet.deploy import Detector
+    detections = Detector("model.onnx")(features)    # [T, C] numpy array -> list[Detection]
+
+Only the backend a model needs is imported (an ``.onnx`` model never imports torch). Modules:
+
+- :mod:`~amnet.deploy.detector`: :class:`Detector`, :class:`Detection`.
+- :mod:`~amnet.deploy.backends`: the :class:`Backend` interface and :func:`open_backend`;
+  implementations in ``backend_onnx``, ``backend_tensorrt``, ``backend_torch``.
+- :mod:`~amnet.deploy.infer_cli` (``amnet-infer``), :mod:`~amnet.deploy.bench_cli`
+  (``amnet-bench``), :mod:`~amnet.deploy.viz` (``amnet-viz``, ``--plot``).
+"""
+
+from amnet.deploy.backends import Backend, open_backend
+from amnet.deploy.detector import Detection, Detector, snippets_duration
+
+__all__ = ["Backend", "Detection", "Detector", "open_backend", "snippets_duration"]

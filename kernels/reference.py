@@ -12,9 +12,11 @@ from collections.abc import Sequence
 
 import torch
 
-# Added to the scores of invisible keys: exp() of it underflows to exactly 0, and twice it is
-# still finite in float32, so a row that sees no key gives a uniform softmax, never NaN.
-_MASKED = -1.0e30
+# Added to the scores of invisible keys. Far enough below any real score (LayerNorm'd inputs
+# keep those within a few hundred) that exp() underflows to exactly 0, and small enough that
+# twice it stays finite even in float16 (a TensorRT FP16 engine), so a row that sees no key
+# gives a uniform softmax, never NaN; such rows are zeroed afterwards.
+_MASKED = -2.0e4
 
 
 def visibility_mask(

@@ -1,0 +1,116 @@
+"""ONNX Runtime backend: an exported ``.onnx`` chunk graph (FP32 or the dynamic INT8 one).
+
+``device="cpu"`` uses the CPU execution provider; ``device="cuda"`` the CUDA provider, and only
+when this ONNX Runtime build has it and the session really got it (ONNX Runtime itself falls
+back to the CPU with a warning when the CUDA libraries fail to load; here that is an error).
+``InferenceSession.run`` may be called from several threads at once, so one session serves a
+whole multi-threaded :class:`~amnet.deploy.detector.Detector`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amnet.deploy.backends import check_batch, check_device, check_metadata
+from amnet.errors import AMNetError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["OnnxRuntimeBackend", "import_onnxruntime"]
+
+_CPU, _CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+_INPUTS, _OUTPUTS = ("features", "lengths"), ("scores", "segments")
+# ONNX Runtime's default (warning) would print graph-optimisation notes on stderr for every
+# session; errors still surface as exceptions.
+_LOG_ERROR = 3
+
+
+def import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except Exception as exc:  # ImportError, or a broken install failing to load its libraries
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise AMNetError(
+            f"ONNX Runtime is not available ({detail}); install onnxruntime "
+            "(or onnxruntime-gpu for CUDA)"
+        ) from None
+    return onnxruntime
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
+
+
+class OnnxRuntimeBackend:
+    """An ``onnxruntime.InferenceSession`` over an AMNet chunk graph."""
+
+    name = "onnxruntime"
+    max_batch: int | None = None
+
+    def __init__(
+        self, path: str | Path, device: str | None = None, intra_op_threads: int | None = None
+    ) -> None:
+        from amnet.export.metadata import read_onnx_metadata
+
+        self.path = Path(path)
+        self.device = check_device(device, ("cpu", "cuda"), self.name)
+        ort = import_onnxruntime()
+        if self.device == "cuda":
+            available = ort.get_available_providers()
+            if _CUDA not in available:
+                raise AMNetError(
+                    f"device cuda asked for, but this ONNX Runtime has no CUDA provider "
+                    f"(available: {', '.join(available)}); install onnxruntime-gpu or use "
+                    "device cpu"
+                )
+            providers = [_CUDA, _CPU]  # CPU only for the odd op the CUDA provider lacks
+        else:
+            providers = [_CPU]
+        options = ort.SessionOptions()
+        options.log_severity_level = _LOG_ERROR
+        if intra_op_threads:
+            options.intra_op_num_threads = int(intra_op_threads)
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as exc:  # ORT raises its own exception types for unreadable models
+            raise AMNetError(
+                f"{self.path}: ONNX Runtime cannot load the model ({_first_line(exc)})"
+            ) from None
+        if self.device == "cuda" and _CUDA not in self.session.get_providers():
+            raise AMNetError(
+                f"{self.path}: ONNX Runtime could not start its CUDA provider (CUDA or cuDNN "
+                "libraries missing?); refusing to run on the CPU instead"
+            )
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if sorted(inputs) != sorted(_INPUTS) or not set(_OUTPUTS) <= set(outputs):
+            raise AMNetError(
+                f"{self.path}: not an AMNet chunk graph (inputs {inputs}, outputs {outputs}; "
+                f"expected inputs {list(_INPUTS)} and outputs {list(_OUTPUTS)})"
+            )
+        self.metadata = check_metadata(read_onnx_metadata(self.session), str(self.path))
+        self._input_dim = int(self.metadata["input_dim"])
+
+    @property
+    def quantization(self) -> str | None:
+        return self.metadata.get("quantization")
+
+    def run(self, features: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        features, lengths = check_batch(features, lengths, self._input_dim)
+        try:
+            scores, segments = self.session.run(
+                list(_OUTPUTS), {_INPUTS[0]: features, _INPUTS[1]: lengths}
+            )
+        except Exception as exc:  # ORT's own error types (e.g. out of memory, bad shapes)
+            raise AMNetError(f"{self.path}: ONNX Runtime failed ({_first_line(exc)})") from None
+        return np.asarray(scores, dtype=np.float32), np.asarray(segments, dtype=np.float32)
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"OnnxRuntimeBackend({str(self.path)!r}, device={self.device!r})"

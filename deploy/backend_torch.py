@@ -1,0 +1,91 @@
+"""PyTorch backend: an AMNet checkpoint (``.pt``) run eagerly, the reference the others match.
+
+The only module of the runtime that imports torch. It computes what the exported graph computes
+(``AMNet.predict``), with the checkpoint's EMA weights when it has them (as the exporter does).
+``run`` holds no state between calls and runs under ``torch.inference_mode``, so several
+threads may call it at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amnet.deploy.backends import check_batch, check_device, check_metadata
+from amnet.errors import AMNetError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TorchBackend", "metadata_from_config"]
+
+
+def metadata_from_config(cfg: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
+    """The runtime metadata of a checkpoint, in the shape the exported models carry."""
+    data = cfg["dataset"]
+    return {
+        "config": cfg,
+        "class_names": list(class_names),
+        "fps": float(data["default_fps"]),
+        "feature_stride": int(data["feature_stride"]),
+        "num_frames": int(data["num_frames"]),
+        "max_seq_len": int(data["max_seq_len"]),
+        "chunk_overlap": float(cfg["test_cfg"]["chunk_overlap"]),
+        "input_dim": int(data["input_dim"]),
+        "num_classes": int(data["num_classes"]),
+        "pad_multiple": 2 ** (int(cfg["model"]["n_levels"]) - 1),
+    }
+
+
+class TorchBackend:
+    """An :class:`amnet.model.AMNet` loaded from a checkpoint."""
+
+    name = "torch"
+    max_batch: int | None = None
+
+    def __init__(
+        self,
+        path: str | Path,
+        device: str | None = None,
+        intra_op_threads: int | None = None,
+        use_ema: bool = True,
+    ) -> None:
+        import torch
+
+        from amnet.checkpoint import load_model
+
+        self.path = Path(path)
+        self.device = check_device(device, ("cpu", "cuda"), self.name)
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise AMNetError(
+                "device cuda asked for, but PyTorch sees no CUDA GPU "
+                f"(torch {torch.__version__}); use device cpu"
+            )
+        if intra_op_threads:
+            torch.set_num_threads(int(intra_op_threads))
+        self._torch = torch
+        model, cfg, class_names = load_model(self.path, use_ema=use_ema)
+        self.model = model.to(self.device).eval()
+        self.config = cfg
+        self.metadata = check_metadata(metadata_from_config(cfg, class_names), str(self.path))
+        self._input_dim = int(self.metadata["input_dim"])
+
+    def run(self, features: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        torch = self._torch
+        features, lengths = check_batch(features, lengths, self._input_dim)
+        with torch.inference_mode():
+            x = torch.from_numpy(features).to(self.device)
+            n = torch.from_numpy(lengths).to(self.device)
+            scores, segments = self.model.predict(x, n)
+            return (
+                scores.float().cpu().numpy(),
+                segments.float().cpu().numpy(),
+            )
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"TorchBackend({str(self.path)!r}, device={self.device!r})"

@@ -1,0 +1,175 @@
+"""One interface over the three inference engines, and the choice of engine by file suffix.
+
+A backend runs the exported chunk graph on one batch of chunks::
+
+    scores, segments = backend.run(features, lengths)
+    # features [B, T, C] float32, lengths [B] int64
+    # -> scores [B, P, K] float32 (sigmoid probabilities, 0 at padded points),
+    #    segments [B, P, 2] float32 (decoded, in snippet units from the chunk start)
+
+and carries the model's metadata (``backend.metadata``: config, class names, fps, feature
+stride, frames per snippet, max_seq_len, chunk overlap, input_dim, num_classes; the same typed
+dict as :func:`amnet.export.metadata.read_onnx_metadata`). Chunking, batching and
+post-processing live in :class:`amnet.deploy.detector.Detector`, above this interface, so every
+backend yields detections through the same code.
+
+=================  ===================  ===========================================
+suffix             backend              devices
+=================  ===================  ===========================================
+``.onnx``          ONNX Runtime         ``cpu`` (default), ``cuda`` (CUDA provider)
+``.plan/.engine``  TensorRT 10          ``cuda`` only (default); ``<plan>.json`` sidecar
+``.pt/.pth``       PyTorch              ``cpu`` (default), ``cuda``
+=================  ===================  ===========================================
+
+Only the chosen backend's engine is imported: an ONNX model never imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from amnet.errors import AMNetError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BACKEND_SUFFIXES",
+    "DEVICES",
+    "Backend",
+    "backend_name_for",
+    "check_batch",
+    "open_backend",
+]
+
+DEVICES = ("cpu", "cuda")
+BACKEND_SUFFIXES: dict[str, str] = {
+    ".onnx": "onnxruntime",
+    ".plan": "tensorrt",
+    ".engine": "tensorrt",
+    ".pt": "torch",
+    ".pth": "torch",
+}
+# The metadata every backend must provide (the runtime reads nothing else).
+REQUIRED_METADATA = (
+    "config",
+    "class_names",
+    "fps",
+    "feature_stride",
+    "num_frames",
+    "max_seq_len",
+    "chunk_overlap",
+    "input_dim",
+    "num_classes",
+)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What :class:`~amnet.deploy.detector.Detector` needs from an inference engine.
+
+    Implementations must allow concurrent ``run`` calls from several threads.
+    """
+
+    name: str  # "onnxruntime", "tensorrt" or "torch"
+    device: str  # "cpu" or "cuda"
+    path: Path
+    metadata: Mapping[str, Any]
+    max_batch: int | None  # most chunks per run call (None: no limit)
+
+    def run(self, features: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``features [B, T, C] float32``, ``lengths [B] int64`` -> ``scores``, ``segments``."""
+        ...
+
+    def close(self) -> None:
+        """Release the engine (the backend is unusable afterwards)."""
+        ...
+
+
+def backend_name_for(path: str | os.PathLike) -> str:
+    """The backend a model file runs on, from its suffix; AMNetError for an unknown one."""
+    suffix = Path(path).suffix.lower()
+    name = BACKEND_SUFFIXES.get(suffix)
+    if name is None:
+        known = ", ".join(sorted(BACKEND_SUFFIXES))
+        shown = f"suffix {suffix!r}" if suffix else "no suffix"
+        raise AMNetError(f"{path}: unknown model type ({shown}; expected one of {known})")
+    return name
+
+
+def check_device(device: str | None, allowed: tuple[str, ...], backend: str) -> str:
+    """``device`` validated for ``backend`` (``None``: the backend's first, natural device)."""
+    if device is None:
+        return allowed[0]
+    if not isinstance(device, str) or device.lower() not in DEVICES:
+        raise AMNetError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    device = device.lower()
+    if device not in allowed:
+        raise AMNetError(f"the {backend} backend runs on {' or '.join(allowed)}, not {device}")
+    return device
+
+
+def check_metadata(meta: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Refuse metadata that lacks what the runtime reads (one line naming the model)."""
+    missing = [k for k in REQUIRED_METADATA if k not in meta]
+    if missing:
+        raise AMNetError(f"{where}: model metadata lacks {', '.join(missing)}")
+    return dict(meta)
+
+
+def check_batch(
+    features: np.ndarray, lengths: np.ndarray, input_dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The inputs of one ``run`` call as contiguous float32 / int64, or ValueError."""
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    if features.ndim != 3 or features.shape[2] != input_dim:
+        raise ValueError(f"features must be [B, T, {input_dim}], got {list(features.shape)}")
+    if lengths.shape != (features.shape[0],):
+        raise ValueError(f"lengths must be [{features.shape[0]}], got {list(lengths.shape)}")
+    return features, lengths
+
+
+def open_backend(
+    path: str | os.PathLike,
+    device: str | None = None,
+    intra_op_threads: int | None = None,
+) -> Backend:
+    """Open ``path`` with the backend its suffix names (see the module docstring).
+
+    ``device=None`` picks the backend's natural device (``cpu``, or ``cuda`` for TensorRT).
+    Asking for a device the backend or the machine cannot provide is an AMNetError, never a
+    silent fallback. ``intra_op_threads`` bounds the CPU threads of one inference call (ONNX
+    Runtime's session option; for PyTorch, ``torch.set_num_threads``, which is process-wide).
+    """
+    path = Path(path)
+    name = backend_name_for(path)
+    if not path.exists():
+        raise AMNetError(f"{path}: model file not found")
+    if not path.is_file():
+        raise AMNetError(f"{path}: is not a file, expected a model file")
+    if intra_op_threads is not None and (
+        isinstance(intra_op_threads, bool)
+        or not isinstance(intra_op_threads, (int, np.integer))
+        or intra_op_threads < 1
+    ):
+        raise AMNetError(f"intra_op_threads must be an integer >= 1, got {intra_op_threads!r}")
+    if name == "onnxruntime":
+        from amnet.deploy.backend_onnx import OnnxRuntimeBackend
+
+        backend: Backend = OnnxRuntimeBackend(path, device, intra_op_threads)
+    elif name == "tensorrt":
+        from amnet.deploy.backend_tensorrt import TensorRTBackend
+
+        backend = TensorRTBackend(path, device)
+    else:
+        from amnet.deploy.backend_torch import TorchBackend
+
+        backend = TorchBackend(path, device, intra_op_threads)
+    logger.debug("opened %s with %s on %s", path, backend.name, backend.device)
+    return backend

@@ -1,0 +1,673 @@
+"""``amnet-bench``: end-to-end speed and memory of every backend on a THUMOS14-shaped test set.
+
+::
+
+    amnet-bench (--config CFG | --engine MODEL)
+        [--layout ANNOTATIONS.json [--subset test] | --preset thumos14|tiny] [--videos N]
+        [--seed S] [--backends torch,onnxruntime,onnxruntime-int8,tensorrt] [--device cpu|cuda]
+        [--threads N] [--latency 256,2304,12551] [--repeats 3] [--work DIR] [--json]
+
+What it does (DESIGN §7):
+
+1. **Data**: a synthetic test set (:mod:`amnet.synth`) with the videos, durations and actions of
+   a real annotation file (``--layout``, e.g. THUMOS14's ``test`` subset) or drawn from a preset
+   (default ``thumos14``: its 212-video test split), the first ``--videos`` of them.
+2. **Model**: from ``--config``, an initialised model (random weights, input statistics from
+   the synthetic features, as training would set them) saved as a checkpoint, then exported to
+   ONNX (and INT8 ONNX) with :func:`amnet.export.to_onnx.export_onnx` and, where TensorRT and a
+   GPU exist, built into an engine. With ``--engine`` the given model is used: a ``.pt`` is
+   exported as above, an ``.onnx`` serves ONNX Runtime (its INT8 sibling, or one quantized
+   here), a ``.plan`` TensorRT only. Backends that cannot run are reported as skipped, with the
+   reason.
+3. **Throughput**: each backend in its own fresh process (so that its peak RSS is its own):
+   open a :class:`~amnet.deploy.Detector`, run one short warm-up call, then for every video read
+   the ``.npy``, detect, and finally write the results JSON. ``seconds`` covers reading,
+   inference, post-processing and writing, not the model load (reported as ``load_s``);
+   ``snippets_per_s`` = snippets / seconds; ``peak_rss_mb`` = the process's peak resident
+   memory; ``speedup`` = torch seconds / backend seconds and ``rss_ratio`` = backend peak RSS /
+   torch peak RSS (same run). ``agree_top10`` = the share of the PyTorch top-10 detections per
+   video that the backend reproduces (same class, tIoU >= 0.9, score within 0.01).
+4. **Latency** (``--latency``): one synthetic video of each length T, in another fresh process
+   per backend; median (and min) seconds of ``--repeats`` calls after one warm-up call.
+5. **Startup**: in a fresh process per backend, the time to ``import amnet.deploy`` and to
+   construct the Detector, the resident memory after, and whether torch got imported.
+
+Output: a table on stdout; with ``--json`` the last stdout line is
+``{"results": [{"backend", "videos", "snippets", "seconds", "snippets_per_s", "peak_rss_mb",
+...}], "skipped": [{"backend", "reason"}], "latency": [...], "startup": [...], "setup": {...}}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amnet.cli.common import run_cli, setup_logging
+from amnet.cli.synth import OneLineParser
+from amnet.errors import AMNetError
+
+logger = logging.getLogger("amnet.deploy.bench")
+
+PROG = "amnet-bench"
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
+PRESETS = ("thumos14", "tiny")
+WARMUP_SNIPPETS = 64
+_WORKER_TIMEOUT_S = 3 * 3600
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(
+        prog=PROG,
+        description="Benchmark the runtime backends end to end (read .npy -> detections -> "
+        "results JSON) on a THUMOS14-shaped synthetic test set, each in its own process.",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", metavar="CFG", help="build an initialised model from a config")
+    source.add_argument("--engine", metavar="MODEL", help="benchmark this .pt/.onnx/.plan model")
+    parser.add_argument(
+        "--layout", metavar="ANNOTATIONS.json", help="copy videos and actions from this file"
+    )
+    parser.add_argument("--subset", metavar="S", help="subset of --layout (default: test)")
+    parser.add_argument(
+        "--preset", choices=PRESETS, help="drawn layout without --layout (default: thumos14)"
+    )
+    parser.add_argument("--videos", type=int, metavar="N", help="first N videos (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="data and weights seed (default: 0)")
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help="comma-separated, from " + ", ".join(BACKENDS) + " (default: all)",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="CPU threads per call (default: engine default)"
+    )
+    parser.add_argument(
+        "--latency", metavar="T,...", help="also time one video of each length T (snippets)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="latency runs per T (default: 3)")
+    parser.add_argument(
+        "--work", metavar="DIR", help="keep data, models and results here (default: a temp dir)"
+    )
+    parser.add_argument("--json", action="store_true", help="last stdout line: JSON results")
+    parser.add_argument("-q", "--quiet", action="store_true", help="less logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # Internal: one measurement in a fresh process (see _run_worker).
+    parser.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
+    return parser
+
+
+# -- measurements inside a worker process ---------------------------------------------------
+
+
+def _proc_status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process.
+
+    Linux: ``VmHWM``, the high-water mark of this process's own address space. Not
+    ``getrusage``'s ``ru_maxrss``: across fork + exec it carries over the parent's peak, so a
+    small worker started by a large parent would report the parent's memory.
+    """
+    peak = _proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
+    value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return value / 1024 if sys.platform != "darwin" else value / 2**20
+
+
+def _worker_throughput(spec: Mapping[str, Any]) -> dict[str, Any]:
+    from amnet.deploy.detector import Detector
+    from amnet.deploy.infer_cli import read_features
+    from amnet.fileio import atomic_write_json
+    from amnet.results import results_to_json
+
+    began = time.perf_counter()
+    detector = Detector(spec["model"], spec["device"], intra_op_threads=spec["threads"])
+    load_s = time.perf_counter() - began
+    files = [Path(p) for p in spec["features"]]
+    first = read_features(files[0], detector.input_dim)
+    detector.detect_raw(first[:WARMUP_SNIPPETS])
+    del first
+    results = {}
+    snippets = 0
+    began = time.perf_counter()
+    for path in files:
+        feats = read_features(path, detector.input_dim)
+        results[path.stem] = detector.detect_raw(feats)
+        snippets += feats.shape[0]
+    atomic_write_json(spec["results"], results_to_json(results, detector.class_names))
+    seconds = time.perf_counter() - began
+    return {
+        "videos": len(files),
+        "snippets": snippets,
+        "seconds": seconds,
+        "snippets_per_s": snippets / seconds if seconds > 0 else math.inf,
+        "peak_rss_mb": _peak_rss_mb(),
+        "load_s": load_s,
+        "device": detector.device,
+    }
+
+
+def _worker_latency(spec: Mapping[str, Any]) -> dict[str, Any]:
+    from amnet.deploy.detector import Detector
+
+    detector = Detector(spec["model"], spec["device"], intra_op_threads=spec["threads"])
+    rows = []
+    for path in spec["latency"]:
+        feats = np.load(path, allow_pickle=False)
+        detector.detect_raw(feats)  # warm-up: first call at this shape
+        times = []
+        for _ in range(int(spec["repeats"])):
+            began = time.perf_counter()
+            detector.detect_raw(feats)
+            times.append(time.perf_counter() - began)
+        rows.append(
+            {
+                "snippets": int(feats.shape[0]),
+                "median_s": statistics.median(times),
+                "min_s": min(times),
+                "runs": len(times),
+            }
+        )
+    return {"latency": rows, "peak_rss_mb": _peak_rss_mb()}
+
+
+_STARTUP_CODE = """
+import json, sys, time
+t0 = time.perf_counter()
+import amnet.deploy
+t1 = time.perf_counter()
+det = amnet.deploy.Detector(sys.argv[1], sys.argv[2], intra_op_threads={threads})
+t2 = time.perf_counter()
+torch_imported = "torch" in sys.modules
+rss = None
+with open("/proc/self/status") as handle:
+    for line in handle:
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) / 1024
+print(json.dumps({{"import_s": t1 - t0, "construct_s": t2 - t1, "rss_mb": rss,
+                  "torch_imported": torch_imported}}))
+"""
+
+
+def _run_worker(spec: Mapping[str, Any], work: Path, name: str) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter; its last stdout line is the JSON answer."""
+    if spec["mode"] == "startup":
+        code = _STARTUP_CODE.format(threads=repr(spec["threads"]))
+        cmd = [sys.executable, "-c", code, str(spec["model"]), spec["device"]]
+    else:
+        spec_path = work / f"worker_{name}_{spec['mode']}.json"
+        spec_path.write_text(json.dumps(spec), encoding="utf-8")
+        cmd = [sys.executable, "-m", "amnet.deploy.bench_cli", "--worker", str(spec_path)]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=_WORKER_TIMEOUT_S, cwd=work, check=False
+    )
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        raise AMNetError(f"{name} {spec['mode']} run failed (exit {proc.returncode}): {tail}")
+    return json.loads(lines[-1])
+
+
+def _worker_main(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    if spec["mode"] == "throughput":
+        answer = _worker_throughput(spec)
+    elif spec["mode"] == "latency":
+        answer = _worker_latency(spec)
+    else:
+        raise AMNetError(f"unknown worker mode {spec['mode']!r}")
+    print(json.dumps(answer))
+    return 0
+
+
+# -- preparation (parent process) ------------------------------------------------------------
+
+
+def _parse_backends(text: str) -> list[str]:
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or not names:
+        raise AMNetError(
+            f"--backends: unknown {', '.join(unknown) or '(none given)'} (known: {', '.join(BACKENDS)})"
+        )
+    return list(dict.fromkeys(names))
+
+
+def _parse_lengths(text: str | None) -> list[int]:
+    if not text:
+        return []
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise AMNetError(f"--latency: expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise AMNetError(f"--latency: lengths must be >= 1, got {text!r}")
+    return values
+
+
+def _dataset(args: Any, work: Path, dim: int) -> tuple[Path, list[str]]:
+    """Write (or reuse) the synthetic test set; returns its folder and class names."""
+    from amnet import synth
+
+    if args.layout:
+        subset = args.subset or "test"
+        videos, class_names = synth.layout_from_file(args.layout, subset, args.videos)
+        key = {"layout": str(Path(args.layout).resolve()), "subset": subset}
+    else:
+        if args.subset:
+            raise AMNetError("--subset goes with --layout")
+        preset = args.preset or "thumos14"
+        class_names = synth.preset_class_names(preset)
+        videos = synth.draw_layout(preset, args.videos, args.seed, ["test"])
+        key = {"preset": preset}
+    key.update({"videos": args.videos, "seed": args.seed, "dim": dim})
+    data = work / "data"
+    marker = data / "bench_dataset.json"
+    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == key:
+        logger.info("reusing the synthetic test set in %s", data)
+        return data, class_names
+    if data.exists():
+        shutil.rmtree(data)
+    synth.write_dataset(
+        data,
+        videos,
+        class_names,
+        seed=args.seed,
+        dim=dim,
+        version=f"amnet-bench {key}",
+        progress=not args.quiet,
+    )
+    marker.write_text(json.dumps(key), encoding="utf-8")
+    return data, class_names
+
+
+def _latency_files(work: Path, lengths: Sequence[int], dim: int, seed: int) -> list[Path]:
+    from amnet import synth
+    from amnet.annotations import VideoAnnotation
+    from amnet.fileio import atomic_save_npy
+
+    folder = work / "latency"
+    folder.mkdir(exist_ok=True)
+    world = synth.FeatureWorld.create(seed, synth.preset_class_names("tiny"), dim)
+    paths = []
+    for length in lengths:
+        path = folder / f"T{length}_d{dim}_s{seed}.npy"
+        if not path.is_file():
+            vid = f"latency_{length}"
+            video = VideoAnnotation(vid, "test", length * synth.STRIDE / synth.FPS, synth.FPS)
+            feats = synth.synthesize_features(video, world, 1.0, synth.video_rng(seed, vid))
+            if len(feats) < length:  # rounding of the duration: pad by repeating
+                feats = np.resize(feats, (length, dim))
+            atomic_save_npy(path, np.ascontiguousarray(feats[:length]))
+        paths.append(path)
+    return paths
+
+
+def _input_statistics(data: Path, dim: int, limit: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std over (up to ``limit``) synthetic videos."""
+    files = sorted((data / "features").glob("*.npy"))[:limit]
+    total = np.zeros(dim)
+    square = np.zeros(dim)
+    count = 0
+    for path in files:
+        feats = np.load(path).astype(np.float64)
+        total += feats.sum(0)
+        square += (feats * feats).sum(0)
+        count += len(feats)
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(square / max(count, 1) - mean * mean, 0.0))
+    return mean, std
+
+
+def _checkpoint_from_config(
+    config: str, work: Path, data: Path, class_names: Sequence[str], seed: int
+) -> Path:
+    import torch
+
+    from amnet.checkpoint import save_checkpoint
+    from amnet.config import load_config
+    from amnet.model import AMNet
+
+    cfg = load_config(config)
+    k = int(cfg["dataset"]["num_classes"])
+    names = list(class_names[:k]) + [f"class_{i}" for i in range(len(class_names), k)]
+    torch.manual_seed(seed)
+    model = AMNet.from_config(cfg)
+    mean, std = _input_statistics(data, int(cfg["dataset"]["input_dim"]))
+    model.set_input_statistics(torch.from_numpy(mean).float(), torch.from_numpy(std).float())
+    path = work / "model.pt"
+    save_checkpoint(path, config=cfg, class_names=names, model=model.state_dict(), ema=None)
+    return path
+
+
+def _model_dim(path: Path) -> int:
+    """input_dim of a model file, without running it."""
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        from amnet.export.metadata import read_onnx_metadata
+
+        return int(read_onnx_metadata(path)["input_dim"])
+    if suffix in (".plan", ".engine"):
+        from amnet.export.metadata import read_plan_metadata
+
+        return int(read_plan_metadata(path)["input_dim"])
+    if suffix in (".pt", ".pth"):
+        from amnet.checkpoint import read_checkpoint
+
+        return int(read_checkpoint(path)["config"]["dataset"]["input_dim"])
+    from amnet.deploy.backends import backend_name_for
+
+    backend_name_for(path)  # raises the unknown-type error
+    raise AssertionError("unreachable")
+
+
+def _models(
+    args: Any, wanted: Sequence[str], work: Path, ckpt: Path | None, onnx: Path | None
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """Model file per backend, and the reason for each backend that cannot run."""
+    models: dict[str, Path] = {}
+    skipped: dict[str, str] = {}
+    plan = (
+        Path(args.engine)
+        if args.engine and Path(args.engine).suffix in (".plan", ".engine")
+        else None
+    )
+    if ckpt is not None:
+        models["torch"] = ckpt
+    else:
+        skipped["torch"] = "needs a .pt checkpoint (--config or --engine CKPT.pt)"
+    if (
+        onnx is None
+        and ckpt is not None
+        and {"onnxruntime", "onnxruntime-int8", "tensorrt"} & set(wanted)
+    ):
+        from amnet.export.to_onnx import export_onnx
+
+        logger.info("exporting %s to ONNX", ckpt)
+        onnx = export_onnx(
+            ckpt, work / "model.onnx", int8="onnxruntime-int8" in wanted, parity=False
+        ).path
+    if onnx is not None:
+        models["onnxruntime"] = onnx
+        if "onnxruntime-int8" in wanted:
+            from amnet.export.quantize import int8_path_for, quantize_int8
+
+            int8 = int8_path_for(onnx)
+            if not int8.is_file():
+                int8 = quantize_int8(onnx, work / int8.name)
+            models["onnxruntime-int8"] = int8
+    else:
+        for name in ("onnxruntime", "onnxruntime-int8"):
+            skipped[name] = "needs an ONNX model (--config, --engine CKPT.pt or MODEL.onnx)"
+    if plan is not None:
+        models["tensorrt"] = plan
+    elif "tensorrt" in wanted and onnx is not None:
+        try:
+            from amnet.export.to_tensorrt import build_engine
+
+            if args.device != "cuda":
+                raise AMNetError("TensorRT runs on CUDA only (use --device cuda)")
+            models["tensorrt"], _ = build_engine(onnx, work / "model.plan")
+        except AMNetError as exc:
+            skipped["tensorrt"] = str(exc)
+    elif "tensorrt" in wanted:
+        skipped["tensorrt"] = "needs an ONNX model or a .plan"
+    return (
+        {k: v for k, v in models.items() if k in wanted},
+        {k: v for k, v in skipped.items() if k in wanted},
+    )
+
+
+def _agreement(reference: Path, other: Path, top: int = 10) -> float:
+    """Share of the reference's top detections per video reproduced by ``other``."""
+    ref = json.loads(reference.read_text(encoding="utf-8"))["results"]
+    oth = json.loads(other.read_text(encoding="utf-8"))["results"]
+    matched = total = 0
+    for vid, entries in ref.items():
+        candidates = oth.get(vid, [])
+        for entry in entries[:top]:
+            total += 1
+            s, e = entry["segment"]
+            for cand in candidates:
+                if cand["label_id"] != entry["label_id"]:
+                    continue
+                cs, ce = cand["segment"]
+                inter = max(0.0, min(e, ce) - max(s, cs))
+                union = max(e, ce) - min(s, cs)
+                if (
+                    union > 0
+                    and inter / union >= 0.9
+                    and abs(cand["score"] - entry["score"]) <= 0.01
+                ):
+                    matched += 1
+                    break
+    return matched / total if total else 1.0
+
+
+def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    header = "| " + " | ".join(title for _, title, _ in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = []
+    for row in rows:
+        cells = []
+        for key, _, fmt in columns:
+            value = row.get(key)
+            cells.append("–" if value is None else format(value, fmt) if fmt else str(value))
+        body.append("| " + " | ".join(cells) + " |")
+    return "\n".join([header, rule, *body])
+
+
+def _run(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.worker:
+        return _worker_main(args.worker)
+    setup_logging(args.verbose, args.quiet)
+    if not (args.config or args.engine):
+        raise AMNetError("give --config CFG or --engine MODEL")
+    wanted = _parse_backends(args.backends)
+    lengths = _parse_lengths(args.latency)
+    if args.videos is not None and args.videos < 1:
+        raise AMNetError(f"--videos must be >= 1, got {args.videos}")
+    if args.threads is not None and args.threads < 1:
+        raise AMNetError(f"--threads must be >= 1, got {args.threads}")
+    if args.repeats < 1:
+        raise AMNetError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.layout and args.preset:
+        raise AMNetError("give either --layout or --preset, not both")
+
+    temporary = args.work is None
+    work = Path(tempfile.mkdtemp(prefix="amnet-bench-")) if temporary else Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        return _bench(args, wanted, lengths, work.resolve())
+    finally:
+        if temporary:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _bench(args: Any, wanted: list[str], lengths: list[int], work: Path) -> int:
+    engine = Path(args.engine) if args.engine else None
+    if engine is not None:
+        if not engine.is_file():
+            raise AMNetError(f"{engine}: model file not found")
+        dim = _model_dim(engine)
+    else:
+        from amnet.config import load_config
+
+        dim = int(load_config(args.config)["dataset"]["input_dim"])
+    data, class_names = _dataset(args, work, dim)
+    features = sorted(str(p) for p in (data / "features").glob("*.npy"))
+
+    ckpt = onnx = None
+    if args.config:
+        ckpt = _checkpoint_from_config(args.config, work, data, class_names, args.seed)
+    elif engine is not None and engine.suffix.lower() in (".pt", ".pth"):
+        ckpt = engine
+    elif engine is not None and engine.suffix.lower() == ".onnx":
+        onnx = engine
+    models, skipped = _models(args, wanted, work, ckpt, onnx)
+    latency_paths = [str(p) for p in _latency_files(work, lengths, dim, args.seed)]
+
+    results: list[dict[str, Any]] = []
+    latency: list[dict[str, Any]] = []
+    startup: list[dict[str, Any]] = []
+    for name in wanted:
+        if name not in models:
+            logger.warning("%s: skipped (%s)", name, skipped.get(name, "not available"))
+            continue
+        base = {"model": str(models[name]), "device": args.device, "threads": args.threads}
+        if name == "tensorrt":
+            base["device"] = "cuda"
+        try:
+            logger.info("%s: throughput over %d videos", name, len(features))
+            row = _run_worker(
+                {
+                    **base,
+                    "mode": "throughput",
+                    "features": features,
+                    "results": str(work / f"results_{name}.json"),
+                },
+                work,
+                name,
+            )
+            results.append({"backend": name, **row})
+            startup.append(
+                {"backend": name, **_run_worker({**base, "mode": "startup"}, work, name)}
+            )
+            if latency_paths:
+                logger.info("%s: latency at T = %s", name, ",".join(map(str, lengths)))
+                answer = _run_worker(
+                    {**base, "mode": "latency", "latency": latency_paths, "repeats": args.repeats},
+                    work,
+                    name,
+                )
+                latency.extend({"backend": name, **r} for r in answer["latency"])
+        except AMNetError as exc:
+            skipped[name] = str(exc)
+            logger.warning("%s: failed (%s)", name, exc)
+            results = [r for r in results if r["backend"] != name]
+
+    torch_row = next((r for r in results if r["backend"] == "torch"), None)
+    for row in results:
+        if torch_row is not None:
+            row["speedup"] = torch_row["seconds"] / row["seconds"] if row["seconds"] > 0 else None
+            row["rss_ratio"] = row["peak_rss_mb"] / torch_row["peak_rss_mb"]
+            row["agree_top10"] = _agreement(
+                work / "results_torch.json", work / f"results_{row['backend']}.json"
+            )
+    setup = {
+        "videos": len(features),
+        "snippets": results[0]["snippets"] if results else None,
+        "dim": dim,
+        "device": args.device,
+        "threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "model": str(args.config or args.engine),
+    }
+    _print_report(results, skipped, latency, startup, setup, args.json)
+    return 0
+
+
+def _print_report(
+    results: list[dict[str, Any]],
+    skipped: Mapping[str, str],
+    latency: list[dict[str, Any]],
+    startup: list[dict[str, Any]],
+    setup: Mapping[str, Any],
+    as_json: bool,
+) -> None:
+    print(
+        f"## amnet-bench: {setup['videos']} videos, {setup['snippets']} snippets, "
+        f"model {setup['model']}, device {setup['device']}, threads {setup['threads'] or 'default'}"
+        f" ({setup['cpu_count']} CPUs)"
+    )
+    print()
+    print(
+        _table(
+            results,
+            [
+                ("backend", "backend", ""),
+                ("seconds", "seconds", ".2f"),
+                ("snippets_per_s", "snippets/s", ".0f"),
+                ("speedup", "× torch", ".2f"),
+                ("peak_rss_mb", "peak RSS MB", ".0f"),
+                ("rss_ratio", "RSS / torch", ".2f"),
+                ("load_s", "load s", ".2f"),
+                ("agree_top10", "top-10 agree", ".2f"),
+            ],
+        )
+    )
+    if latency:
+        print()
+        print(
+            _table(
+                latency,
+                [
+                    ("backend", "backend", ""),
+                    ("snippets", "T", "d"),
+                    ("median_s", "median s", ".3f"),
+                    ("min_s", "min s", ".3f"),
+                    ("runs", "runs", "d"),
+                ],
+            )
+        )
+    if startup:
+        print()
+        print(
+            _table(
+                startup,
+                [
+                    ("backend", "backend", ""),
+                    ("import_s", "import amnet.deploy s", ".3f"),
+                    ("construct_s", "Detector() s", ".3f"),
+                    ("rss_mb", "RSS after MB", ".0f"),
+                    ("torch_imported", "torch imported", ""),
+                ],
+            )
+        )
+    for name, reason in skipped.items():
+        print(f"\nskipped {name}: {reason}")
+    if as_json:
+        payload = {
+            "results": results,
+            "skipped": [{"backend": k, "reason": v} for k, v in skipped.items()],
+            "latency": latency,
+            "startup": startup,
+            "setup": dict(setup),
+        }
+        print(json.dumps(payload))
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_run, argv, PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""``Detector``: per-snippet features of a video in, action instances (seconds) out.
+
+::
+
+    from amnet.deploy import Detector
+
+    detector = Detector("model.onnx")                # or model.plan / ckpt.pt; device="cuda"
+    for d in detector(features):                     # features: [T, C] numpy array
+        print(d.label, d.start, d.end, d.score)
+    raw = detector.detect_raw(features)              # amnet.detections.Detections (arrays)
+    batch = detector.detect_many([f1, f2, f3])       # list of lists
+
+Everything but the graph comes from the model's metadata (config, class names, fps, feature
+stride, frames per snippet, ``max_seq_len``, chunk overlap, post-processing settings); fps,
+stride and frames may be overridden. Videos longer than ``max_seq_len`` run in overlapping
+chunks (:func:`amnet.postprocess.plan_chunks`, batched and padded as the PyTorch evaluation
+does), and the raw chunk outputs of every backend go through the one shared
+:func:`amnet.postprocess.postprocess_chunks`.
+
+Duration: a video of ``T`` snippets lasts what its snippets cover, from the first frame of the
+first snippet to the last frame of the last one::
+
+    duration = ((T - 1) * feature_stride + num_frames) / fps
+
+(THUMOS14: ``(4 T + 12) / 30`` s). Detections are clipped to ``[0, duration]``; pass
+``duration=`` to a call when the true video length is known (e.g. from an annotation file).
+
+Inputs: any real float or integer ``[T, C]`` array (float16/32/64, non-contiguous views) is
+accepted and cast to contiguous float32; ``T = 0`` gives no detections. A wrong rank or channel
+count, NaN/Inf (also after the cast: float64 beyond float32's range) or a non-numeric dtype
+raise :class:`amnet.errors.AMNetError` with a one-line message.
+
+A Detector holds no per-call state: one instance may serve many threads at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amnet.deploy.backends import Backend, open_backend
+from amnet.detections import Detections
+from amnet.errors import AMNetError
+from amnet.postprocess import PostprocessConfig, plan_chunks, postprocess_chunks
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Detection", "Detector", "snippets_duration"]
+
+# test_cfg keys that are not post-processing settings.
+_NOT_POSTPROCESS = ("chunk_overlap", "tiou_thresholds")
+DEFAULT_BATCH_SIZE = 4  # chunks per backend call: amnet.inference.predict_chunks' default
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One action instance: ``[start, end]`` in seconds, its class and its score."""
+
+    start: float
+    end: float
+    label: str
+    label_id: int
+    score: float
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+def snippets_duration(num_snippets: int, fps: float, feature_stride: int, num_frames: int) -> float:
+    """Seconds covered by ``num_snippets`` snippets: ``((T - 1) * stride + frames) / fps``."""
+    if num_snippets <= 0:
+        return 0.0
+    return ((num_snippets - 1) * feature_stride + num_frames) / fps
+
+
+def _positive(name: str, value: Any, integer: bool = False) -> Any:
+    if value is None:
+        return None
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+        kind = "an integer" if integer else "a number"
+        raise AMNetError(f"{name} must be {kind} > 0, got {value!r}")
+    if value <= 0:
+        raise AMNetError(f"{name} must be > 0, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+class Detector:
+    """Temporal action detection with an exported or checkpointed AMNet model.
+
+    Args:
+        path: ``.onnx`` (ONNX Runtime), ``.plan``/``.engine`` (TensorRT, with its
+            ``<plan>.json`` sidecar) or ``.pt``/``.pth`` (PyTorch checkpoint).
+        device: ``"cpu"`` or ``"cuda"``; ``None`` picks the backend's natural device (CPU, or
+            CUDA for TensorRT). A device that is not available is an error, never a fallback.
+        min_score: drop detections scoring below this (after NMS).
+        top_k: at most this many detections per video (replaces the model's
+            ``max_detections``, so it may also raise it).
+        fps, feature_stride, num_frames: override the model's feature convention.
+        intra_op_threads: CPU threads per inference call (ONNX Runtime, PyTorch).
+        batch_size: chunks per backend call for long videos (bounded by TensorRT's profile).
+
+    Raises:
+        AMNetError: a missing, unreadable or unknown model, or bad settings (one line).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        device: str | None = None,
+        *,
+        min_score: float | None = None,
+        top_k: int | None = None,
+        fps: float | None = None,
+        feature_stride: int | None = None,
+        num_frames: int | None = None,
+        intra_op_threads: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        if min_score is not None and (
+            isinstance(min_score, bool)
+            or not isinstance(min_score, (int, float, np.integer, np.floating))
+            or not 0.0 <= float(min_score) <= 1.0
+        ):
+            raise AMNetError(f"min_score must be a number in [0, 1], got {min_score!r}")
+        top_k = _positive("top_k", top_k, integer=True)
+        fps = _positive("fps", fps)
+        feature_stride = _positive("feature_stride", feature_stride, integer=True)
+        num_frames = _positive("num_frames", num_frames, integer=True)
+        batch_size = _positive("batch_size", batch_size, integer=True)
+
+        self.backend: Backend = open_backend(path, device, intra_op_threads)
+        meta = self.backend.metadata
+        self.path = Path(path)
+        self.metadata: dict[str, Any] = dict(meta)
+        self.class_names: list[str] = [str(n) for n in meta["class_names"]]
+        self.input_dim = int(meta["input_dim"])
+        self.num_classes = int(meta["num_classes"])
+        self.max_seq_len = int(meta["max_seq_len"])
+        self.chunk_overlap = float(meta["chunk_overlap"])
+        self.fps = fps if fps is not None else float(meta["fps"])
+        self.feature_stride = (
+            feature_stride if feature_stride is not None else int(meta["feature_stride"])
+        )
+        self.num_frames = num_frames if num_frames is not None else int(meta["num_frames"])
+        self.min_score = None if min_score is None else float(min_score)
+        self.top_k = top_k
+        # A TensorRT profile may allow shorter chunks or fewer of them per call than the model.
+        engine_len = getattr(self.backend, "max_len", None)
+        if engine_len is not None and engine_len < self.max_seq_len:
+            logger.warning(
+                "%s: engine profile max length %d < max_seq_len %d; chunking at %d",
+                self.path,
+                engine_len,
+                self.max_seq_len,
+                engine_len,
+            )
+            self.max_seq_len = int(engine_len)
+        max_batch = self.backend.max_batch
+        self.batch_size = min(batch_size, max_batch) if max_batch else batch_size
+
+        test_cfg = dict(meta["config"].get("test_cfg", {}))
+        post = PostprocessConfig.from_dict(
+            {k: v for k, v in test_cfg.items() if k not in _NOT_POSTPROCESS}
+        )
+        if top_k is not None:
+            post = replace(post, max_detections=top_k)
+        self.postprocess: PostprocessConfig = post
+
+    # -- properties -------------------------------------------------------------------------
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    def duration_of(self, num_snippets: int) -> float:
+        """The duration (seconds) of a video of ``num_snippets`` snippets (see the module doc)."""
+        return snippets_duration(num_snippets, self.fps, self.feature_stride, self.num_frames)
+
+    # -- input ------------------------------------------------------------------------------
+
+    def prepare(self, features: Any, name: str = "features") -> np.ndarray:
+        """``features`` validated and cast to a contiguous float32 ``[T, C]`` array."""
+        if not isinstance(features, np.ndarray):
+            try:
+                features = np.asarray(features)
+            except (TypeError, ValueError) as exc:
+                raise AMNetError(f"{name}: not an array ({exc})") from None
+        kind = features.dtype.kind
+        if kind not in "fiu":
+            raise AMNetError(
+                f"{name}: expected a real float array, got dtype {features.dtype}"
+                + (" (complex)" if kind == "c" else "")
+            )
+        if features.ndim != 2:
+            raise AMNetError(
+                f"{name}: expected shape [T, {self.input_dim}], got {list(features.shape)}"
+            )
+        if features.shape[1] != self.input_dim:
+            raise AMNetError(
+                f"{name}: {features.shape[1]} channels, the model expects {self.input_dim}"
+            )
+        with np.errstate(over="ignore"):  # out-of-range float64 becomes inf, reported below
+            array = np.ascontiguousarray(features, dtype=np.float32)
+        if array.size and not np.isfinite(array).all():
+            t, c = (int(i) for i in np.argwhere(~np.isfinite(array))[0])
+            overflow = bool(np.isfinite(features[t, c]))  # finite before the cast: out of range
+            raise AMNetError(
+                f"{name}: features contain NaN or Inf (first at snippet {t}, channel {c}"
+                + (", beyond float32's range)" if overflow else ")")
+            )
+        return array
+
+    # -- inference --------------------------------------------------------------------------
+
+    def run_chunks(self, features: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, int]]:
+        """Raw backend outputs ``(scores [P, K], segments [P, 2], offset)`` per chunk.
+
+        ``features`` must already be prepared (:meth:`prepare`). Chunks are batched
+        ``batch_size`` at a time, each call padded to its longest chunk (as
+        :func:`amnet.inference.predict_chunks` does).
+        """
+        windows = plan_chunks(features.shape[0], self.max_seq_len, self.chunk_overlap)
+        outputs: list[tuple[np.ndarray, np.ndarray, int]] = []
+        for i in range(0, len(windows), self.batch_size):
+            group = windows[i : i + self.batch_size]
+            if len(group) == 1:
+                start, end = group[0]
+                x = features[None, start:end]  # a view of the caller's array: no copy
+            else:
+                x = np.zeros(
+                    (len(group), max(e - s for s, e in group), features.shape[1]), np.float32
+                )
+                for j, (start, end) in enumerate(group):
+                    x[j, : end - start] = features[start:end]
+            lengths = np.array([end - start for start, end in group], dtype=np.int64)
+            scores, segments = self.backend.run(x, lengths)
+            outputs.extend((scores[j], segments[j], s) for j, (s, _) in enumerate(group))
+        return outputs
+
+    def detect_raw(self, features: Any, duration: float | None = None) -> Detections:
+        """Detections of one ``[T, C]`` video as arrays (segments in seconds, sorted by score)."""
+        array = self.prepare(features)
+        if duration is None:
+            duration = self.duration_of(array.shape[0])
+        elif (
+            isinstance(duration, bool)
+            or not isinstance(duration, (int, float, np.integer, np.floating))
+            or not math.isfinite(duration)
+            or duration < 0
+        ):
+            raise AMNetError(f"duration must be a finite number >= 0, got {duration!r}")
+        if array.shape[0] == 0:
+            return Detections.empty()
+        dets = postprocess_chunks(
+            self.run_chunks(array),
+            duration=float(duration),
+            fps=self.fps,
+            feature_stride=self.feature_stride,
+            num_frames=self.num_frames,
+            cfg=self.postprocess,
+        )
+        if self.min_score is not None:
+            dets = dets.take(np.flatnonzero(dets.scores >= self.min_score))
+        return dets
+
+    def to_detections(self, dets: Detections) -> list[Detection]:
+        """Arrays -> :class:`Detection` objects with class names."""
+        names = self.class_names
+        return [
+            Detection(float(s), float(e), names[c], int(c), float(score))
+            for (s, e), score, c in zip(
+                dets.segments.tolist(), dets.scores.tolist(), dets.labels.tolist(), strict=True
+            )
+        ]
+
+    def __call__(self, features: Any, duration: float | None = None) -> list[Detection]:
+        """Detections of one ``[T, C]`` video, best first."""
+        return self.to_detections(self.detect_raw(features, duration))
+
+    def detect_many(
+        self, videos: Sequence[Any], durations: Sequence[float | None] | None = None
+    ) -> list[list[Detection]]:
+        """Detections of several videos (in order); ``durations`` optional, one per video."""
+        if durations is not None and len(durations) != len(videos):
+            raise AMNetError(f"{len(durations)} durations for {len(videos)} videos")
+        return [self(v, None if durations is None else durations[i]) for i, v in enumerate(videos)]
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Detector({str(self.path)!r}, backend={self.backend.name}, device={self.device}, "
+            f"classes={self.num_classes}, max_seq_len={self.max_seq_len})"
+        )

@@ -1,0 +1,380 @@
+"""``amnet-infer``: detections for feature files, with any backend (ONNX Runtime, TensorRT, PyTorch).
+
+::
+
+    amnet-infer --engine MODEL FEATURES... [--output FILE] [--format activitynet|jsonl|csv]
+        [--min-score S] [--top-k K] [--device cpu|cuda] [--fps F] [--feature-stride N]
+        [--num-frames N] [--threads N] [--plot DIR] [--skip-bad] [--quiet]
+
+MODEL is a ``.onnx``, ``.plan``/``.engine`` (with its ``.plan.json``) or ``.pt`` file; FEATURES
+are ``.npy`` files ``[T, C]`` or folders of them (sorted, not recursive). The video id is the
+file stem. Output (stdout unless ``--output``, which is written atomically):
+
+- ``activitynet`` (default): the ActivityNet results JSON ``{"version", "results":
+  {video_id: [{"label", "label_id", "score", "segment": [s, e]}]}, "external_data": {}}``;
+- ``jsonl``: one line per video, ``{"video_id", "duration", "detections": [...]}`` (videos
+  without detections included);
+- ``csv``: ``video_id,start,end,label,label_id,score``, one row per detection.
+
+Bad inputs (missing, empty, truncated or non-.npy files, pickled/object arrays, wrong rank or
+channel count, NaN/Inf, non-numeric dtypes, a folder without .npy files, duplicate video ids):
+
+- by default every input is checked before anything runs; if any is bad, the bad files are
+  listed on stderr, nothing is written, and the exit status is 2;
+- with ``--skip-bad`` the good files are processed and written, the skipped ones are listed on
+  stderr, and the exit status is 3 (so a partial result is never mistaken for a full one).
+  When no file is good, nothing is written and the exit status is 2.
+
+Exit status: 0 success, 2 bad input or model (nothing written), 3 success with skipped files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amnet import __version__
+from amnet.cli.common import run_cli, setup_logging
+from amnet.cli.synth import OneLineParser
+from amnet.detections import Detections
+from amnet.errors import AMNetError
+from amnet.fileio import atomic_write_text, load_features
+from amnet.results import results_to_json
+
+logger = logging.getLogger("amnet.deploy.infer")
+
+PROG = "amnet-infer"
+FORMATS = ("activitynet", "jsonl", "csv")
+EXIT_SKIPPED = 3
+# Bad files named in full on stderr; the rest are counted.
+_MAX_LISTED = 8
+# Arrays kept in memory between the checking pass and the run; larger inputs are read twice.
+_CACHE_BYTES = 512 << 20
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+@dataclass
+class FeatureFile:
+    path: Path
+    video_id: str
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(
+        prog=PROG,
+        description="Detect actions in per-snippet feature files (.npy [T, C]) with an AMNet "
+        "model: .onnx (ONNX Runtime), .plan/.engine (TensorRT) or .pt (PyTorch).",
+        epilog="Bad inputs: by default all inputs are checked first and any bad one stops the "
+        "run (bad files listed on stderr, nothing written, exit 2). With --skip-bad the good "
+        "files are processed and written, the skipped files are listed on stderr, and the "
+        "exit status is 3. Exit 0: every file processed.",
+    )
+    parser.add_argument("--engine", required=True, metavar="MODEL", help="model file")
+    parser.add_argument(
+        "features", nargs="+", metavar="FEATURES", help=".npy files or folders of them"
+    )
+    parser.add_argument("--output", "-o", metavar="FILE", help="write here (default: stdout)")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="activitynet",
+        help="output format (default: %(default)s)",
+    )
+    parser.add_argument("--min-score", type=float, metavar="S", help="drop detections below S")
+    parser.add_argument("--top-k", type=int, metavar="K", help="at most K detections per video")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        help="cpu or cuda (default: cpu; cuda for TensorRT); never falls back silently",
+    )
+    parser.add_argument("--fps", type=float, metavar="F", help="override the model's fps")
+    parser.add_argument(
+        "--feature-stride", type=int, metavar="N", help="override the frames between snippets"
+    )
+    parser.add_argument(
+        "--num-frames", type=int, metavar="N", help="override the frames per snippet"
+    )
+    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads per inference call")
+    parser.add_argument(
+        "--plot", metavar="DIR", help="also write a timeline PNG per video here (matplotlib)"
+    )
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="process the good files, list the bad ones, exit 3 (default: fail, write nothing)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+# -- inputs ---------------------------------------------------------------------------------
+
+
+def expand_inputs(items: Sequence[str]) -> list[FeatureFile]:
+    """Files as given, folders as their ``*.npy`` files (sorted, not recursive)."""
+    files: list[FeatureFile] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() == ".npy" and p.is_file())
+            if not found:
+                raise AMNetError(f"{path}: folder has no .npy feature files")
+            files.extend(FeatureFile(p, p.stem) for p in found)
+        elif path.exists() or path.suffix:
+            files.append(FeatureFile(path, path.stem))  # a missing file is reported as bad
+        else:
+            raise AMNetError(f"{path}: no such file or folder")
+    seen: dict[str, Path] = {}
+    for f in files:
+        if f.video_id in seen:
+            raise AMNetError(
+                f"video id {f.video_id!r} given twice ({seen[f.video_id]} and {f.path}); "
+                "video ids are file stems and must be unique"
+            )
+        seen[f.video_id] = f.path
+    return files
+
+
+def read_features(path: Path, input_dim: int) -> np.ndarray:
+    """One feature file as contiguous float32 ``[T, C]``; AMNetError naming the problem."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(_NPY_MAGIC))
+    except FileNotFoundError:
+        raise AMNetError(f"{path}: feature file not found") from None
+    except IsADirectoryError:
+        raise AMNetError(f"{path}: is a folder, expected a .npy feature file") from None
+    except OSError as exc:
+        raise AMNetError(f"{path}: cannot read ({exc.strerror})") from None
+    if not head:
+        raise AMNetError(f"{path}: empty file")
+    if head != _NPY_MAGIC:
+        what = "a .npz archive" if head.startswith(b"PK") else "no NumPy header"
+        raise AMNetError(f"{path}: not a .npy file ({what})")
+    try:
+        return load_features(path, expected_dim=input_dim)
+    except MemoryError:
+        raise AMNetError(f"{path}: too large to load") from None
+
+
+def _bad_list(bad: Sequence[tuple[Path, str]]) -> str:
+    lines = [f"  {msg}" for _, msg in bad[:_MAX_LISTED]]
+    if len(bad) > _MAX_LISTED:
+        lines.append(f"  ... and {len(bad) - _MAX_LISTED} more")
+    return "\n".join(lines)
+
+
+# -- outputs --------------------------------------------------------------------------------
+
+
+def format_output(
+    fmt: str,
+    results: dict[str, Detections],
+    durations: dict[str, float],
+    class_names: Sequence[str],
+) -> str:
+    if fmt == "activitynet":
+        return (
+            json.dumps(results_to_json(results, class_names, f"amnet-infer {__version__}")) + "\n"
+        )
+    if fmt == "jsonl":
+        lines = []
+        for vid, det in results.items():
+            entries = results_to_json({vid: det}, class_names)["results"][vid]
+            lines.append(
+                json.dumps({"video_id": vid, "duration": durations[vid], "detections": entries})
+            )
+        return "".join(line + "\n" for line in lines)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["video_id", "start", "end", "label", "label_id", "score"])
+    for vid, det in results.items():
+        for (s, e), score, c in zip(
+            det.segments.tolist(), det.scores.tolist(), det.labels.tolist(), strict=True
+        ):
+            writer.writerow([vid, repr(s), repr(e), class_names[c], c, repr(score)])
+    return buffer.getvalue()
+
+
+def _check_output_path(path: Path) -> None:
+    if path.is_dir():
+        raise AMNetError(f"{path}: is a folder, expected an output file")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise AMNetError(f"{path}: cannot write, folder {parent} does not exist")
+
+
+def _check_options(args: Any) -> None:
+    if args.min_score is not None and not (
+        math.isfinite(args.min_score) and 0 <= args.min_score <= 1
+    ):
+        raise AMNetError(f"--min-score must be in [0, 1], got {args.min_score}")
+    for flag, value in (
+        ("--top-k", args.top_k),
+        ("--feature-stride", args.feature_stride),
+        ("--num-frames", args.num_frames),
+        ("--threads", args.threads),
+    ):
+        if value is not None and value < 1:
+            raise AMNetError(f"{flag} must be >= 1, got {value}")
+    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+        raise AMNetError(f"--fps must be > 0, got {args.fps}")
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def _run(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    _check_options(args)
+    output = Path(args.output) if args.output else None
+    if output is not None:
+        _check_output_path(output)
+    files = expand_inputs(args.features)
+    plot_dir = Path(args.plot) if args.plot else None
+    if plot_dir is not None:
+        from amnet.deploy.viz import check_matplotlib
+
+        check_matplotlib()
+        if plot_dir.exists() and not plot_dir.is_dir():
+            raise AMNetError(f"{plot_dir}: exists and is not a folder (--plot)")
+
+    from amnet.deploy.detector import Detector
+
+    start = time.perf_counter()
+    detector = Detector(
+        args.engine,
+        args.device,
+        min_score=args.min_score,
+        top_k=args.top_k,
+        fps=args.fps,
+        feature_stride=args.feature_stride,
+        num_frames=args.num_frames,
+        intra_op_threads=args.threads,
+    )
+
+    # Checking pass: every file is read and validated before any inference.
+    cache: dict[str, np.ndarray] = {}
+    cached_bytes = 0
+    good: list[FeatureFile] = []
+    bad: list[tuple[Path, str]] = []
+    for f in files:
+        try:
+            array = read_features(f.path, detector.input_dim)
+        except AMNetError as exc:
+            bad.append((f.path, str(exc)))
+            continue
+        good.append(f)
+        if cached_bytes + array.nbytes <= _CACHE_BYTES:
+            cache[f.video_id] = array
+            cached_bytes += array.nbytes
+    if bad and not args.skip_bad:
+        if len(bad) == 1 and len(files) == 1:
+            raise AMNetError(bad[0][1])
+        raise AMNetError(
+            f"{len(bad)} of {len(files)} feature files are bad; nothing was run "
+            f"(--skip-bad processes the others):\n{_bad_list(bad)}"
+        )
+    if not good:
+        raise AMNetError(f"none of the {len(files)} feature files is usable:\n{_bad_list(bad)}")
+
+    from tqdm import tqdm
+
+    results: dict[str, Detections] = {}
+    durations: dict[str, float] = {}
+    snippets = 0
+    bar = tqdm(
+        good,
+        desc=PROG,
+        unit="video",
+        file=sys.stderr,
+        disable=args.quiet or len(good) < 2,
+        leave=False,
+    )
+    for f in bar:
+        array = cache.pop(f.video_id, None)
+        try:
+            if array is None:
+                array = read_features(f.path, detector.input_dim)
+            results[f.video_id] = detector.detect_raw(array)
+        except AMNetError as exc:
+            if not args.skip_bad:
+                raise
+            bad.append((f.path, str(exc)))
+            continue
+        durations[f.video_id] = detector.duration_of(array.shape[0])
+        snippets += array.shape[0]
+        if plot_dir is not None:
+            _plot(plot_dir, f.video_id, array, results[f.video_id], detector)
+    bar.close()
+    if not results:
+        raise AMNetError(f"none of the {len(files)} feature files is usable:\n{_bad_list(bad)}")
+
+    text = format_output(args.format, results, durations, detector.class_names)
+    if output is not None:
+        atomic_write_text(output, text)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    seconds = time.perf_counter() - start
+    if not args.quiet:
+        logger.info(
+            "%d video(s), %d snippets in %.2f s with %s on %s%s",
+            len(results),
+            snippets,
+            seconds,
+            detector.backend_name,
+            detector.device,
+            f" -> {output}" if output else "",
+        )
+    if bad:
+        print(
+            f"{PROG}: skipped {len(bad)} of {len(files)} feature files:\n{_bad_list(bad)}",
+            file=sys.stderr,
+        )
+        return EXIT_SKIPPED
+    return 0
+
+
+def _plot(
+    plot_dir: Path, video_id: str, features: np.ndarray, dets: Detections, detector: Any
+) -> None:
+    from amnet.deploy import viz
+
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    duration = detector.duration_of(features.shape[0])
+    viz.plot_timeline(plot_dir / f"{video_id}.png", video_id, dets, detector.class_names, duration)
+    if detector.backend_name == "torch":
+        profile = viz.ame_profile(
+            detector.backend.model, features, detector.max_seq_len, detector.chunk_overlap
+        )
+        if profile is not None:
+            viz.plot_ame(
+                plot_dir / f"{video_id}_ame.png",
+                video_id,
+                profile,
+                detector.fps,
+                detector.feature_stride,
+                detector.num_frames,
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_run, argv, PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Model metadata carried by an exported graph: ONNX ``metadata_props`` and the TensorRT sidecar.
+
+Everything a runtime needs besides the graph itself (config, class names, the feature convention,
+the chunk policy, provenance) travels with the model, so that a ``.onnx`` file or a ``.plan`` +
+``.plan.json`` pair is self-describing. ONNX ``metadata_props`` hold strings only, so every value
+is stored as text (JSON for structured values) and :func:`decode_metadata` turns them back into
+typed values; the TensorRT sidecar stores the same typed dict as JSON.
+
+This module needs neither torch nor numpy; ``onnx`` is imported only to read or write a model
+file, and an ONNX Runtime session can be read without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from amnet.errors import AMNetError
+from amnet.export.outfiles import publish, temp_beside
+from amnet.fileio import read_json
+
+__all__ = [
+    "METADATA_KEYS",
+    "PLAN_SIDECAR_SUFFIX",
+    "build_metadata",
+    "decode_metadata",
+    "encode_metadata",
+    "plan_sidecar_path",
+    "read_onnx_metadata",
+    "read_plan_metadata",
+    "write_onnx_metadata",
+    "write_plan_metadata",
+]
+
+FORMAT = "amnet-onnx"
+FORMAT_VERSION = 1
+PLAN_SIDECAR_SUFFIX = ".json"
+
+# key -> type of the decoded value. "json" values are stored as JSON text.
+_TYPES: dict[str, str] = {
+    "format": "str",
+    "format_version": "int",
+    "config": "json",
+    "class_names": "json",
+    "fps": "float",
+    "feature_stride": "int",
+    "num_frames": "int",
+    "max_seq_len": "int",
+    "chunk_overlap": "float",
+    "input_dim": "int",
+    "num_classes": "int",
+    "pad_multiple": "int",
+    "opset": "int",
+    "amnet_version": "str",
+    "checkpoint_sha256": "str",
+    "weights": "str",
+}
+METADATA_KEYS: tuple[str, ...] = tuple(_TYPES)
+# Optional keys: present on some models only (e.g. the INT8 one); kept as text when unknown.
+_OPTIONAL: dict[str, str] = {"quantization": "str", "source_sha256": "str"}
+
+
+def build_metadata(
+    cfg: Mapping[str, Any],
+    class_names: list[str],
+    *,
+    checkpoint_sha256: str,
+    opset: int,
+    weights: str,
+    amnet_version: str,
+) -> dict[str, Any]:
+    """The typed metadata of a model exported from a full config (``amnet.config`` shape)."""
+    data, model = cfg["dataset"], cfg["model"]
+    if len(class_names) != data["num_classes"]:
+        raise AMNetError(
+            f"{len(class_names)} class names for {data['num_classes']} classes in the config"
+        )
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": json.loads(json.dumps(cfg)),  # a plain, JSON-safe copy
+        "class_names": [str(n) for n in class_names],
+        "fps": float(data["default_fps"]),
+        "feature_stride": int(data["feature_stride"]),
+        "num_frames": int(data["num_frames"]),
+        "max_seq_len": int(data["max_seq_len"]),
+        "chunk_overlap": float(cfg["test_cfg"]["chunk_overlap"]),
+        "input_dim": int(data["input_dim"]),
+        "num_classes": int(data["num_classes"]),
+        "pad_multiple": 2 ** (int(model["n_levels"]) - 1),
+        "opset": int(opset),
+        "amnet_version": str(amnet_version),
+        "checkpoint_sha256": str(checkpoint_sha256),
+        "weights": str(weights),
+    }
+
+
+def encode_metadata(meta: Mapping[str, Any]) -> dict[str, str]:
+    """Typed metadata -> the string map stored in ``metadata_props``."""
+    out: dict[str, str] = {}
+    for key, value in meta.items():
+        kind = _TYPES.get(key) or _OPTIONAL.get(key, "str")
+        out[key] = json.dumps(value) if kind == "json" else str(value)
+    return out
+
+
+def decode_metadata(props: Mapping[str, Any], where: str = "model") -> dict[str, Any]:
+    """The string map of ``metadata_props`` (or an already typed dict) -> typed metadata.
+
+    Raises AMNetError naming ``where`` when the model is not an AMNet export or a value is bad.
+    """
+    missing = [k for k in METADATA_KEYS if k not in props]
+    if "format" in missing or "config" in missing:
+        raise AMNetError(f"{where}: not an AMNet model export (no AMNet metadata)")
+    if missing:
+        raise AMNetError(f"{where}: AMNet metadata lacks {', '.join(missing)}")
+    if str(props["format"]) != FORMAT:
+        raise AMNetError(f"{where}: metadata format {props['format']!r}, expected {FORMAT!r}")
+    out: dict[str, Any] = {}
+    for key, raw in props.items():
+        kind = _TYPES.get(key) or _OPTIONAL.get(key, "str")
+        try:
+            if kind == "json":
+                out[key] = json.loads(raw) if isinstance(raw, str) else raw
+            elif kind == "int":
+                out[key] = int(raw)
+            elif kind == "float":
+                out[key] = float(raw)
+            else:
+                out[key] = str(raw)
+        except (TypeError, ValueError) as exc:
+            raise AMNetError(f"{where}: bad metadata value for '{key}' ({exc})") from None
+    if int(out["format_version"]) > FORMAT_VERSION:
+        raise AMNetError(
+            f"{where}: metadata format version {out['format_version']} is newer than this "
+            f"package reads ({FORMAT_VERSION})"
+        )
+    if not isinstance(out["config"], dict) or not isinstance(out["class_names"], list):
+        raise AMNetError(f"{where}: metadata 'config' or 'class_names' has the wrong type")
+    if len(out["class_names"]) != out["num_classes"]:
+        raise AMNetError(
+            f"{where}: {len(out['class_names'])} class names for {out['num_classes']} classes"
+        )
+    return out
+
+
+def write_onnx_metadata(model: Any, meta: Mapping[str, Any]) -> None:
+    """Set ``meta`` (typed) in an ``onnx.ModelProto``'s ``metadata_props``, replacing same keys."""
+    encoded = encode_metadata(meta)
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in encoded]
+    del model.metadata_props[:]
+    for key, value in [*kept, *encoded.items()]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def read_onnx_metadata(source: str | os.PathLike | Any) -> dict[str, Any]:
+    """Typed AMNet metadata of an ONNX model.
+
+    ``source``: a path to a ``.onnx`` file, an ``onnx.ModelProto`` or an
+    ``onnxruntime.InferenceSession`` (read through ``get_modelmeta``, without ``onnx``).
+    Raises AMNetError (one line) when the file is missing, unreadable or not an AMNet export.
+    """
+    if hasattr(source, "get_modelmeta"):
+        return decode_metadata(dict(source.get_modelmeta().custom_metadata_map), "session")
+    if hasattr(source, "metadata_props"):
+        return decode_metadata({p.key: p.value for p in source.metadata_props}, "model")
+    path = Path(source)
+    if not path.is_file():
+        raise AMNetError(f"{path}: ONNX model not found")
+    import onnx  # only needed for files; kept local so a runtime without it can read sessions
+
+    try:
+        # Weights stored as external data are not needed to read the metadata.
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises its own DecodeError; any failure means unreadable
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise AMNetError(f"{path}: not a readable ONNX model ({first[:160]})") from None
+    return decode_metadata({p.key: p.value for p in model.metadata_props}, str(path))
+
+
+def plan_sidecar_path(plan_path: str | os.PathLike) -> Path:
+    """``model.plan`` -> ``model.plan.json``."""
+    plan_path = Path(plan_path)
+    return plan_path.with_name(plan_path.name + PLAN_SIDECAR_SUFFIX)
+
+
+def write_plan_metadata(
+    plan_path: str | os.PathLike, meta: Mapping[str, Any], engine: Mapping[str, Any]
+) -> Path:
+    """Write ``<plan>.json`` atomically: the typed ONNX metadata plus ``engine`` build settings."""
+    path = plan_sidecar_path(plan_path)
+    text = json.dumps({**dict(meta), "engine": dict(engine)}, indent=2) + "\n"
+    tmp = temp_beside(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        publish(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_plan_metadata(plan_path: str | os.PathLike) -> dict[str, Any]:
+    """Typed metadata of a TensorRT plan from its sidecar (``engine`` holds the build settings)."""
+    path = plan_sidecar_path(plan_path)
+    data = read_json(path, "TensorRT plan metadata (.plan.json)")
+    if not isinstance(data, dict):
+        raise AMNetError(f"{path}: expected a JSON object")
+    engine = data.pop("engine", None)
+    meta = decode_metadata(data, str(path))
+    if not isinstance(engine, dict):
+        raise AMNetError(f"{path}: no 'engine' section")
+    meta["engine"] = engine
+    return meta

@@ -1,0 +1,210 @@
+"""Dynamic INT8 quantization of an exported AMNet graph, for CPU inference with ONNX Runtime.
+
+Weights are stored as int8; activations are quantized on the fly per call
+(``onnxruntime.quantization.quantize_dynamic``), so no calibration data is needed.
+
+What gets quantized, and why (measured with ``benchmarks/bench_int8.py`` and single-chunk
+timings on an AVX-512 VNNI CPU, one thread):
+
+- MatMul with a constant weight (every Linear layer): ``MatMulInteger``, the speed-up.
+- The 1-D convolutions (embedding, actionness head, classification/regression heads, about
+  half of the model's FLOPs): ONNX Runtime's ``ConvInteger`` kernel is slower than its float
+  Conv, so quantizing Conv directly (per-tensor or per-channel) makes the model slower. With
+  ``conv_as_matmul`` each stride-1, same-padded Conv is first rewritten, exactly in fp32, as
+  Pad -> k shifted Slices -> Concat -> MatMul (the im2col form), whose MatMul then quantizes
+  like the others.
+
+The attention products (activation x activation) stay float. The result is for CPUs only:
+TensorRT does not import ``DynamicQuantizeLinear``/``MatMulInteger``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amnet.export.outfiles import publish, temp_beside
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_OP_TYPES", "conv1d_as_matmul", "int8_path_for", "quantize_int8"]
+
+DEFAULT_OP_TYPES: tuple[str, ...] = ("MatMul",)
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """ONNX Runtime's quantizer logs one INFO line per skipped tensor on the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def int8_path_for(path: str | os.PathLike) -> Path:
+    """``model.onnx`` -> ``model.int8.onnx``."""
+    path = Path(path)
+    stem = path.name[: -len(".onnx")] if path.name.endswith(".onnx") else path.name
+    return path.with_name(f"{stem}.int8.onnx")
+
+
+def _conv_rewritable(node: Any, weights: dict[str, np.ndarray]) -> int | None:
+    """The half-width ``p`` when ``node`` is a plain 1-D Conv with a constant weight that keeps
+    the length (stride 1, dilation 1, one group, pads ``p, p`` with ``2p + 1 == k``), else None."""
+    from onnx import helper
+
+    if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
+        return None
+    w = weights.get(node.input[1])
+    if w is None or w.ndim != 3:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    if auto_pad != "NOTSET" or attrs.get("group", 1) != 1:
+        return None
+    if list(attrs.get("strides", [1])) != [1] or list(attrs.get("dilations", [1])) != [1]:
+        return None
+    pads = list(attrs.get("pads", [0, 0]))
+    if "kernel_shape" in attrs and list(attrs["kernel_shape"]) != [w.shape[2]]:
+        return None
+    if len(pads) != 2 or pads[0] != pads[1] or 2 * pads[0] + 1 != w.shape[2]:
+        return None
+    return int(pads[0])
+
+
+def conv1d_as_matmul(model: Any) -> int:
+    """Rewrite, in place, every length-keeping 1-D Conv with a constant weight of ``model`` (an
+    ``onnx.ModelProto``) as ``Pad -> Transpose -> k Slices -> Concat -> MatMul (+ Add) ->
+    Transpose``; returns how many were rewritten. Exact in fp32: output ``t`` is
+    ``sum_j W[:, :, j] @ x[t + j - p]``, i.e. the concatenated shifted inputs times the weight
+    laid out as ``[k * C_in, C_out]``. The slices use constant bounds, so T stays dynamic."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer if len(t.dims) == 3}
+    nodes: list[Any] = []
+    added: list[Any] = []
+    count = 0
+
+    def const(name: str, values: Sequence[int]) -> str:
+        added.append(numpy_helper.from_array(np.asarray(values, dtype=np.int64), name))
+        return name
+
+    for index, node in enumerate(graph.node):
+        p = _conv_rewritable(node, weights)
+        if p is None:
+            nodes.append(node)
+            continue
+        w = weights[node.input[1]]
+        k, c_in, c_out = w.shape[2], w.shape[1], w.shape[0]
+        pfx = f"{node.name or f'Conv_{index}'}/as_matmul"
+        flat = np.ascontiguousarray(w.transpose(2, 1, 0).reshape(k * c_in, c_out))
+        added.append(numpy_helper.from_array(flat.astype(w.dtype), f"{pfx}/weight"))
+        x = node.input[0]
+        if p:
+            pads = const(f"{pfx}/pads", [0, 0, p, 0, 0, p])
+            nodes.append(helper.make_node("Pad", [x, pads], [f"{pfx}/padded"], name=f"{pfx}/Pad"))
+            x = f"{pfx}/padded"
+        nodes.append(
+            helper.make_node("Transpose", [x], [f"{pfx}/btc"], perm=[0, 2, 1], name=f"{pfx}/In")
+        )
+        cols = []
+        axis = const(f"{pfx}/axis", [1])
+        for j in range(k):
+            # Rows j .. j + T - 1 of the padded sequence (T + 2p rows): end = j - 2p from the end.
+            end = j - 2 * p if j < 2 * p else _INT64_MAX
+            starts, ends = const(f"{pfx}/start{j}", [j]), const(f"{pfx}/end{j}", [end])
+            nodes.append(
+                helper.make_node(
+                    "Slice",
+                    [f"{pfx}/btc", starts, ends, axis],
+                    [f"{pfx}/shift{j}"],
+                    name=f"{pfx}/Slice{j}",
+                )
+            )
+            cols.append(f"{pfx}/shift{j}")
+        nodes.append(helper.make_node("Concat", cols, [f"{pfx}/cols"], axis=2, name=f"{pfx}/Cols"))
+        out = f"{pfx}/product"
+        nodes.append(
+            helper.make_node(
+                "MatMul", [f"{pfx}/cols", f"{pfx}/weight"], [out], name=f"{pfx}/MatMul"
+            )
+        )
+        if len(node.input) > 2 and node.input[2]:
+            nodes.append(
+                helper.make_node("Add", [out, node.input[2]], [f"{pfx}/biased"], name=f"{pfx}/Bias")
+            )
+            out = f"{pfx}/biased"
+        nodes.append(
+            helper.make_node(
+                "Transpose", [out], [node.output[0]], perm=[0, 2, 1], name=f"{pfx}/Out"
+            )
+        )
+        count += 1
+    if count:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        graph.initializer.extend(added)
+        used = {name for n in graph.node for name in n.input}
+        kept = [t for t in graph.initializer if t.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    return count
+
+
+def quantize_int8(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    op_types: Sequence[str] = DEFAULT_OP_TYPES,
+    per_channel: bool = False,
+    conv_as_matmul: bool = True,
+) -> Path:
+    """Write the dynamically quantized ``src`` to ``dst`` atomically; metadata is kept and
+    ``quantization`` records what was done. Returns ``dst``."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, dst = Path(src), Path(dst)
+    tmp = temp_beside(dst)
+    try:
+        source = onnx.load(str(src))
+        props = {p.key: p.value for p in source.metadata_props}
+        rewritten = conv1d_as_matmul(source) if conv_as_matmul else 0
+        with _quiet_root_logger():
+            quantize_dynamic(
+                model_input=source,
+                model_output=str(tmp),
+                op_types_to_quantize=list(op_types),
+                per_channel=per_channel,
+                weight_type=QuantType.QInt8,
+            )
+        del source
+        model = onnx.load(str(tmp))
+        props["quantization"] = (
+            f"dynamic int8 weights ({'per-channel' if per_channel else 'per-tensor'}), "
+            f"ops: {','.join(op_types)}"
+            + (f"; {rewritten} Conv rewritten as MatMul first" if rewritten else "")
+        )
+        del model.metadata_props[:]
+        for key, value in props.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(model, str(tmp))
+        publish(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    log.info("wrote %s (%s)", dst, props["quantization"])
+    return dst

@@ -1,0 +1,415 @@
+"""The runtime (amnet.deploy): backends, the Detector API, and amnet-bench at a tiny scale.
+
+One tiny model is trained for a couple of epochs and exported once per session; every test runs
+real ONNX Runtime and PyTorch on real files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amnet.deploy import Backend, Detection, Detector, snippets_duration
+from amnet.errors import AMNetError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny_cpu.yaml"
+DIM = 2048
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """A tiny AMNet trained for 2 epochs on 6 synthetic videos: its checkpoint and ONNX export."""
+    import torch
+
+    from amnet.config import load_config
+    from amnet.export.to_onnx import export_onnx
+    from amnet.synth import draw_layout, preset_class_names, write_dataset
+    from amnet.train import train
+
+    base = tmp_path_factory.mktemp("deploy_models")
+    data = base / "data"
+    write_dataset(data, draw_layout("tiny", videos=6, seed=3), preset_class_names("tiny"), progress=False)  # fmt: skip
+    cfg = load_config(TINY)
+    cfg["train_cfg"]["eval_every"] = 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(cfg, data, base / "run", epochs=2, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    ckpt = base / "run" / "last.pt"
+    onnx = export_onnx(ckpt, base / "model.onnx").path
+    return {"pt": ckpt, "onnx": onnx, "data": data}
+
+
+@pytest.fixture(scope="session")
+def onnx_detector(models) -> Detector:
+    return Detector(models["onnx"], intra_op_threads=1)
+
+
+@pytest.fixture(scope="session")
+def torch_detector(models) -> Detector:
+    return Detector(models["pt"])
+
+
+def video(length: int, seed: int = 0) -> np.ndarray:
+    """Non-negative, temporally smooth features with a few bumps (something to detect)."""
+    rng = np.random.default_rng(seed)
+    base = np.abs(rng.normal(0.0, 0.2, (length, DIM))).astype(np.float32)
+    for start in rng.integers(0, max(length - 20, 1), size=max(length // 60, 1)):
+        base[start : start + 15, : DIM // 8] += 0.6
+    return base
+
+
+def real_video(models, index: int = 0) -> np.ndarray:
+    files = sorted((models["data"] / "features").glob("*.npy"))
+    return np.load(files[index % len(files)])
+
+
+def assert_same(a, b, top: int = 50, score_tol: float = 1e-4, seg_tol: float = 1e-2) -> None:
+    """Every one of ``a``'s top detections has a twin in ``b`` (same class, close bounds/score)."""
+    assert len(a) == len(b)
+    for (s, e), score, c in zip(a.segments[:top], a.scores[:top], a.labels[:top], strict=True):
+        twin = (
+            (b.labels == c)
+            & (np.abs(b.scores - score) <= score_tol)
+            & (np.abs(b.segments[:, 0] - s) <= seg_tol)
+            & (np.abs(b.segments[:, 1] - e) <= seg_tol)
+        )
+        assert twin.any(), f"no twin for {c} [{s}, {e}] {score}"
+
+
+# -- backends and agreement ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [100, 256, 700])  # shorter than, equal to, longer than 256
+def test_pt_and_onnx_agree(models, onnx_detector, torch_detector, length):
+    from amnet.inference import detect_video
+
+    feats = np.concatenate([real_video(models, i) for i in range(4)])[:length]
+    assert len(feats) == length
+    a = torch_detector.detect_raw(feats)
+    b = onnx_detector.detect_raw(feats)
+    assert len(a) > 0
+    assert_same(a, b)
+    assert_same(b, a)
+    # The PyTorch backend is exactly the evaluation path of amnet.inference.
+    backend = torch_detector.backend
+    ref = detect_video(backend.model, feats, backend.config, torch_detector.duration_of(length))
+    np.testing.assert_array_equal(ref.scores, a.scores)
+    np.testing.assert_array_equal(ref.segments, a.segments)
+
+
+def test_long_video_runs_in_chunks(onnx_detector):
+    from amnet.postprocess import plan_chunks
+
+    feats = video(700, seed=4)
+    chunks = onnx_detector.run_chunks(feats)
+    windows = plan_chunks(700, onnx_detector.max_seq_len, onnx_detector.chunk_overlap)
+    assert len(windows) > 1
+    assert [offset for _, _, offset in chunks] == [s for s, _ in windows]
+
+
+def test_metadata_and_interface(onnx_detector, torch_detector):
+    for det in (onnx_detector, torch_detector):
+        assert isinstance(det.backend, Backend)
+        assert det.class_names == onnx_detector.class_names
+        assert (det.fps, det.feature_stride, det.num_frames) == (30.0, 4, 16)
+        assert det.max_seq_len == 256 and det.chunk_overlap == 0.25
+        assert det.input_dim == DIM and det.num_classes == 5
+        assert det.device == "cpu"
+    assert onnx_detector.backend_name == "onnxruntime"
+    assert torch_detector.backend_name == "torch"
+
+
+def test_detections_and_duration(onnx_detector):
+    feats = video(300, seed=1)
+    dets = onnx_detector(feats)
+    assert dets and all(isinstance(d, Detection) for d in dets)
+    duration = snippets_duration(300, 30.0, 4, 16)
+    assert duration == pytest.approx((299 * 4 + 16) / 30)
+    assert onnx_detector.duration_of(300) == duration
+    assert all(0.0 <= d.start <= d.end <= duration for d in dets)
+    assert all(d.label == onnx_detector.class_names[d.label_id] for d in dets)
+    scores = [d.score for d in dets]
+    assert scores == sorted(scores, reverse=True)
+    with pytest.raises(AttributeError):
+        dets[0].score = 1.0  # frozen
+    # A known duration clips tighter.
+    short = onnx_detector(feats, duration=10.0)
+    assert all(d.end <= 10.0 for d in short)
+    raw = onnx_detector.detect_raw(feats)
+    assert [d.score for d in onnx_detector.to_detections(raw)] == scores
+
+
+def test_detect_many_matches_single_calls(onnx_detector):
+    feats = [video(n, seed=n) for n in (50, 256, 400)]
+    assert onnx_detector.detect_many(feats) == [onnx_detector(f) for f in feats]
+    assert onnx_detector.detect_many([]) == []
+    with pytest.raises(AMNetError, match="durations"):
+        onnx_detector.detect_many(feats, durations=[1.0])
+
+
+def test_overrides(models, onnx_detector):
+    feats = video(200, seed=2)
+    base = onnx_detector.detect_raw(feats)
+    top = Detector(models["onnx"], top_k=5, min_score=0.0)
+    assert len(top.detect_raw(feats)) <= 5
+    cut = float(base.scores[len(base) // 2])
+    kept = Detector(models["onnx"], min_score=cut).detect_raw(feats)
+    assert len(kept) and (kept.scores >= cut).all()
+    slow = Detector(models["onnx"], fps=15.0)  # half the fps: every time doubles
+    np.testing.assert_allclose(slow.detect_raw(feats).segments[:5], base.segments[:5] * 2, rtol=1e-9)  # fmt: skip
+    for bad in ({"top_k": 0}, {"min_score": 2.0}, {"fps": -1.0}, {"feature_stride": 0}):
+        with pytest.raises(AMNetError):
+            Detector(models["onnx"], **bad)
+
+
+# -- input handling --------------------------------------------------------------------------
+
+
+def test_dtypes_and_layouts_accepted(onnx_detector):
+    feats = video(120, seed=5)
+    ref = onnx_detector(feats)
+    assert onnx_detector(feats.astype(np.float64)) == ref
+    assert onnx_detector(np.asfortranarray(feats)) == ref
+    wide = np.zeros((120, DIM * 2), dtype=np.float32)
+    wide[:, ::2] = feats
+    view = wide[:, ::2]
+    assert not view.flags.c_contiguous
+    assert onnx_detector(view) == ref
+    half = feats.astype(np.float16)
+    assert onnx_detector(half) == onnx_detector(half.astype(np.float32))
+    assert onnx_detector((feats * 10).astype(np.int32)) == onnx_detector(
+        (feats * 10).astype(np.int32).astype(np.float32)
+    )
+
+
+def test_empty_video(onnx_detector, torch_detector):
+    for det in (onnx_detector, torch_detector):
+        assert det(np.zeros((0, DIM), np.float32)) == []
+        assert len(det.detect_raw(np.zeros((0, DIM), np.float64))) == 0
+
+
+@pytest.mark.parametrize(
+    ("features", "message"),
+    [
+        (np.zeros(DIM, np.float32), "expected shape"),
+        (np.zeros((2, 10, DIM), np.float32), "expected shape"),
+        (np.zeros((10, 100), np.float32), "100 channels"),
+        (np.full((10, DIM), np.nan, np.float32), "NaN or Inf"),
+        (np.full((10, DIM), np.inf, np.float64), "NaN or Inf"),
+        (np.full((10, DIM), 1e300, np.float64), "beyond float32"),
+        (np.zeros((10, DIM), dtype=object), "dtype object"),
+        (np.zeros((10, DIM), dtype="U1"), "dtype <U1"),
+        (np.zeros((10, DIM), dtype=np.complex64), "complex"),
+        (np.zeros((10, DIM), dtype=bool), "dtype bool"),
+    ],
+)
+def test_bad_inputs(onnx_detector, features, message):
+    with pytest.raises(AMNetError, match=message) as info:
+        onnx_detector(features)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_duration(onnx_detector):
+    for bad in (-1.0, float("nan"), "10"):
+        with pytest.raises(AMNetError, match="duration"):
+            onnx_detector(video(20), duration=bad)
+
+
+# -- model files -----------------------------------------------------------------------------
+
+
+def test_bad_model_files(tmp_path, models):
+    import onnx
+    from onnx import TensorProto, helper
+
+    cases = {}
+    cases["missing.onnx"] = None
+    (tmp_path / "garbage.onnx").write_bytes(b"not a protobuf at all")
+    cases["garbage.onnx"] = "cannot load"
+    (tmp_path / "garbage.pt").write_bytes(b"PK\x03\x04 truncated zip")
+    cases["garbage.pt"] = "checkpoint"
+    (tmp_path / "model.tflite").write_bytes(b"x")
+    cases["model.tflite"] = "unknown model type"
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["features"], ["scores"])],
+        "g",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1])],
+    )
+    onnx.save(helper.make_model(graph), tmp_path / "other.onnx")
+    cases["other.onnx"] = "not an AMNet"
+    for name, message in cases.items():
+        with pytest.raises(AMNetError, match=message or "not found") as info:
+            Detector(tmp_path / name)
+        assert "\n" not in str(info.value), name
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime not installed"
+)
+def test_cuda_without_cuda_provider_is_an_error(models):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this ONNX Runtime has a CUDA provider")
+    with pytest.raises(AMNetError, match="no CUDA provider"):
+        Detector(models["onnx"], device="cuda")
+    with pytest.raises(AMNetError, match="device must be"):
+        Detector(models["onnx"], device="tpu")
+
+
+def test_tensorrt_backend_without_tensorrt(tmp_path, models):
+    from amnet.export.metadata import read_onnx_metadata, write_plan_metadata
+
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"\x00" * 64)
+    with pytest.raises(AMNetError, match=r"model\.plan\.json"):
+        Detector(plan)  # no sidecar
+    meta = read_onnx_metadata(models["onnx"])
+    write_plan_metadata(plan, meta, {"max_batch": 4, "max_len": 256, "min_len": 1})
+    with pytest.raises(AMNetError, match="runs on cuda"):
+        Detector(plan, device="cpu")
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed: a garbage plan would fail differently")
+    with pytest.raises(AMNetError, match="TensorRT is not available") as info:
+        Detector(plan)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="needs tensorrt")
+def test_tensorrt_matches_onnxruntime(tmp_path, models, onnx_detector):  # pragma: no cover
+    from amnet.export.to_tensorrt import build_engine, cuda_device_count
+
+    if cuda_device_count() < 1:
+        pytest.skip("needs a CUDA GPU")
+    plan, _ = build_engine(models["onnx"], tmp_path / "model.plan")
+    trt = Detector(plan)
+    for length in (100, 256, 700):
+        feats = video(length, seed=length)
+        assert_same(onnx_detector.detect_raw(feats), trt.detect_raw(feats), score_tol=1e-3)
+
+
+def test_onnx_runtime_does_not_import_torch(models):
+    code = (
+        "import sys, numpy as np\n"
+        "from amnet.deploy import Detector\n"
+        f"d = Detector({str(models['onnx'])!r})\n"
+        "x = np.abs(np.random.default_rng(0).normal(size=(300, 2048))).astype(np.float32)\n"
+        "assert d(x)\n"
+        "bad = [m for m in ('torch', 'onnx', 'tensorrt', 'matplotlib') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+# -- concurrency and memory ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "calls"), [("onnx", 12), ("pt", 2)])
+def test_thread_safety(models, onnx_detector, torch_detector, name, calls):
+    det = onnx_detector if name == "onnx" else torch_detector
+    inputs = [video(n, seed=n) for n in (40, 180, 256, 600)]
+    expected = [det(x) for x in inputs]
+    errors: list[BaseException] = []
+    mismatches: list[int] = []
+
+    def worker(k: int) -> None:
+        try:
+            for i in range(calls):
+                j = (k + i) % len(inputs)
+                if det(inputs[j]) != expected[j]:
+                    mismatches.append(j)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert not mismatches
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_no_memory_growth(models):
+    det = Detector(models["onnx"], top_k=10, intra_op_threads=1)
+    feats = video(48, seed=9)
+    for _ in range(100):
+        det(feats)
+    before = _rss_mb()
+    for _ in range(1000):
+        det(feats)
+    growth = _rss_mb() - before
+    assert growth < 8.0, f"RSS grew by {growth:.1f} MB over 1000 calls"
+
+
+# -- amnet-bench -----------------------------------------------------------------------------
+
+
+def test_bench_json_tiny(tmp_path, models):
+    work = tmp_path / "bench"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "amnet.deploy.bench_cli",
+            "--engine", str(models["pt"]), "--preset", "tiny", "--videos", "2",
+            "--backends", "torch,onnxruntime,tensorrt", "--latency", "100", "--repeats", "1",
+            "--threads", "1", "--work", str(work), "--json", "--quiet",
+        ],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = {r["backend"]: r for r in report["results"]}
+    assert set(rows) == {"torch", "onnxruntime"}
+    for row in rows.values():
+        assert row["videos"] == 2 and row["snippets"] > 0
+        assert row["seconds"] > 0 and row["snippets_per_s"] > 0 and row["peak_rss_mb"] > 0
+        assert set(row) >= {"backend", "videos", "snippets", "seconds", "snippets_per_s", "peak_rss_mb"}  # fmt: skip
+    assert rows["onnxruntime"]["agree_top10"] > 0.9
+    assert [s["backend"] for s in report["skipped"]] == ["tensorrt"]
+    assert {(r["backend"], r["snippets"]) for r in report["latency"]} == {
+        ("torch", 100),
+        ("onnxruntime", 100),
+    }
+    startup = {r["backend"]: r for r in report["startup"]}
+    assert startup["onnxruntime"]["torch_imported"] is False
+    assert startup["torch"]["torch_imported"] is True
+    assert (work / "results_onnxruntime.json").is_file()
+
+
+def test_bench_bad_arguments():
+    args = ["--config", str(TINY), "--backends", "tflite"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "amnet.deploy.bench_cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "unknown tflite" in proc.stderr and "Traceback" not in proc.stderr

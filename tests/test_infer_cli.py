@@ -1,0 +1,311 @@
+"""``amnet-infer`` as users run it: a separate process on real files, good and bad."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny_cpu.yaml"
+DIM = 2048
+MAX_ERROR_LINES = 12  # "a few lines": the error line plus at most _MAX_LISTED files and a count
+
+
+def infer_command() -> list[str]:
+    script = shutil.which("amnet-infer", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "amnet.deploy.infer_cli"]
+
+
+def run_infer(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*infer_command(), *args], capture_output=True, text=True, timeout=180, cwd=cwd, check=False
+    )
+
+
+@pytest.fixture(scope="session")
+def model(tmp_path_factory) -> dict[str, Path]:
+    """An initialised tiny AMNet (no training needed to test the command line) and its export."""
+    import torch
+
+    from amnet.checkpoint import save_checkpoint
+    from amnet.config import load_config
+    from amnet.export.to_onnx import export_onnx
+    from amnet.model import AMNet
+    from amnet.synth import preset_class_names
+
+    base = tmp_path_factory.mktemp("infer_model")
+    cfg = load_config(TINY)
+    torch.manual_seed(0)
+    net = AMNet.from_config(cfg)
+    ckpt = base / "tiny.pt"
+    save_checkpoint(
+        ckpt, config=cfg, class_names=preset_class_names("tiny"), model=net.state_dict(), ema=None
+    )
+    return {"pt": ckpt, "onnx": export_onnx(ckpt, base / "tiny.onnx", parity=False).path}
+
+
+def feats(length: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.abs(rng.normal(0.0, 0.3, (length, DIM))).astype(np.float32)
+
+
+@pytest.fixture
+def good_dir(tmp_path) -> Path:
+    folder = tmp_path / "feats"
+    folder.mkdir()
+    for i, length in enumerate((60, 256, 300)):
+        np.save(folder / f"video_{i}.npy", feats(length, i))
+    (folder / "notes.txt").write_text("not a feature file, ignored in a folder")
+    return folder
+
+
+def assert_clean_failure(proc: subprocess.CompletedProcess, *needles: str, code: int = 2) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert 1 <= len(lines) <= MAX_ERROR_LINES, proc.stderr
+    assert lines[0].startswith("amnet-infer: ")
+    for needle in needles:
+        assert needle in proc.stderr, (needle, proc.stderr)
+
+
+# -- success ---------------------------------------------------------------------------------
+
+
+def test_folder_to_activitynet_json(model, good_dir):
+    from amnet.deploy import Detector
+
+    proc = run_infer("--engine", str(model["onnx"]), str(good_dir), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert set(data) == {"version", "results", "external_data"}
+    assert list(data["results"]) == ["video_0", "video_1", "video_2"]
+    det = Detector(model["onnx"])
+    expected = det(np.load(good_dir / "video_1.npy"))
+    got = data["results"]["video_1"]
+    assert len(got) == len(expected)
+    for entry, d in zip(got, expected, strict=True):
+        assert entry["label"] == d.label and entry["label_id"] == d.label_id
+        assert entry["score"] == pytest.approx(d.score, abs=1e-6)
+        assert entry["segment"] == pytest.approx([d.start, d.end], abs=1e-5)
+
+
+def test_output_formats_round_trip(model, good_dir, tmp_path):
+    from amnet.results import read_results
+    from amnet.synth import preset_class_names
+
+    files = [str(good_dir / "video_0.npy"), str(good_dir / "video_2.npy")]
+    common = ["--engine", str(model["onnx"]), *files, "--top-k", "7", "--min-score", "0.001"]
+    out = {}
+    for fmt in ("activitynet", "jsonl", "csv"):
+        out[fmt] = tmp_path / f"out.{fmt}"
+        proc = run_infer(*common, "--format", fmt, "--output", str(out[fmt]))
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == ""
+        assert "Traceback" not in proc.stderr
+    anet = read_results(out["activitynet"], preset_class_names("tiny"))
+    assert list(anet) == ["video_0", "video_2"]
+    assert all(0 < len(d) <= 7 for d in anet.values())
+    lines = [json.loads(line) for line in out["jsonl"].read_text().splitlines()]
+    assert [line["video_id"] for line in lines] == ["video_0", "video_2"]
+    assert lines[0]["duration"] == pytest.approx((59 * 4 + 16) / 30)
+    for line in lines:
+        dets = anet[line["video_id"]]
+        assert [e["score"] for e in line["detections"]] == dets.scores.tolist()
+        assert all(0 <= e["segment"][0] <= e["segment"][1] <= line["duration"] for e in line["detections"])  # fmt: skip
+    rows = list(csv.DictReader(io.StringIO(out["csv"].read_text())))
+    assert list(rows[0]) == ["video_id", "start", "end", "label", "label_id", "score"]
+    assert len(rows) == sum(len(d) for d in anet.values())
+    first = anet["video_0"]
+    assert float(rows[0]["score"]) == first.scores[0]
+    assert [float(rows[0]["start"]), float(rows[0]["end"])] == first.segments[0].tolist()
+
+
+def test_overrides_and_pt_engine(model, good_dir):
+    path = str(good_dir / "video_0.npy")
+    a = json.loads(run_infer("--engine", str(model["onnx"]), path, "-q").stdout)
+    b = json.loads(run_infer("--engine", str(model["onnx"]), path, "-q", "--fps", "15").stdout)
+    seg_a = a["results"]["video_0"][0]["segment"]
+    seg_b = b["results"]["video_0"][0]["segment"]
+    assert seg_b == pytest.approx([2 * x for x in seg_a], rel=1e-6)
+    pt = run_infer("--engine", str(model["pt"]), path, "-q", "--format", "jsonl")
+    assert pt.returncode == 0, pt.stderr
+    assert json.loads(pt.stdout)["video_id"] == "video_0"
+
+
+def test_progress_bar_and_quiet(model, good_dir):
+    loud = run_infer("--engine", str(model["onnx"]), str(good_dir))
+    assert loud.returncode == 0 and "amnet-infer" in loud.stderr
+    quiet = run_infer("--engine", str(model["onnx"]), str(good_dir), "--quiet")
+    assert quiet.stderr == ""
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert 400 <= width <= 4000 and 150 <= height <= 4000, (path, width, height)
+
+
+def test_plot(model, good_dir, tmp_path):
+    plots = tmp_path / "plots"
+    proc = run_infer("--engine", str(model["onnx"]), str(good_dir), "-q", "--plot", str(plots))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in plots.iterdir()) == [f"video_{i}.png" for i in range(3)]
+    for png in plots.iterdir():
+        assert_png(png)
+    pt_plots = tmp_path / "pt_plots"
+    proc = run_infer(
+        "--engine", str(model["pt"]), str(good_dir / "video_2.npy"), "-q", "--plot", str(pt_plots)
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in pt_plots.iterdir()) == ["video_2.png", "video_2_ame.png"]
+    assert_png(pt_plots / "video_2_ame.png")
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+
+def _bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (file, expected words in the message)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cases: dict[str, tuple[Path, str]] = {}
+
+    def add(name: str, message: str) -> Path:
+        path = folder / name
+        cases[name] = (path, message)
+        return path
+
+    add("missing.npy", "not found")
+    add("empty.npy", "empty file").write_bytes(b"")
+    good = io.BytesIO()
+    np.save(good, feats(50))
+    add("truncated.npy", "not a valid .npy").write_bytes(good.getvalue()[:1000])
+    add("text.npy", "not a .npy file").write_text("video,start,end\n")
+    np.savez(folder / "archive.npz", x=feats(5))
+    (folder / "archive.npz").rename(add("archive.npy", ".npz archive"))
+    np.save(add("pickled.npy", "pickled"), np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(add("rank1.npy", "shape [T, C]"), np.zeros(DIM, np.float32))
+    np.save(add("rank3.npy", "shape [T, C]"), np.zeros((2, 3, DIM), np.float32))
+    np.save(add("channels.npy", "1024 channels"), np.zeros((10, 1024), np.float32))
+    nan = feats(20)
+    nan[3, 7] = np.nan
+    np.save(add("nan.npy", "NaN or Inf"), nan)
+    inf = feats(20).astype(np.float64)
+    inf[0, 0] = np.inf
+    np.save(add("inf.npy", "NaN or Inf"), inf)
+    np.save(add("strings.npy", "dtype <U"), np.full((4, DIM), "x"))
+    np.save(add("complex.npy", "dtype complex"), np.zeros((4, DIM), np.complex64))
+    np.save(add("bools.npy", "dtype bool"), np.zeros((4, DIM), bool))
+    return cases
+
+
+def test_every_bad_feature_file(model, tmp_path):
+    out = tmp_path / "out.json"
+    for name, (path, message) in _bad_files(tmp_path / "bad").items():
+        proc = run_infer("--engine", str(model["onnx"]), str(path), "--output", str(out))
+        assert_clean_failure(proc, name, message)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert not out.exists(), name
+        assert proc.stdout == ""
+
+
+def test_bad_models_and_folders(model, tmp_path, good_dir):
+    out = tmp_path / "out.json"
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x01garbage")
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(model["onnx"].read_bytes()[:5000])
+    bad_pt = tmp_path / "bad.pt"
+    bad_pt.write_text("not a checkpoint")
+    unknown = tmp_path / "model.h5"
+    unknown.write_bytes(b"x")
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    video = str(good_dir / "video_0.npy")
+    cases = [
+        (["--engine", str(tmp_path / "nope.onnx"), video], "model file not found"),
+        (["--engine", str(garbage), video], "cannot load"),
+        (["--engine", str(truncated), video], "cannot load"),
+        (["--engine", str(bad_pt), video], "checkpoint"),
+        (["--engine", str(unknown), video], "unknown model type"),
+        (["--engine", str(model["onnx"]), str(empty_dir)], "no .npy feature files"),
+        (["--engine", str(model["onnx"]), str(tmp_path / "no_such_dir")], "no such file"),
+        (["--engine", str(model["onnx"]), video, "--device", "cuda"], "CUDA"),
+        (["--engine", str(model["onnx"]), video, "--top-k", "0"], "--top-k"),
+        (["--engine", str(model["onnx"]), video, "--format", "xml"], "invalid choice"),
+        (["--engine", str(model["onnx"]), video, video], "given twice"),
+        ([video], "--engine"),
+    ]
+    for args, message in cases:
+        proc = run_infer(*args, "--output", str(out))
+        assert_clean_failure(proc, message)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert not out.exists(), args
+
+
+def test_partially_bad_batch(model, good_dir, tmp_path):
+    from amnet.results import read_results
+    from amnet.synth import preset_class_names
+
+    bad = _bad_files(tmp_path / "bad")
+    np.save(good_dir / "zz_nan.npy", np.full((5, DIM), np.nan, np.float32))
+    inputs = [str(good_dir), str(bad["empty.npy"][0]), str(bad["channels.npy"][0])]
+    out = tmp_path / "out.json"
+
+    strict = run_infer("--engine", str(model["onnx"]), *inputs, "--output", str(out), "-q")
+    assert_clean_failure(strict, "3 of 6", "zz_nan.npy", "empty.npy", "channels.npy", "--skip-bad")
+    assert not out.exists()
+
+    lenient = run_infer(
+        "--engine", str(model["onnx"]), *inputs, "--output", str(out), "-q", "--skip-bad"
+    )
+    assert_clean_failure(lenient, "skipped 3 of 6", "zz_nan.npy", "empty.npy", code=3)
+    results = read_results(out, preset_class_names("tiny"))
+    assert list(results) == ["video_0", "video_1", "video_2"]
+
+    out.unlink()
+    all_bad = run_infer(
+        "--engine", str(model["onnx"]), str(bad["nan.npy"][0]), str(bad["empty.npy"][0]),
+        "--output", str(out), "--skip-bad",
+    )  # fmt: skip
+    assert_clean_failure(all_bad, "none of the 2")
+    assert not out.exists()
+
+
+def test_many_bad_files_are_summarised(model, tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(20):
+        np.save(folder / f"v{i:02d}.npy", np.zeros((4, 7), np.float32))
+    proc = run_infer("--engine", str(model["onnx"]), str(folder))
+    assert_clean_failure(proc, "20 of 20", "and 12 more")
+
+
+def test_help_documents_the_policy():
+    proc = run_infer("--help")
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    assert "--skip-bad" in text and "exit status is 3" in text and "exit 2" in text
+
+
+def test_onnx_run_imports_neither_torch_nor_matplotlib(model, good_dir, tmp_path):
+    code = (
+        "import sys\n"
+        "from amnet.deploy.infer_cli import main\n"
+        f"rc = main(['--engine', {str(model['onnx'])!r}, {str(good_dir)!r}, '-q', "
+        f"'-o', {str(tmp_path / 'out.json')!r}])\n"
+        "print(rc, sorted(m for m in ('torch', 'matplotlib', 'onnx') if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.stdout.strip() == "0 []", proc.stderr
