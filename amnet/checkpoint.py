@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import tempfile
@@ -64,14 +63,6 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         if key not in ckpt:
             raise AMNetError(f"{path}: AMNet checkpoint without '{key}'")
     return ckpt
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_model(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -27,6 +28,44 @@ def _publish(tmp: str, path: Path) -> None:
     """Give the temporary file ordinary permissions (mkstemp makes it 0600), then rename it."""
     os.chmod(tmp, 0o666 & ~_UMASK)
     os.replace(tmp, path)
+
+
+def check_out_path(out: str | os.PathLike) -> Path:
+    """Fail early (one line) when ``out`` names a folder or sits in a folder that does not exist."""
+    out = Path(out)
+    if out.is_dir():
+        raise AMNetError(f"{out}: is a folder, expected an output file path")
+    parent = out.parent if str(out.parent) else Path(os.curdir)
+    if not parent.is_dir():
+        raise AMNetError(f"{out}: cannot write, folder {parent} does not exist")
+    return out
+
+
+def temp_beside(out: str | os.PathLike) -> Path:
+    """An empty temporary file next to ``out`` (same file system, so the final rename is atomic);
+    creating it is the real test that the folder is writable (a read-only mount stops root too).
+    Finish with :func:`publish`, or unlink it on failure."""
+    out = check_out_path(out)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as exc:
+        raise AMNetError(f"{out}: cannot write ({exc.strerror or exc})") from None
+    os.close(fd)
+    return Path(tmp)
+
+
+def publish(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Rename a finished temporary file to ``out`` with ordinary permissions."""
+    _publish(os.fspath(tmp), Path(out))
+    return Path(out)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from amnet.detections import Detections
-from amnet.postprocess import PostprocessConfig, plan_chunks, postprocess_chunks
+from amnet.postprocess import PostprocessConfig, chunk_batches, postprocess_chunks
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +35,13 @@ def predict_chunks(
     batch_size: int = 4,
 ) -> list[tuple[np.ndarray, np.ndarray, int]]:
     """Raw model outputs ``(scores, segments, offset)`` for each chunk of one ``[T, C]`` video."""
-    windows = plan_chunks(feats.shape[0], max_seq_len, overlap)
     outputs: list[tuple[np.ndarray, np.ndarray, int]] = []
-    for i in range(0, len(windows), batch_size):
-        group = windows[i : i + batch_size]
-        length = max(end - start for start, end in group)
-        x = torch.zeros(len(group), length, feats.shape[1], dtype=torch.float32)
-        for j, (start, end) in enumerate(group):
-            x[j, : end - start] = torch.from_numpy(feats[start:end])
-        lengths = torch.tensor([end - start for start, end in group], dtype=torch.int64)
-        scores, segments = model.predict(x.to(device), lengths.to(device))
+    for x, lengths, starts in chunk_batches(feats, max_seq_len, overlap, batch_size):
+        scores, segments = model.predict(
+            torch.from_numpy(x).to(device), torch.from_numpy(lengths).to(device)
+        )
         scores, segments = scores.float().cpu().numpy(), segments.float().cpu().numpy()
-        outputs.extend((scores[j], segments[j], start) for j, (start, _) in enumerate(group))
+        outputs.extend((scores[j], segments[j], start) for j, start in enumerate(starts))
     return outputs
 
 

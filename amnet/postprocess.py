@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "NMS_METHODS",
     "PostprocessConfig",
+    "chunk_batches",
     "decode_segments",
     "nms",
     "plan_chunks",
@@ -216,6 +217,31 @@ def plan_chunks(num_snippets: int, max_len: int, overlap: float) -> list[tuple[i
     if starts[-1] != last:
         starts.append(last)
     return [(s, s + window) for s in starts]
+
+
+def chunk_batches(
+    features: np.ndarray, max_len: int, overlap: float, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, list[int]]]:
+    """The chunks of one ``[T, C]`` video as model inputs, ``batch_size`` chunks per batch.
+
+    Yields ``(x [b, L, C] float32, lengths [b] int64, starts)``: each batch is padded to its
+    longest chunk (a lone chunk is a view of ``features``, no copy). Every backend runs its
+    chunks through this, so they all see the same windows and padding.
+    """
+    if batch_size < 1:
+        raise ValueError(f"chunk_batches: batch_size must be >= 1, got {batch_size}")
+    windows = plan_chunks(features.shape[0], max_len, overlap)
+    for i in range(0, len(windows), batch_size):
+        group = windows[i : i + batch_size]
+        if len(group) == 1:
+            start, end = group[0]
+            x = features[None, start:end]
+        else:
+            x = np.zeros((len(group), max(e - s for s, e in group), features.shape[1]), np.float32)
+            for j, (start, end) in enumerate(group):
+                x[j, : end - start] = features[start:end]
+        lengths = np.array([end - start for start, end in group], dtype=np.int64)
+        yield x, lengths, [start for start, _ in group]
 
 
 def select_candidates(

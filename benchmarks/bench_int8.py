@@ -157,10 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     from amnet.annotations import load_annotations, select_subset
     from amnet.checkpoint import load_model
     from amnet.export.chunk_runner import detect_video_onnx
-    from amnet.export.metadata import read_onnx_metadata
     from amnet.export.quantize import quantize_int8
     from amnet.export.to_onnx import export_onnx
     from amnet.inference import detect_video
+    from amnet.metadata import read_onnx_metadata
     from amnet.metrics import evaluate_detection
     from amnet.results import write_results
 

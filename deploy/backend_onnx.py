@@ -54,7 +54,7 @@ class OnnxRuntimeBackend:
     def __init__(
         self, path: str | Path, device: str | None = None, intra_op_threads: int | None = None
     ) -> None:
-        from amnet.export.metadata import read_onnx_metadata
+        from amnet.metadata import read_onnx_metadata
 
         self.path = Path(path)
         self.device = check_device(device, ("cpu", "cuda"), self.name)

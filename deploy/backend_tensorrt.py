@@ -158,7 +158,7 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, path: str | Path, device: str | None = None) -> None:
-        from amnet.export.metadata import read_plan_metadata
+        from amnet.metadata import read_plan_metadata
 
         self.path = Path(path)
         self.device = check_device(device, ("cuda",), self.name)

@@ -24,19 +24,17 @@ __all__ = ["TorchBackend", "metadata_from_config"]
 
 def metadata_from_config(cfg: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
     """The runtime metadata of a checkpoint, in the shape the exported models carry."""
-    data = cfg["dataset"]
-    return {
-        "config": cfg,
-        "class_names": list(class_names),
-        "fps": float(data["default_fps"]),
-        "feature_stride": int(data["feature_stride"]),
-        "num_frames": int(data["num_frames"]),
-        "max_seq_len": int(data["max_seq_len"]),
-        "chunk_overlap": float(cfg["test_cfg"]["chunk_overlap"]),
-        "input_dim": int(data["input_dim"]),
-        "num_classes": int(data["num_classes"]),
-        "pad_multiple": 2 ** (int(cfg["model"]["n_levels"]) - 1),
-    }
+    from amnet import __version__
+    from amnet.metadata import build_metadata
+
+    return build_metadata(
+        cfg,
+        list(class_names),
+        checkpoint_sha256="",
+        opset=0,
+        weights="checkpoint",
+        amnet_version=__version__,
+    )
 
 
 class TorchBackend:

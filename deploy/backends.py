@@ -9,7 +9,7 @@ A backend runs the exported chunk graph on one batch of chunks::
 
 and carries the model's metadata (``backend.metadata``: config, class names, fps, feature
 stride, frames per snippet, max_seq_len, chunk overlap, input_dim, num_classes; the same typed
-dict as :func:`amnet.export.metadata.read_onnx_metadata`). Chunking, batching and
+dict as :func:`amnet.metadata.read_onnx_metadata`). Chunking, batching and
 post-processing live in :class:`amnet.deploy.detector.Detector`, above this interface, so every
 backend yields detections through the same code.
 

@@ -370,11 +370,11 @@ def _model_dim(path: Path) -> int:
     """input_dim of a model file, without running it."""
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        from amnet.export.metadata import read_onnx_metadata
+        from amnet.metadata import read_onnx_metadata
 
         return int(read_onnx_metadata(path)["input_dim"])
     if suffix in (".plan", ".engine"):
-        from amnet.export.metadata import read_plan_metadata
+        from amnet.metadata import read_plan_metadata
 
         return int(read_plan_metadata(path)["input_dim"])
     if suffix in (".pt", ".pth"):

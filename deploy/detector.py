@@ -48,7 +48,7 @@ import numpy as np
 from amnet.deploy.backends import Backend, open_backend
 from amnet.detections import Detections
 from amnet.errors import AMNetError
-from amnet.postprocess import PostprocessConfig, plan_chunks, postprocess_chunks
+from amnet.postprocess import PostprocessConfig, chunk_batches, postprocess_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -232,22 +232,12 @@ class Detector:
         ``batch_size`` at a time, each call padded to its longest chunk (as
         :func:`amnet.inference.predict_chunks` does).
         """
-        windows = plan_chunks(features.shape[0], self.max_seq_len, self.chunk_overlap)
         outputs: list[tuple[np.ndarray, np.ndarray, int]] = []
-        for i in range(0, len(windows), self.batch_size):
-            group = windows[i : i + self.batch_size]
-            if len(group) == 1:
-                start, end = group[0]
-                x = features[None, start:end]  # a view of the caller's array: no copy
-            else:
-                x = np.zeros(
-                    (len(group), max(e - s for s, e in group), features.shape[1]), np.float32
-                )
-                for j, (start, end) in enumerate(group):
-                    x[j, : end - start] = features[start:end]
-            lengths = np.array([end - start for start, end in group], dtype=np.int64)
+        for x, lengths, starts in chunk_batches(
+            features, self.max_seq_len, self.chunk_overlap, self.batch_size
+        ):
             scores, segments = self.backend.run(x, lengths)
-            outputs.extend((scores[j], segments[j], s) for j, (s, _) in enumerate(group))
+            outputs.extend((scores[j], segments[j], s) for j, s in enumerate(starts))
         return outputs
 
     def detect_raw(self, features: Any, duration: float | None = None) -> Detections:

@@ -4,12 +4,12 @@ Submodules (import them directly; this package imports nothing heavy on its own)
 
 - ``to_onnx``: checkpoint -> ONNX chunk graph with metadata and parity checks (CLI + API).
 - ``to_tensorrt``: ONNX -> TensorRT engine + ``.plan.json`` sidecar (CLI + API), engine runner.
-- ``metadata``: write/read the metadata (``read_onnx_metadata``, ``read_plan_metadata``).
 - ``trt_compat``: static TensorRT 10 compatibility check (``check_tensorrt_compatibility``).
 - ``chunk_runner``: numpy-only chunk policy over an ONNX Runtime session (``run_onnx_video``).
 - ``quantize``: dynamic INT8 for CPUs (``quantize_int8``).
 
-The names below are also reachable as attributes of this package, imported on first use.
+The model metadata these tools write lives in :mod:`amnet.metadata` (the runtime reads it
+without importing this package). The names below are also reachable as attributes of this package, imported on first use.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ _LAZY = {
     "build_engine": "to_tensorrt",
     "profile_shapes": "to_tensorrt",
     "TensorRTRunner": "to_tensorrt",
-    "read_onnx_metadata": "metadata",
-    "read_plan_metadata": "metadata",
     "check_tensorrt_compatibility": "trt_compat",
     "run_onnx_video": "chunk_runner",
     "detect_video_onnx": "chunk_runner",

@@ -18,7 +18,7 @@ import numpy as np
 
 from amnet.detections import Detections
 from amnet.errors import AMNetError
-from amnet.postprocess import PostprocessConfig, plan_chunks, postprocess_chunks
+from amnet.postprocess import PostprocessConfig, chunk_batches, postprocess_chunks
 
 __all__ = [
     "FEATURES",
@@ -70,19 +70,12 @@ def run_onnx_video(
         raise ValueError(f"run_onnx_video: expected features [T, C], got shape {feats.shape}")
     if batch_size < 1:
         raise ValueError(f"run_onnx_video: batch_size must be >= 1, got {batch_size}")
-    windows = plan_chunks(feats.shape[0], max_seq_len, overlap)
     outputs: list[tuple[np.ndarray, np.ndarray, int]] = []
-    for i in range(0, len(windows), batch_size):
-        group = windows[i : i + batch_size]
-        length = max(end - start for start, end in group)
-        x = np.zeros((len(group), length, feats.shape[1]), dtype=np.float32)
-        for j, (start, end) in enumerate(group):
-            x[j, : end - start] = feats[start:end]
-        lengths = np.array([end - start for start, end in group], dtype=np.int64)
+    for x, lengths, starts in chunk_batches(feats, max_seq_len, overlap, batch_size):
         scores, segments = session.run(None, {FEATURES: x, LENGTHS: lengths})[:2]
         scores = np.asarray(scores, dtype=np.float32)
         segments = np.asarray(segments, dtype=np.float32)
-        outputs.extend((scores[j], segments[j], start) for j, (start, _) in enumerate(group))
+        outputs.extend((scores[j], segments[j], start) for j, start in enumerate(starts))
     return outputs
 
 
@@ -104,7 +97,7 @@ def detect_video_onnx(
     batch_size: int = 4,
 ) -> Detections:
     """Detections (seconds) of one video through an ONNX session and the model's metadata
-    (as read by :func:`amnet.export.metadata.read_onnx_metadata`)."""
+    (as read by :func:`amnet.metadata.read_onnx_metadata`)."""
     chunks = run_onnx_video(
         session, feats, int(meta["max_seq_len"]), float(meta["chunk_overlap"]), batch_size
     )

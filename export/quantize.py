@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from amnet.export.outfiles import publish, temp_beside
+from amnet.fileio import publish, temp_beside
 
 log = logging.getLogger(__name__)
 

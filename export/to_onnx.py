@@ -6,7 +6,7 @@
 The graph computes ``AMNet.predict`` for one chunk: inputs ``features [B, T, C] float32`` and
 ``lengths [B] int64``, outputs ``scores [B, P, K]`` and ``segments [B, P, 2]``, with B and T
 dynamic (1 <= T <= max_seq_len; P follows T). After export: ``onnx.checker``, the metadata
-(:mod:`amnet.export.metadata`), a static TensorRT 10 compatibility check (warnings only here;
+(:mod:`amnet.metadata`), a static TensorRT 10 compatibility check (warnings only here;
 ``to_tensorrt`` refuses), then ONNX Runtime against PyTorch at several lengths and batch sizes.
 The output file appears only when every check passed (written to a temporary file, then renamed).
 
@@ -244,8 +244,8 @@ def export_onnx(
     With ``int8``, also writes ``<out stem>.int8.onnx`` (dynamic INT8 for CPUs, see
     :mod:`amnet.export.quantize`) whose parity is reported, not enforced.
     """
-    from amnet.export.outfiles import check_out_path, publish, temp_beside
     from amnet.export.trt_compat import check_opset
+    from amnet.fileio import check_out_path, publish, temp_beside
 
     start = time.perf_counter()
     ckpt = Path(ckpt)
@@ -306,10 +306,11 @@ def _export_checked(
 ) -> ExportResult:
     import onnx
 
-    from amnet.checkpoint import file_sha256, load_model, read_checkpoint
+    from amnet.checkpoint import load_model, read_checkpoint
     from amnet.export.chunk_runner import open_session
-    from amnet.export.metadata import build_metadata, write_onnx_metadata
     from amnet.export.trt_compat import check_tensorrt_compatibility
+    from amnet.fileio import file_sha256
+    from amnet.metadata import build_metadata, write_onnx_metadata
 
     try:
         raw = read_checkpoint(ckpt)

@@ -9,7 +9,7 @@ One optimization profile covers both inputs over batch and time: ``features`` fr
 ``[max_batch]``. ``max_len`` defaults to the model's ``max_seq_len`` (the chunk size, which no
 chunk exceeds) and ``opt_len`` to ``max_len``: full chunks are the most expensive calls, so the
 kernels are tuned for them. Beside the plan, ``<plan>.json`` carries the ONNX metadata plus the
-build settings (see :mod:`amnet.export.metadata`). Both files are written atomically.
+build settings (see :mod:`amnet.metadata`). Both files are written atomically.
 
 The ONNX graph is checked statically first (:mod:`amnet.export.trt_compat`), so an
 incompatible graph is refused on any machine; the build itself needs the ``tensorrt`` package
@@ -241,13 +241,13 @@ def build_engine(
     cannot import, missing TensorRT or GPU, parser errors (each also logged) or a failed build;
     no output file is left behind then.
     """
-    from amnet.export.metadata import (
+    from amnet.export.trt_compat import check_tensorrt_compatibility
+    from amnet.fileio import check_out_path, file_sha256, publish, temp_beside
+    from amnet.metadata import (
         plan_sidecar_path,
         read_onnx_metadata,
         write_plan_metadata,
     )
-    from amnet.export.outfiles import check_out_path, file_sha256, publish, temp_beside
-    from amnet.export.trt_compat import check_tensorrt_compatibility
 
     onnx_path = Path(onnx_path)
     out = Path(out) if out is not None else onnx_path.with_suffix(".plan")

@@ -270,7 +270,7 @@ def test_cuda_without_cuda_provider_is_an_error(models):
 
 
 def test_tensorrt_backend_without_tensorrt(tmp_path, models):
-    from amnet.export.metadata import read_onnx_metadata, write_plan_metadata
+    from amnet.metadata import read_onnx_metadata, write_plan_metadata
 
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"\x00" * 64)

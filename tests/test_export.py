@@ -25,7 +25,7 @@ ort = pytest.importorskip("onnxruntime")
 import torch  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
-from amnet.checkpoint import file_sha256, load_model, save_checkpoint  # noqa: E402
+from amnet.checkpoint import load_model, save_checkpoint  # noqa: E402
 from amnet.config import config_from_dict, load_config  # noqa: E402
 from amnet.errors import AMNetError  # noqa: E402
 from amnet.export.chunk_runner import (  # noqa: E402
@@ -33,11 +33,12 @@ from amnet.export.chunk_runner import (  # noqa: E402
     open_session,
     run_onnx_video,
 )
-from amnet.export.metadata import read_onnx_metadata  # noqa: E402
 from amnet.export.quantize import conv1d_as_matmul  # noqa: E402
 from amnet.export.to_onnx import compare_outputs, export_onnx  # noqa: E402
 from amnet.export.trt_compat import check_tensorrt_compatibility, supported_ops  # noqa: E402
+from amnet.fileio import file_sha256  # noqa: E402
 from amnet.inference import detect_video, predict_chunks  # noqa: E402
+from amnet.metadata import read_onnx_metadata  # noqa: E402
 from amnet.model import AMNet  # noqa: E402
 from amnet.synth import draw_layout, preset_class_names, write_dataset  # noqa: E402
 from amnet.train import train  # noqa: E402

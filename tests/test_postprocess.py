@@ -521,3 +521,19 @@ def test_config_rejects_unknown_keys_naming_them() -> None:
 def test_config_rejects_bad_values(bad: dict) -> None:
     with pytest.raises(AMNetError, match=next(iter(bad))):
         PostprocessConfig.from_dict(bad)
+
+
+def test_chunk_batches_pad_each_batch_to_its_longest_chunk():
+    from amnet.postprocess import chunk_batches
+
+    feats = np.arange(10 * 2, dtype=np.float32).reshape(10, 2)
+    batches = list(chunk_batches(feats, max_len=4, overlap=0.25, batch_size=2))
+    # Windows of 4 with step 3: [0,4) [3,7) [6,10) -> batches of 2 and 1.
+    assert [b[2] for b in batches] == [[0, 3], [6]]
+    x, lengths, _ = batches[0]
+    assert x.shape == (2, 4, 2) and lengths.tolist() == [4, 4]
+    assert np.array_equal(x[1], feats[3:7])
+    lone, lone_lengths, _ = batches[1]
+    assert np.shares_memory(lone, feats) and lone_lengths.tolist() == [4]
+    short = list(chunk_batches(feats[:3], max_len=4, overlap=0.25, batch_size=2))
+    assert len(short) == 1 and short[0][0].shape == (1, 3, 2)

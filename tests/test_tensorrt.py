@@ -28,13 +28,13 @@ from onnx import helper  # noqa: E402
 from amnet.checkpoint import save_checkpoint  # noqa: E402
 from amnet.config import load_config  # noqa: E402
 from amnet.errors import AMNetError  # noqa: E402
-from amnet.export.metadata import (  # noqa: E402
+from amnet.export.to_tensorrt import cuda_device_count, profile_shapes  # noqa: E402
+from amnet.metadata import (  # noqa: E402
     plan_sidecar_path,
     read_onnx_metadata,
     read_plan_metadata,
     write_plan_metadata,
 )
-from amnet.export.to_tensorrt import cuda_device_count, profile_shapes  # noqa: E402
 from amnet.model import AMNet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

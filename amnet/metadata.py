@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from amnet.errors import AMNetError
-from amnet.export.outfiles import publish, temp_beside
-from amnet.fileio import read_json
+from amnet.fileio import publish, read_json, temp_beside
 
 __all__ = [
     "METADATA_KEYS",
