@@ -83,7 +83,7 @@ def measure_train(config: str, iters: int, overrides: dict, device: str = "cpu")
     cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None
     return {
         "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
-        "attention": attention_backend(dev),
+        "attention": attention_backend(dev, cfg["model"]["embd_dim"] // cfg["model"]["n_heads"]),
         "cuda_peak_mb": cuda_peak,
         "config": config,
         "overrides": overrides,

@@ -72,28 +72,28 @@ cat "$OUT/setup.log"
 [ "$rc" -eq 0 ] || failed=1
 printf '| setup | %s | %s |\n' "$rc" "$((SECONDS - start))" >>"$summary"
 
-step kernel_tests 120 "$PY" -m pytest tests/test_kernel.py -q -rs -p no:cacheprovider
+step kernel_tests 90 "$PY" -m pytest tests/test_kernel.py -q -rs -p no:cacheprovider
 
-step bench 170 "$PY" benchmarks/bench_attention.py --out "$OUT" --dtypes fp16 --rep-ms 100
+step bench 150 "$PY" benchmarks/bench_attention.py --out "$OUT" --dtypes fp16 --rep-ms 100
 
 # One training step of configs/thumos14_i3d.yaml (batch 2 x 2304, AMP, Triton attention) at the
 # paper's size and at the seed's out-of-memory settings (D = 1024; 8 heads): time and peak
 # CUDA memory, each in its own process. Writes train_memory.log and train_memory.json.
-step train_memory 75 "$PY" benchmarks/bench_model.py train --device cuda --iters 2 \
+step train_memory 60 "$PY" benchmarks/bench_model.py train --device cuda --iters 2 \
   --variants base,dim1024,heads8 --json-out "$OUT/train_memory.json"
 
 # TensorRT step (only where `import tensorrt`, onnx and onnxruntime work): export a tiny
 # initialised checkpoint to ONNX, build fp32 and fp16 engines with export/to_tensorrt.py's API,
 # run them on CUDA buffers and compare with ONNX Runtime (tests/test_tensorrt.py). Writes ONE
-# file, $OUT/tensorrt.json (the log goes to stdout only, to stay within the 8 files); 120 s.
+# file, $OUT/tensorrt.json (the log goes to stdout only, to stay within the 8 files); 75 s.
 if "$PY" -c "import tensorrt, onnx, onnxruntime" >/dev/null 2>&1; then
-  echo "=== tensorrt (limit 120s)"
+  echo "=== tensorrt (limit 75s)"
   start=$SECONDS
-  AMNET_TRT_SUMMARY="$OUT/tensorrt.json" timeout --kill-after=15 120 \
+  AMNET_TRT_SUMMARY="$OUT/tensorrt.json" timeout --kill-after=15 75 \
     "$PY" -m pytest tests/test_tensorrt.py -q -rs -p no:cacheprovider
   rc=$?
   [ "$rc" -eq 0 ] || failed=1
-  [ "$rc" -eq 124 ] && echo "tensorrt: timed out after 120s"
+  [ "$rc" -eq 124 ] && echo "tensorrt: timed out after 75s"
   printf '| tensorrt | %s | %s |\n' "$rc" "$((SECONDS - start))" >>"$summary"
 else
   echo "=== tensorrt: skipped (tensorrt, onnx or onnxruntime not importable)"

@@ -192,7 +192,9 @@ def _bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
     add("text.npy", "not a .npy file").write_text("video,start,end\n")
     np.savez(folder / "archive.npz", x=feats(5))
     (folder / "archive.npz").rename(add("archive.npy", ".npz archive"))
-    np.save(add("pickled.npy", "pickled"), np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    # A hostile input: an object array, which np.save can only write as a pickle.
+    hostile = {"allow_pickle": True}
+    np.save(add("pickled.npy", "pickled"), np.array([{"a": 1}], dtype=object), **hostile)
     np.save(add("rank1.npy", "shape [T, C]"), np.zeros(DIM, np.float32))
     np.save(add("rank3.npy", "shape [T, C]"), np.zeros((2, 3, DIM), np.float32))
     np.save(add("channels.npy", "1024 channels"), np.zeros((10, 1024), np.float32))
