@@ -11,18 +11,19 @@ import torch
 from tqdm import tqdm
 
 from amnet.detections import Detections
-from amnet.postprocess import PostprocessConfig, chunk_batches, postprocess_chunks
+from amnet.postprocess import (
+    PostprocessConfig,
+    chunk_batches,
+    config_from_test_cfg,
+    postprocess_chunks,
+)
 
 log = logging.getLogger(__name__)
-
-_NOT_POSTPROCESS = ("chunk_overlap", "tiou_thresholds")
 
 
 def postprocess_config(cfg: Mapping[str, Any]) -> PostprocessConfig:
     """The post-processing settings of a full config's ``test_cfg``."""
-    return PostprocessConfig.from_dict(
-        {k: v for k, v in cfg["test_cfg"].items() if k not in _NOT_POSTPROCESS}
-    )
+    return config_from_test_cfg(cfg["test_cfg"])
 
 
 @torch.no_grad()

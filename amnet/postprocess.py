@@ -34,6 +34,7 @@ __all__ = [
     "NMS_METHODS",
     "PostprocessConfig",
     "chunk_batches",
+    "config_from_test_cfg",
     "decode_segments",
     "nms",
     "plan_chunks",
@@ -146,6 +147,18 @@ class PostprocessConfig:
                 f"(known: {', '.join(sorted(known))})"
             )
         return cls(**dict(values))
+
+
+# Keys of a config's test_cfg that belong to chunking and evaluation, not to post-processing.
+_NOT_POSTPROCESS = ("chunk_overlap", "tiou_thresholds")
+
+
+def config_from_test_cfg(test_cfg: Mapping[str, Any]) -> PostprocessConfig:
+    """The post-processing settings of a model config's ``test_cfg`` section (which also holds
+    the chunk overlap and the evaluation thresholds)."""
+    return PostprocessConfig.from_dict(
+        {k: v for k, v in test_cfg.items() if k not in _NOT_POSTPROCESS}
+    )
 
 
 def decode_segments(centers: np.ndarray, strides: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -48,14 +48,18 @@ import numpy as np
 from amnet.deploy.backends import Backend, open_backend
 from amnet.detections import Detections
 from amnet.errors import AMNetError
-from amnet.postprocess import PostprocessConfig, chunk_batches, postprocess_chunks
+from amnet.postprocess import (
+    PostprocessConfig,
+    chunk_batches,
+    config_from_test_cfg,
+    postprocess_chunks,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Detection", "Detector", "snippets_duration"]
 
 # test_cfg keys that are not post-processing settings.
-_NOT_POSTPROCESS = ("chunk_overlap", "tiou_thresholds")
 DEFAULT_BATCH_SIZE = 4  # chunks per backend call: amnet.inference.predict_chunks' default
 
 
@@ -167,10 +171,7 @@ class Detector:
         max_batch = self.backend.max_batch
         self.batch_size = min(batch_size, max_batch) if max_batch else batch_size
 
-        test_cfg = dict(meta["config"].get("test_cfg", {}))
-        post = PostprocessConfig.from_dict(
-            {k: v for k, v in test_cfg.items() if k not in _NOT_POSTPROCESS}
-        )
+        post = config_from_test_cfg(meta["config"].get("test_cfg", {}))
         if top_k is not None:
             post = replace(post, max_detections=top_k)
         self.postprocess: PostprocessConfig = post

@@ -18,7 +18,12 @@ import numpy as np
 
 from amnet.detections import Detections
 from amnet.errors import AMNetError
-from amnet.postprocess import PostprocessConfig, chunk_batches, postprocess_chunks
+from amnet.postprocess import (
+    PostprocessConfig,
+    chunk_batches,
+    config_from_test_cfg,
+    postprocess_chunks,
+)
 
 __all__ = [
     "FEATURES",
@@ -30,8 +35,6 @@ __all__ = [
 ]
 
 FEATURES, LENGTHS = "features", "lengths"
-# test_cfg keys that are not post-processing settings (see amnet.inference.postprocess_config).
-_NOT_POSTPROCESS = ("chunk_overlap", "tiou_thresholds")
 
 
 def open_session(
@@ -81,10 +84,7 @@ def run_onnx_video(
 
 def postprocess_config_from_metadata(meta: Mapping[str, Any]) -> PostprocessConfig:
     """The post-processing settings stored with an exported model (its config's ``test_cfg``)."""
-    test_cfg = meta["config"].get("test_cfg", {})
-    return PostprocessConfig.from_dict(
-        {k: v for k, v in test_cfg.items() if k not in _NOT_POSTPROCESS}
-    )
+    return config_from_test_cfg(meta["config"].get("test_cfg", {}))
 
 
 def detect_video_onnx(
