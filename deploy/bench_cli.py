@@ -57,8 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from amnet.cli.common import run_cli, setup_logging
-from amnet.cli.synth import OneLineParser
+from amnet.cli.common import OneLineParser, run_cli, setup_logging
 from amnet.errors import AMNetError
 
 logger = logging.getLogger("amnet.deploy.bench")

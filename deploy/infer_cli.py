@@ -45,8 +45,7 @@ from typing import Any
 import numpy as np
 
 from amnet import __version__
-from amnet.cli.common import run_cli, setup_logging
-from amnet.cli.synth import OneLineParser
+from amnet.cli.common import OneLineParser, run_cli, setup_logging
 from amnet.detections import Detections
 from amnet.errors import AMNetError
 from amnet.fileio import atomic_write_text, load_features

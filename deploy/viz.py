@@ -397,7 +397,7 @@ def _merge_class_names(gt_names: Sequence[str], results_path: Path) -> list[str]
 
 
 def build_parser() -> Any:
-    from amnet.cli.synth import OneLineParser
+    from amnet.cli.common import OneLineParser
 
     parser = OneLineParser(
         prog=PROG,

@@ -368,14 +368,10 @@ def _export_checked(
     return result
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        # One line, like every other error of this tool (argparse would add the usage first).
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Export an AMNet checkpoint to ONNX with checks.")
+    from amnet.cli.common import OneLineParser
+
+    parser = OneLineParser(prog=PROG, description="Export an AMNet checkpoint to ONNX with checks.")
     parser.add_argument("--ckpt", required=True, help="AMNet checkpoint (.pt)")
     parser.add_argument("--out", help="output .onnx (default: the checkpoint path with .onnx)")
     parser.add_argument(

@@ -385,14 +385,12 @@ class TensorRTRunner:
         return [by_name[n] for n in (output_names or OUTPUT_NAMES)]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        # One line, like every other error of this tool (argparse would add the usage first).
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Build a TensorRT engine from an AMNet ONNX export.")
+    from amnet.cli.common import OneLineParser
+
+    parser = OneLineParser(
+        prog=PROG, description="Build a TensorRT engine from an AMNet ONNX export."
+    )
     parser.add_argument("--onnx", required=True, help="ONNX model written by to_onnx")
     parser.add_argument("--out", help="engine file (default: the ONNX path with .plan)")
     parser.add_argument("--fp16", action="store_true", help="allow fp16 kernels")

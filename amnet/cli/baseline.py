@@ -16,8 +16,7 @@ import logging
 import sys
 
 from amnet.baseline import dataset_annotations, run_baseline
-from amnet.cli.common import run_cli, setup_logging
-from amnet.cli.synth import OneLineParser
+from amnet.cli.common import OneLineParser, run_cli, setup_logging
 from amnet.results import write_results
 
 PROG = "amnet-baseline"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from amnet.errors import AMNetError
 
@@ -38,3 +40,11 @@ def run_cli(fn: Callable[[list[str] | None], int | None], argv: list[str] | None
     except MemoryError:
         print(f"{prog}: error: out of memory", file=sys.stderr)
         return 1
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``prog: error: ...``) and exit 2, like every
+    other error of the command-line tools (argparse would print the usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}\n")

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from amnet.annotations import build_label_map, load_annotations, select_subset
-from amnet.cli.common import run_cli, setup_logging
+from amnet.cli.common import OneLineParser, run_cli, setup_logging
 from amnet.errors import AMNetError
 from amnet.metrics import EvaluationResult, evaluate_detection, format_table, parse_tiou
 from amnet.results import read_results
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=PROG,
         description="ActivityNet detection mAP of a results JSON against an annotation file.",
     )

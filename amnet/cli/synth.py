@@ -16,20 +16,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import NoReturn
 
 from amnet import synth
-from amnet.cli.common import run_cli, setup_logging
+from amnet.cli.common import OneLineParser, run_cli, setup_logging
 from amnet.errors import AMNetError
 
 PROG = "amnet-synth"
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An argument parser whose errors are AMNetErrors, so they print as one line and exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        raise AMNetError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,14 +6,14 @@ import argparse
 import json
 import logging
 
-from amnet.cli.common import run_cli, setup_logging
+from amnet.cli.common import OneLineParser, run_cli, setup_logging
 from amnet.config import load_config
 
 log = logging.getLogger("amnet.train")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="amnet-train", description="Train AMNet on pre-extracted video features."
     )
     p.add_argument("--config", required=True, help="YAML config (e.g. configs/thumos14_i3d.yaml)")
