@@ -17,7 +17,9 @@ from amnet.errors import AMNetError
 from amnet.model import AMNet
 
 FORMAT = "amnet-checkpoint"
-FORMAT_VERSION = 1
+# 2: softplus regression offsets (format 1 checkpoints used ReLU and still load as such) and
+# ``weights``, the set of weights validation chose for inference ("ema" or "raw").
+FORMAT_VERSION = 2
 
 
 def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
@@ -62,17 +64,42 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("config", "class_names", "model"):
         if key not in ckpt:
             raise AMNetError(f"{path}: AMNet checkpoint without '{key}'")
+    version = ckpt.get("format_version")
+    if (
+        not isinstance(version, int)
+        or isinstance(version, bool)
+        or not 1 <= version <= FORMAT_VERSION
+    ):
+        raise AMNetError(
+            f"{path}: checkpoint format_version {version!r} is not one this package reads (1-{FORMAT_VERSION})"
+        )
+    if not isinstance(ckpt["config"], dict):
+        raise AMNetError(f"{path}: checkpoint field 'config' must be a mapping")
+    if version == 1:
+        # Format 1 predates the softplus offsets: its weights belong to the ReLU head.
+        model_cfg = ckpt["config"].get("model")
+        if isinstance(model_cfg, dict):
+            model_cfg.setdefault("offset_activation", "relu")
     return ckpt
 
 
+def chosen_weights(ckpt: dict[str, Any], use_ema: bool | None = None) -> dict[str, Any]:
+    """The state dict to run: EMA or raw as asked, else the set validation chose when the
+    checkpoint was written (``weights``), else EMA when present."""
+    if use_ema is None:
+        use_ema = ckpt.get("weights", "ema") != "raw"
+    return ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
+
+
 def load_model(
-    path: str | os.PathLike, use_ema: bool = True
+    path: str | os.PathLike, use_ema: bool | None = None
 ) -> tuple[AMNet, dict[str, Any], list[str]]:
-    """The model of a checkpoint (EMA weights when present and asked for), its config, class names."""
+    """The model of a checkpoint, its config and class names. ``use_ema`` None runs the weights
+    the checkpoint names (see :func:`chosen_weights`); True/False force EMA/raw."""
     ckpt = read_checkpoint(path)
     cfg = config_from_dict(ckpt["config"], f"{path} (config)")
     model = AMNet.from_config(cfg)
-    weights = ckpt.get("ema") if use_ema and ckpt.get("ema") is not None else ckpt["model"]
+    weights = chosen_weights(ckpt, use_ema)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:

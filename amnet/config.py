@@ -58,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
         "regression_range": [[0, 4], [4, 8], [8, 16], [16, 32], [32, 64], [64, 10000]],
         "center_sample_radius": 1.5,
         "prior_prob": 0.01,
+        "offset_activation": "softplus",  # or "relu" (checkpoints of format 1)
     },
     "opt": {
         "type": "AdamW",
@@ -90,6 +91,7 @@ DEFAULTS: dict[str, Any] = {
         "min_score": 0.001,
         "max_detections": 200,
         "voting_thresh": 0.7,
+        "voting_weight": "score",
         "multiclass": True,
         "min_duration": 0.05,
         "chunk_overlap": 0.25,
@@ -169,6 +171,7 @@ def validate_config(cfg: Mapping[str, Any], where: str) -> None:
         (data["input_dim"] >= 1, "dataset.input_dim must be >= 1"),
         (0 <= cfg["test_cfg"]["chunk_overlap"] < 1, "test_cfg.chunk_overlap must be in [0, 1)"),
         (model["short_window"] >= 1, "model.short_window must be >= 1"),
+        (model["offset_activation"] in ("softplus", "relu"), "model.offset_activation must be 'softplus' or 'relu'"),
     ]  # fmt: skip
     for ok, message in checks:
         if not ok:

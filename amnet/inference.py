@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from amnet.console import bar_disabled
 from amnet.detections import Detections
 from amnet.postprocess import (
     PostprocessConfig,
@@ -101,7 +102,7 @@ def detect_dataset(
     post = postprocess_config(cfg)
     results: dict[str, Detections] = {}
     for item in tqdm(
-        items, total=total, desc="inference", unit="video", disable=not progress, leave=False
+        items, total=total, desc="inference", unit="video", disable=bar_disabled(progress), leave=False
     ):
         feats = item["feats"].numpy() if torch.is_tensor(item["feats"]) else item["feats"]
         results[item["video_id"]] = detect_video(

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "NMS_METHODS",
+    "VOTING_WEIGHTS",
     "PostprocessConfig",
     "chunk_batches",
     "config_from_test_cfg",
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 NMS_METHODS = ("soft", "hard", "none")
+VOTING_WEIGHTS = ("score", "score_tiou")
 
 # Guards the IoU division for zero-length segments (their IoU with anything is then 0).
 _EPS = 1e-12
@@ -63,6 +65,8 @@ class PostprocessConfig:
         min_score: soft-NMS drops detections whose decayed score falls below this.
         max_detections: at most this many detections per video.
         voting_thresh: score voting averages candidates with tIoU >= this; 0 disables voting.
+        voting_weight: how voting weighs a neighbour: ``"score"`` or ``"score_tiou"`` (its
+            score times its tIoU with the kept segment).
         multiclass: NMS only among detections of the same class (False: across all classes).
         min_duration: detections shorter than this many seconds (after clipping) are dropped.
     """
@@ -75,6 +79,7 @@ class PostprocessConfig:
     min_score: float = 0.001
     max_detections: int = 200
     voting_thresh: float = 0.7
+    voting_weight: str = "score"
     multiclass: bool = True
     min_duration: float = 0.05
 
@@ -106,6 +111,11 @@ class PostprocessConfig:
             raise AMNetError(
                 f"postprocess.nms_method must be one of {', '.join(NMS_METHODS)}, "
                 f"got {self.nms_method!r}"
+            )
+        if self.voting_weight not in VOTING_WEIGHTS:
+            raise AMNetError(
+                f"postprocess.voting_weight must be one of {', '.join(VOTING_WEIGHTS)}, "
+                f"got {self.voting_weight!r}"
             )
         if not isinstance(self.multiclass, bool):
             raise AMNetError(
@@ -392,9 +402,10 @@ def _suppress(dets: Detections, cfg: PostprocessConfig) -> tuple[np.ndarray, np.
     return order[np.asarray(picked, dtype=np.int64)], np.asarray(picked_scores, dtype=np.float64)
 
 
-def _vote(dets: Detections, kept: np.ndarray, thresh: float) -> np.ndarray:
-    """Score voting: each kept segment becomes the score-weighted mean of the original candidate
-    segments of its class that overlap it with tIoU >= ``thresh`` (itself included)."""
+def _vote(dets: Detections, kept: np.ndarray, thresh: float, weight: str = "score") -> np.ndarray:
+    """Score voting: each kept segment becomes the weighted mean of the original candidate
+    segments of its class that overlap it with tIoU >= ``thresh`` (itself included). A
+    neighbour weighs its score (``weight="score"``) or its score × tIoU (``"score_tiou"``)."""
     voted = dets.segments[kept].copy()
     weights_all = np.nan_to_num(np.clip(dets.scores, 0.0, None), nan=0.0)
     kept_labels = dets.labels[kept]
@@ -403,6 +414,8 @@ def _vote(dets: Detections, kept: np.ndarray, thresh: float) -> np.ndarray:
         cols = np.flatnonzero(dets.labels == label)
         iou = _tiou_matrix(voted[rows], dets.segments[cols])
         w = np.where(iou >= thresh, weights_all[cols][None, :], 0.0)
+        if weight == "score_tiou":
+            w *= iou
         total = w.sum(axis=1)
         ok = total > 0  # e.g. a zero-length segment has no overlap: leave it as it is
         voted[rows[ok]] = (w[ok] @ dets.segments[cols]) / total[ok, None]
@@ -418,8 +431,9 @@ def nms(dets: Detections, cfg: PostprocessConfig | None = None) -> Detections:
     - ``"none"``: no suppression.
 
     Suppression happens within a class when ``cfg.multiclass`` (else across all). Then, unless
-    ``voting_thresh`` is 0, score voting replaces each kept segment by the score-weighted mean of
-    the original (pre-NMS) candidates of the same class with tIoU >= ``voting_thresh``. Returns at
+    ``voting_thresh`` is 0, score voting replaces each kept segment by the weighted mean (see
+    ``voting_weight``) of the original (pre-NMS) candidates of the same class with tIoU >=
+    ``voting_thresh``. Returns at
     most ``max_detections`` detections sorted by score descending (ties keep pick order).
     """
     cfg = cfg or PostprocessConfig()
@@ -434,7 +448,9 @@ def nms(dets: Detections, cfg: PostprocessConfig | None = None) -> Detections:
     if len(kept) == 0:
         return Detections.empty()
     segments = (
-        _vote(dets, kept, cfg.voting_thresh) if cfg.voting_thresh > 0 else dets.segments[kept]
+        _vote(dets, kept, cfg.voting_thresh, cfg.voting_weight)
+        if cfg.voting_thresh > 0
+        else dets.segments[kept]
     )
     rank = np.argsort(-kept_scores, kind="stable")[: cfg.max_detections]
     return Detections(segments[rank], kept_scores[rank], dets.labels[kept][rank])

@@ -50,7 +50,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,8 +64,10 @@ from amnet.annotations import (
     load_annotations,
     select_subset,
 )
+from amnet.console import bar_disabled
 from amnet.errors import AMNetError
 from amnet.fileio import atomic_save_npy, atomic_write_json
+from amnet.layouts import layout_path
 
 logger = logging.getLogger(__name__)
 
@@ -370,18 +372,43 @@ def draw_layout(
     return layout
 
 
+def spread_indices(total: int, count: int, phase: int = 0) -> list[int]:
+    """``count`` indices evenly spaced over ``range(total)`` (all of them when count >= total),
+    the grid shifted by ``phase`` (0 <= phase < total // count)."""
+    if count >= total:
+        return list(range(total))
+    return [(i * total) // count + phase for i in range(count)]
+
+
+def _spread_ids(ids: list[str], videos: Mapping[str, VideoAnnotation], count: int) -> list[str]:
+    """``count`` evenly spaced ids; of the possible grid shifts, the first that covers the most
+    classes (a small benchmark set should see every class)."""
+    best: list[str] = []
+    best_classes = -1
+    for phase in range(max(1, len(ids) // max(count, 1))):
+        chosen = [ids[i] for i in spread_indices(len(ids), count, phase)]
+        classes = len({label for vid in chosen for label in videos[vid].labels})
+        if classes > best_classes:
+            best, best_classes = chosen, classes
+    return best
+
+
 def layout_from_file(
     path: str | os.PathLike,
     subset: str | Iterable[str] | None = None,
     videos: int | None = None,
+    spread: bool = False,
 ) -> tuple[list[VideoAnnotation], list[str]]:
     """The videos of a real annotation file (of ``subset``; all when ``None``), sorted by id,
-    the first ``videos`` of them; and the class names indexed by label id.
+    the first ``videos`` of them (``spread``: ``videos`` evenly spaced ids of each subset, so
+    a small set still covers the whole layout and its classes); and the class names indexed
+    by label id. ``path`` may name a built-in layout (``thumos14``).
 
     Durations, segments, labels and label ids are copied unchanged; the label map is built on
     the whole file so ids agree between subsets. Labels without ids get sorted-order ids.
     """
     _check_count(videos)
+    path = layout_path(path)
     everything = load_annotations(path)
     if not everything:
         raise AMNetError(f"{path}: the annotation file has no videos")
@@ -389,7 +416,16 @@ def layout_from_file(
     index = {name: i for i, name in enumerate(class_names)}
     chosen = everything if subset is None else select_subset(everything, subset, path)
     ids = sorted(chosen)
-    if videos is not None:
+    if videos is not None and spread:
+        subsets = sorted({chosen[vid].subset.lower() for vid in ids})
+        ids = [
+            vid
+            for name in subsets
+            for vid in _spread_ids(
+                [v for v in ids if chosen[v].subset.lower() == name], chosen, videos
+            )
+        ]
+    elif videos is not None:
         ids = ids[:videos]
     layout = []
     for vid in ids:
@@ -719,7 +755,7 @@ def write_dataset(
 
     began = time.perf_counter()
     snippets = written = inside = 0
-    for video in tqdm(videos, desc="amnet-synth", unit="video", disable=not progress):
+    for video in tqdm(videos, desc="amnet-synth", unit="video", disable=bar_disabled(progress)):
         features = synthesize_features(video, world, difficulty, video_rng(seed, video.video_id))
         atomic_save_npy(features_dir / f"{video.video_id}.npy", features)
         snippets += len(features)

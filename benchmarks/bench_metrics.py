@@ -22,10 +22,11 @@ import numpy as np
 
 from amnet.annotations import build_label_map, load_annotations, select_subset
 from amnet.detections import Detections
+from amnet.layouts import layout_path
 from amnet.metrics import evaluate_detection, parse_tiou
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_GT = REPO / ".." / "shared" / "data" / "thumos14.json"
+DEFAULT_GT = layout_path("thumos14")
 
 
 def plausible_predictions(gt, class_names, per_video: int, seed: int) -> dict[str, Detections]:

@@ -48,7 +48,7 @@ class TorchBackend:
         path: str | Path,
         device: str | None = None,
         intra_op_threads: int | None = None,
-        use_ema: bool = True,
+        use_ema: bool | None = None,
     ) -> None:
         import torch
 

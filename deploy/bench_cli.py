@@ -59,6 +59,7 @@ import numpy as np
 
 from amnet.cli.common import OneLineParser, run_cli, setup_logging
 from amnet.errors import AMNetError
+from amnet.layouts import layout_path
 
 logger = logging.getLogger("amnet.deploy.bench")
 
@@ -277,7 +278,7 @@ def _dataset(args: Any, work: Path, dim: int) -> tuple[Path, list[str]]:
     if args.layout:
         subset = args.subset or "test"
         videos, class_names = synth.layout_from_file(args.layout, subset, args.videos)
-        key = {"layout": str(Path(args.layout).resolve()), "subset": subset}
+        key = {"layout": str(layout_path(args.layout).resolve()), "subset": subset}
     else:
         if args.subset:
             raise AMNetError("--subset goes with --layout")

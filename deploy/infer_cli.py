@@ -292,6 +292,8 @@ def _run(argv: list[str] | None) -> int:
 
     from tqdm import tqdm
 
+    from amnet.console import bar_disabled
+
     results: dict[str, Detections] = {}
     durations: dict[str, float] = {}
     snippets = 0
@@ -300,7 +302,7 @@ def _run(argv: list[str] | None) -> int:
         desc=PROG,
         unit="video",
         file=sys.stderr,
-        disable=args.quiet or len(good) < 2,
+        disable=args.quiet or len(good) < 2 or bar_disabled(),
         leave=False,
     )
     for f in bar:

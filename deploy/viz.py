@@ -479,9 +479,11 @@ def _run(argv: list[str] | None) -> int:
 
     from tqdm import tqdm
 
+    from amnet.console import bar_disabled
+
     written = 0
     for vid in tqdm(
-        videos, desc=PROG, unit="video", disable=args.quiet or len(videos) < 2, leave=False
+        videos, desc=PROG, unit="video", disable=args.quiet or len(videos) < 2 or bar_disabled(), leave=False
     ):
         dets = results.get(vid, Detections.empty())
         gt = None

@@ -231,7 +231,7 @@ def export_onnx(
     ckpt: str | os.PathLike,
     out: str | os.PathLike | None = None,
     opset: int = DEFAULT_OPSET,
-    use_ema: bool = True,
+    use_ema: bool | None = None,
     int8: bool = False,
     scores_atol: float = SCORES_ATOL,
     segments_atol: float = SEGMENTS_ATOL,
@@ -299,14 +299,14 @@ def _export_checked(
     out: Path,
     tmp: Path,
     opset: int,
-    use_ema: bool,
+    use_ema: bool | None,
     scores_atol: float,
     segments_atol: float,
     parity: bool,
 ) -> ExportResult:
     import onnx
 
-    from amnet.checkpoint import load_model, read_checkpoint
+    from amnet.checkpoint import chosen_weights, load_model, read_checkpoint
     from amnet.export.chunk_runner import open_session
     from amnet.export.trt_compat import check_tensorrt_compatibility
     from amnet.fileio import file_sha256
@@ -320,7 +320,7 @@ def _export_checked(
         raise AMNetError(
             f"{ckpt}: not a readable checkpoint ({type(exc).__name__}: {_first_line(exc)})"
         ) from None
-    weights = "ema" if use_ema and raw.get("ema") is not None else "model"
+    weights = "ema" if chosen_weights(raw, use_ema) is raw.get("ema") else "model"
     del raw
     model, cfg, class_names = load_model(ckpt, use_ema=use_ema)
     meta = build_metadata(
@@ -383,8 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ema",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="export the EMA weights when the checkpoint has them (default: yes)",
+        default=None,
+        help="export the EMA (--ema) or raw (--no-ema) weights (default: the set the "
+        "checkpoint's validation chose, EMA when it names none)",
     )
     parser.add_argument(
         "--int8", action="store_true", help="also write <out>.int8.onnx (dynamic INT8, CPU)"

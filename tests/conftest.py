@@ -4,3 +4,44 @@ so that the kernels run on this CPU."""
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """The tiny synthetic set (``amnet-synth --preset tiny --seed 0``: 80 training and 40 test
+    videos of 96-300 snippets, 5 classes), written once per session and read-only after."""
+    from amnet.cli.synth import main as synth_main
+
+    out = tmp_path_factory.mktemp("tiny_dataset")
+    assert synth_main(["--out", str(out), "--preset", "tiny", "--seed", "0", "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> dict[str, Path]:
+    """An initialised tiny AMNet (``configs/tiny_cpu.yaml``, seed 0, the tiny preset's class
+    names) as a checkpoint and as its ONNX export; for tests of the command line and runtime
+    that need a real model but not a trained one."""
+    import torch
+
+    from amnet.checkpoint import save_checkpoint
+    from amnet.config import load_config
+    from amnet.export.to_onnx import export_onnx
+    from amnet.model import AMNet
+    from amnet.synth import preset_class_names
+
+    base = tmp_path_factory.mktemp("tiny_model")
+    cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml")
+    torch.manual_seed(0)
+    net = AMNet.from_config(cfg)
+    ckpt = base / "tiny.pt"
+    save_checkpoint(
+        ckpt, config=cfg, class_names=preset_class_names("tiny"), model=net.state_dict(), ema=None
+    )
+    return {"pt": ckpt, "onnx": export_onnx(ckpt, base / "tiny.onnx", parity=False).path}

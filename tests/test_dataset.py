@@ -9,7 +9,7 @@ from amnet.data import VideoFeatureDataset, collate_videos, seconds_to_snippets,
 from amnet.data.dataset import truncate_video
 from amnet.errors import AMNetError
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_i3d"
+REAL = Path(__file__).resolve().parent / "fixtures" / "real_i3d"  # two real I3D videos, float16
 
 
 def write_dataset(root: Path, lengths: dict[str, int], dim: int = 8, dtype=np.float32) -> Path:
@@ -59,7 +59,7 @@ def test_items_are_float32_with_segments_in_snippets(tmp_path):
     assert item["labels"].tolist() == [1, 0]
 
 
-def test_real_float64_i3d_files_load(tmp_path):
+def test_real_i3d_files_load(tmp_path):
     ds = VideoFeatureDataset(
         REAL / "annotations.json", REAL, "test", is_training=False, input_dim=2048, max_seq_len=2304
     )

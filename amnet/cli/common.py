@@ -8,16 +8,51 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+from amnet.console import interactive
 from amnet.errors import AMNetError
 
 EXIT_USER_ERROR = 2
 
+# Optional dependencies -> the extra that installs them (``pip install 'amnet[EXTRA]'``).
+EXTRA_OF_MODULE = {
+    "torch": "train",
+    "yaml": "train",
+    "onnx": "train",
+    "onnxscript": "train",
+    "triton": "triton",
+    "tensorrt": "gpu",
+    "matplotlib": "viz",
+    "ray": "scale",
+    "onnxruntime": "onnxruntime",
+}
+
 
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(
-        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    """WARNING and above by default off a terminal, INFO on one; ``-v`` DEBUG, ``-q`` WARNING."""
+    if verbose:
+        level = logging.DEBUG
+    elif quiet or not interactive():
+        level = logging.WARNING
+    else:
+        level = logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    # The handler's own level keeps stderr quiet even when a file log (train.log) lowers the
+    # package logger's level to record INFO lines.
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+    logging.getLogger("amnet").setLevel(level)
+
+
+def missing_extra_message(exc: ModuleNotFoundError) -> str | None:
+    """One line naming the extra to install when ``exc`` is an optional dependency."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(top)
+    if extra is None:
+        return None
+    if extra == "onnxruntime":
+        return "this needs ONNX Runtime: pip install onnxruntime (or onnxruntime-gpu)"
+    return f"this needs the '{extra}' extra ({top} is not installed): pip install 'amnet[{extra}]'"
 
 
 def run_cli(fn: Callable[[list[str] | None], int | None], argv: list[str] | None, prog: str) -> int:
@@ -26,6 +61,12 @@ def run_cli(fn: Callable[[list[str] | None], int | None], argv: list[str] | None
         return int(fn(argv) or 0)
     except AMNetError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except ModuleNotFoundError as exc:
+        message = missing_extra_message(exc)
+        if message is None:
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except BrokenPipeError:
         # The reader went away (e.g. piped into `head`): not an error of ours, and no traceback.

@@ -52,7 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--data", help="dataset folder: annotations.json + features/")
     model.add_argument("--out", metavar="RESULTS.json", help="write the detections here")
     model.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    model.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+    model.add_argument(
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the EMA (--ema) or raw (--no-ema) weights (default: the set the checkpoint's "
+        "validation chose)",
+    )
     parser.add_argument(
         "--subset",
         help="annotation subset to evaluate, e.g. test (case-insensitive; model mode defaults "
@@ -136,7 +142,7 @@ def _model_mode(args: argparse.Namespace) -> int:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise AMNetError("--device cuda asked for, but no CUDA device is available")
-    model, cfg, class_names = load_model(args.ckpt, use_ema=not args.no_ema)
+    model, cfg, class_names = load_model(args.ckpt, use_ema=args.ema)
     if args.subset is not None:
         cfg["dataset"]["val_split"] = [args.subset]
     if args.tiou is not None:

@@ -3,7 +3,7 @@
 ::
 
     amnet-synth --out DIR [--preset thumos14|tiny] [--videos N] [--seed S] [--dim C] [--difficulty X]
-    amnet-synth --out DIR --layout ANNOTATIONS.json [--subset test] [--videos N] ...
+    amnet-synth --out DIR --layout ANNOTATIONS.json|thumos14 [--subset test] [--videos N [--spread]] ...
 
 writes ``DIR/annotations.json`` (ActionFormer format, fps 30, with label ids) and
 ``DIR/features/<video_id>.npy`` (float32 ``[T, C]``, ``T = round(duration * 30 / 4)``).
@@ -33,7 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--layout",
         metavar="ANNOTATIONS.json",
-        help="copy videos, durations and actions from this annotation file instead of a preset",
+        help="copy videos, durations and actions from this annotation file instead of a preset; "
+        "'thumos14' names the THUMOS14 layout shipped with the package",
+    )
+    parser.add_argument(
+        "--spread",
+        action="store_true",
+        help="with --layout and --videos N: N evenly spaced videos of each subset instead of "
+        "the first N",
     )
     parser.add_argument(
         "--subset",
@@ -94,10 +101,14 @@ def _run(argv: list[str] | None) -> int:
     subsets = _subsets(args.subset)
     synth.prepare_output(args.out)
 
+    if args.spread and (args.layout is None or args.videos is None):
+        raise AMNetError("--spread needs --layout and --videos")
     if args.layout is not None:
         if args.preset is not None:
             raise AMNetError("give either --layout or --preset, not both")
-        videos, class_names = synth.layout_from_file(args.layout, subsets, args.videos)
+        videos, class_names = synth.layout_from_file(
+            args.layout, subsets, args.videos, spread=args.spread
+        )
         source = f"layout {args.layout}"
     else:
         preset = args.preset or "thumos14"

@@ -7,7 +7,6 @@ import json
 import logging
 
 from amnet.cli.common import OneLineParser, run_cli, setup_logging
-from amnet.config import load_config
 
 log = logging.getLogger("amnet.train")
 
@@ -28,13 +27,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--resume", help="continue from a last.pt of the same run")
-    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(quiet=args.quiet)
+    setup_logging(verbose=args.verbose, quiet=args.quiet)
+    # Imported here, inside the error boundary: without the 'train' extra this is one line.
+    from amnet.config import load_config
     from amnet.train import train
 
     cfg = load_config(args.config)

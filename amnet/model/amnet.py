@@ -67,6 +67,7 @@ class AMNet(nn.Module):
         ),
         center_sample_radius: float = 1.5,
         prior_prob: float = 0.01,
+        offset_activation: str = "softplus",
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -92,7 +93,7 @@ class AMNet(nn.Module):
             embd_dim, head_dim, num_classes, head_num_layers, head_kernel_size, prior_prob
         )
         self.reg_head = RegressionHead(
-            embd_dim, head_dim, n_levels, head_num_layers, head_kernel_size
+            embd_dim, head_dim, n_levels, head_num_layers, head_kernel_size, offset_activation
         )
 
     @classmethod

@@ -1,0 +1,68 @@
+"""The model's configuration: one typed record, the single source of its defaults.
+
+A YAML config's ``model:`` section maps onto :class:`ModelConfig` field by field; an unknown
+key or a bad value is an error that names it (see :mod:`amnet.config`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+OFFSET_ACTIVATIONS = ("softplus", "relu")
+
+
+def _thumos_ranges() -> list[list[float]]:
+    return [[0, 4], [4, 8], [8, 16], [16, 32], [32, 64], [64, 10000]]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """AMNet's architecture (defaults: the paper's THUMOS14 model)."""
+
+    embd_dim: int = 512  # D, the width of the embedding, AME and GAM
+    embd_kernel_size: int = 3
+    use_ame: bool = True  # Action Masking Encoder (False: the ablation without it)
+    n_ame_layers: int = 2
+    n_heads: int = 4  # per attention layer; GAM gives half to the long group, half to the short
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    use_gam: bool = True  # Group Attention Module (False: plain global self-attention)
+    short_window: int = 19  # snippets visible to a short-group head (centred)
+    n_levels: int = 6  # pyramid levels (stride 2 between them)
+    head_dim: int = 512  # width of the classification and regression trunks
+    head_num_layers: int = 3
+    head_kernel_size: int = 3
+    # Per level [lo, hi]: the farther bound of an action, in level-0 snippets, from a point.
+    regression_range: list[list[float]] = field(default_factory=_thumos_ranges)
+    center_sample_radius: float = 1.5  # in level strides
+    prior_prob: float = 0.01  # initial class probability (focal-loss bias)
+    offset_activation: str = "softplus"  # "relu": the head of checkpoint format 1
+
+    def problems(self) -> list[str]:
+        """What is wrong with these values (empty when they are usable)."""
+        checks = [
+            (self.embd_dim > 0 and self.embd_dim % 2 == 0, "model.embd_dim must be a positive even number"),
+            (self.n_heads >= 2 and self.n_heads % 2 == 0, "model.n_heads must be an even number >= 2 (half long, half short)"),
+            (self.embd_dim % (2 * self.n_heads) == 0, "model.embd_dim must be divisible by 2 * model.n_heads"),
+            (self.n_levels >= 1, "model.n_levels must be >= 1"),
+            (len(self.regression_range) == self.n_levels, "model.regression_range needs one [lo, hi] per level"),
+            (self.short_window >= 1, "model.short_window must be >= 1"),
+            (self.offset_activation in OFFSET_ACTIVATIONS, "model.offset_activation must be 'softplus' or 'relu'"),
+            (self.head_num_layers >= 1, "model.head_num_layers must be >= 1"),
+            (self.embd_kernel_size % 2 == 1 and self.head_kernel_size % 2 == 1, "model kernel sizes must be odd"),
+            (0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)"),
+            (0.0 < self.prior_prob < 1.0, "model.prior_prob must be in (0, 1)"),
+        ]  # fmt: skip
+        return [message for ok, message in checks if not ok]
+
+    @property
+    def pad_multiple(self) -> int:
+        return 2 ** (self.n_levels - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
