@@ -12,11 +12,12 @@ from tqdm import tqdm
 
 from amnet.console import bar_disabled
 from amnet.detections import Detections
+from amnet.metadata import DEFAULT_CHUNK_BATCH
 from amnet.postprocess import (
     PostprocessConfig,
-    chunk_batches,
     config_from_test_cfg,
     postprocess_chunks,
+    run_chunked,
 )
 
 log = logging.getLogger(__name__)
@@ -27,24 +28,25 @@ def postprocess_config(cfg: Mapping[str, Any]) -> PostprocessConfig:
     return config_from_test_cfg(cfg["test_cfg"])
 
 
-@torch.no_grad()
 def predict_chunks(
     model: torch.nn.Module,
     feats: np.ndarray,
     max_seq_len: int,
     overlap: float,
     device: torch.device | str = "cpu",
-    batch_size: int = 4,
+    batch_size: int = DEFAULT_CHUNK_BATCH,
 ) -> list[tuple[np.ndarray, np.ndarray, int]]:
-    """Raw model outputs ``(scores, segments, offset)`` for each chunk of one ``[T, C]`` video."""
-    outputs: list[tuple[np.ndarray, np.ndarray, int]] = []
-    for x, lengths, starts in chunk_batches(feats, max_seq_len, overlap, batch_size):
+    """Raw model outputs ``(scores, segments, offset)`` for each chunk of one ``[T, C]`` video,
+    through the chunk loop every backend uses (:func:`amnet.postprocess.run_chunked`)."""
+
+    @torch.no_grad()
+    def run(x: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores, segments = model.predict(
             torch.from_numpy(x).to(device), torch.from_numpy(lengths).to(device)
         )
-        scores, segments = scores.float().cpu().numpy(), segments.float().cpu().numpy()
-        outputs.extend((scores[j], segments[j], start) for j, start in enumerate(starts))
-    return outputs
+        return scores.float().cpu().numpy(), segments.float().cpu().numpy()
+
+    return run_chunked(run, feats, max_seq_len, overlap, batch_size)
 
 
 @torch.no_grad()

@@ -36,6 +36,11 @@ __all__ = [
 
 FORMAT = "amnet-onnx"
 FORMAT_VERSION = 1
+# The graph contract every exporter and backend shares (DESIGN §6.1): one chunk in, raw
+# per-point outputs out, and how many chunks a backend call takes by default.
+INPUT_NAMES: tuple[str, str] = ("features", "lengths")  # [B, T, C] float32, [B] int64
+OUTPUT_NAMES: tuple[str, str] = ("scores", "segments")  # [B, P, K] float32, [B, P, 2] float32
+DEFAULT_CHUNK_BATCH = 4
 PLAN_SIDECAR_SUFFIX = ".json"
 
 # key -> type of the decoded value. "json" values are stored as JSON text.

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -36,10 +36,10 @@ __all__ = [
     "PostprocessConfig",
     "chunk_batches",
     "config_from_test_cfg",
-    "decode_segments",
     "nms",
     "plan_chunks",
     "postprocess_chunks",
+    "run_chunked",
     "select_candidates",
     "snippets_to_seconds",
 ]
@@ -171,31 +171,6 @@ def config_from_test_cfg(test_cfg: Mapping[str, Any]) -> PostprocessConfig:
     )
 
 
-def decode_segments(centers: np.ndarray, strides: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Turn per-point regression offsets into ``[start, end]`` segments in snippet units.
-
-    The numpy twin of the decoding inside the model graph: offsets are distances to the start and
-    the end in units of the point's level stride.
-
-    Args:
-        centers: ``[P]`` point positions in snippets.
-        strides: ``[P]`` level stride of each point, in snippets.
-        offsets: ``[P, 2]`` distances to start and end, in strides.
-
-    Returns:
-        ``[P, 2]`` float64 ``start = c - offsets[:, 0] * stride``, ``end = c + offsets[:, 1] * stride``.
-    """
-    c = np.asarray(centers, dtype=np.float64).reshape(-1)
-    s = np.asarray(strides, dtype=np.float64).reshape(-1)
-    o = np.asarray(offsets, dtype=np.float64)
-    if o.shape != (len(c), 2) or s.shape != c.shape:
-        raise ValueError(
-            f"decode_segments: centers {c.shape}, strides {s.shape}, offsets {o.shape} "
-            "(expected [P], [P], [P, 2])"
-        )
-    return np.stack([c - o[:, 0] * s, c + o[:, 1] * s], axis=1)
-
-
 def snippets_to_seconds(
     segments: np.ndarray, fps: float, feature_stride: int, num_frames: int
 ) -> np.ndarray:
@@ -265,6 +240,29 @@ def chunk_batches(
                 x[j, : end - start] = features[start:end]
         lengths = np.array([end - start for start, end in group], dtype=np.int64)
         yield x, lengths, [start for start, _ in group]
+
+
+def run_chunked(
+    run: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    features: np.ndarray,
+    max_len: int,
+    overlap: float,
+    batch_size: int,
+) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """The one chunk loop: raw outputs ``(scores [P, K], segments [P, 2], offset)`` per chunk
+    of a ``[T, C]`` video, ``run(x [b, L, C], lengths [b])`` called once per batch of chunks.
+
+    Every backend (and the PyTorch evaluation during training) goes through here, so they see
+    the same windows, batches and padding. Outputs stay at the padded length: padded points
+    score exactly 0, so post-processing never picks them.
+    """
+    outputs: list[tuple[np.ndarray, np.ndarray, int]] = []
+    for x, lengths, starts in chunk_batches(features, max_len, overlap, batch_size):
+        scores, segments = run(x, lengths)
+        scores = np.asarray(scores, dtype=np.float32)
+        segments = np.asarray(segments, dtype=np.float32)
+        outputs.extend((scores[j], segments[j], start) for j, start in enumerate(starts))
+    return outputs
 
 
 def select_candidates(

@@ -6,7 +6,7 @@ on the synthetic validation split (or ``--ckpt``; see :func:`prepare_checkpoint`
 side by side in one process:
 
 - PyTorch eager fp32 (``amnet.inference.detect_video``),
-- ONNX Runtime fp32 (the exported chunk graph, ``amnet.export.chunk_runner``),
+- ONNX Runtime fp32 (the exported chunk graph through ``amnet.deploy.Detector``),
 - ONNX Runtime INT8, MatMul weights only,
 - ONNX Runtime INT8, MatMul + the 1-D convolutions rewritten as MatMul (the ``--int8`` default),
 
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from amnet.annotations import load_annotations, select_subset
     from amnet.checkpoint import load_model
-    from amnet.export.chunk_runner import detect_video_onnx
+    from amnet.deploy import Detector
     from amnet.export.quantize import quantize_int8
     from amnet.export.to_onnx import export_onnx
     from amnet.inference import detect_video
@@ -187,18 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     model, cfg, class_names = load_model(ckpt)
     meta = read_onnx_metadata(onnx_path)
 
-    def session(path: Path) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        options.inter_op_num_threads = 1
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
     def torch_backend(feats: np.ndarray, duration: float, fps: float) -> object:
         return detect_video(model, feats, cfg, duration, fps)
 
     def onnx_backend(path: Path) -> Callable[[np.ndarray, float, float], object]:
-        sess = session(path)
-        return lambda feats, duration, fps: detect_video_onnx(sess, feats, meta, duration, fps)
+        detector = Detector(path, intra_op_threads=args.threads)
+        return lambda feats, duration, fps: detector.detect_raw(feats, duration, fps)
 
     backends = {
         "PyTorch eager fp32": torch_backend,

@@ -17,13 +17,13 @@ import numpy as np
 
 from amnet.deploy.backends import check_batch, check_device, check_metadata
 from amnet.errors import AMNetError
+from amnet.metadata import INPUT_NAMES, OUTPUT_NAMES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OnnxRuntimeBackend", "import_onnxruntime"]
+__all__ = ["OnnxRuntimeBackend", "import_onnxruntime", "open_session"]
 
 _CPU, _CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
-_INPUTS, _OUTPUTS = ("features", "lengths"), ("scores", "segments")
 # ONNX Runtime's default (warning) would print graph-optimisation notes on stderr for every
 # session; errors still surface as exceptions.
 _LOG_ERROR = 3
@@ -45,6 +45,43 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
 
 
+def open_session(
+    path: str | Path, device: str = "cpu", intra_op_threads: int | None = None
+) -> Any:
+    """An ``onnxruntime.InferenceSession`` on ``device`` ("cpu" or "cuda"): the one way the
+    package opens ONNX models (the backend, export parity checks, benchmarks).
+
+    CUDA only when this ONNX Runtime has the provider and the session really got it (ONNX Runtime
+    itself would fall back to the CPU with a warning; here that is an error).
+    """
+    ort = import_onnxruntime()
+    if device == "cuda":
+        available = ort.get_available_providers()
+        if _CUDA not in available:
+            raise AMNetError(
+                f"device cuda asked for, but this ONNX Runtime has no CUDA provider "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu or use "
+                "device cpu"
+            )
+        providers = [_CUDA, _CPU]  # CPU only for the odd op the CUDA provider lacks
+    else:
+        providers = [_CPU]
+    options = ort.SessionOptions()
+    options.log_severity_level = _LOG_ERROR
+    if intra_op_threads:
+        options.intra_op_num_threads = int(intra_op_threads)
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # ORT raises its own exception types for unreadable models
+        raise AMNetError(f"{path}: ONNX Runtime cannot load the model ({_first_line(exc)})") from None
+    if device == "cuda" and _CUDA not in session.get_providers():
+        raise AMNetError(
+            f"{path}: ONNX Runtime could not start its CUDA provider (CUDA or cuDNN "
+            "libraries missing?); refusing to run on the CPU instead"
+        )
+    return session
+
+
 class OnnxRuntimeBackend:
     """An ``onnxruntime.InferenceSession`` over an AMNet chunk graph."""
 
@@ -58,39 +95,13 @@ class OnnxRuntimeBackend:
 
         self.path = Path(path)
         self.device = check_device(device, ("cpu", "cuda"), self.name)
-        ort = import_onnxruntime()
-        if self.device == "cuda":
-            available = ort.get_available_providers()
-            if _CUDA not in available:
-                raise AMNetError(
-                    f"device cuda asked for, but this ONNX Runtime has no CUDA provider "
-                    f"(available: {', '.join(available)}); install onnxruntime-gpu or use "
-                    "device cpu"
-                )
-            providers = [_CUDA, _CPU]  # CPU only for the odd op the CUDA provider lacks
-        else:
-            providers = [_CPU]
-        options = ort.SessionOptions()
-        options.log_severity_level = _LOG_ERROR
-        if intra_op_threads:
-            options.intra_op_num_threads = int(intra_op_threads)
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as exc:  # ORT raises its own exception types for unreadable models
-            raise AMNetError(
-                f"{self.path}: ONNX Runtime cannot load the model ({_first_line(exc)})"
-            ) from None
-        if self.device == "cuda" and _CUDA not in self.session.get_providers():
-            raise AMNetError(
-                f"{self.path}: ONNX Runtime could not start its CUDA provider (CUDA or cuDNN "
-                "libraries missing?); refusing to run on the CPU instead"
-            )
+        self.session = open_session(self.path, self.device, intra_op_threads)
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
-        if sorted(inputs) != sorted(_INPUTS) or not set(_OUTPUTS) <= set(outputs):
+        if sorted(inputs) != sorted(INPUT_NAMES) or not set(OUTPUT_NAMES) <= set(outputs):
             raise AMNetError(
                 f"{self.path}: not an AMNet chunk graph (inputs {inputs}, outputs {outputs}; "
-                f"expected inputs {list(_INPUTS)} and outputs {list(_OUTPUTS)})"
+                f"expected inputs {list(INPUT_NAMES)} and outputs {list(OUTPUT_NAMES)})"
             )
         self.metadata = check_metadata(read_onnx_metadata(self.session), str(self.path))
         self._input_dim = int(self.metadata["input_dim"])
@@ -103,7 +114,7 @@ class OnnxRuntimeBackend:
         features, lengths = check_batch(features, lengths, self._input_dim)
         try:
             scores, segments = self.session.run(
-                list(_OUTPUTS), {_INPUTS[0]: features, _INPUTS[1]: lengths}
+                list(OUTPUT_NAMES), {INPUT_NAMES[0]: features, INPUT_NAMES[1]: lengths}
             )
         except Exception as exc:  # ORT's own error types (e.g. out of memory, bad shapes)
             raise AMNetError(f"{self.path}: ONNX Runtime failed ({_first_line(exc)})") from None

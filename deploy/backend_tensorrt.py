@@ -22,12 +22,12 @@ import numpy as np
 
 from amnet.deploy.backends import check_batch, check_device, check_metadata
 from amnet.errors import AMNetError
+from amnet.metadata import INPUT_NAMES, OUTPUT_NAMES
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["TensorRTBackend", "import_tensorrt"]
 
-_INPUTS, _OUTPUTS = ("features", "lengths"), ("scores", "segments")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -183,7 +183,7 @@ class TensorRTBackend:
                 "TensorRT version or for another GPU?)"
             )
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        if set(names) != {*_INPUTS, *_OUTPUTS}:
+        if set(names) != {*INPUT_NAMES, *OUTPUT_NAMES}:
             raise AMNetError(f"{self.path}: not an AMNet engine (I/O tensors {names})")
         self.context = self.engine.create_execution_context()
         self._dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
@@ -222,14 +222,14 @@ class TensorRTBackend:
                 self._cuda.to_device(handle, array)
                 self.context.set_tensor_address(name, handle[1])
             outputs = {}
-            for name in _OUTPUTS:
+            for name in OUTPUT_NAMES:
                 shape = tuple(self.context.get_tensor_shape(name))
                 outputs[name] = np.empty(shape, dtype=self._dtypes[name])
                 handle = self._buffer(name, outputs[name].nbytes)
                 self.context.set_tensor_address(name, handle[1])
             if not self.context.execute_async_v3(self._cuda.stream_handle):
                 raise AMNetError(f"{self.path}: TensorRT execution failed")
-            for name in _OUTPUTS:
+            for name in OUTPUT_NAMES:
                 self._cuda.to_host(outputs[name], self._buffers[name][0])
             self._cuda.synchronize()
         return (

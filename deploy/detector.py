@@ -48,19 +48,19 @@ import numpy as np
 from amnet.deploy.backends import Backend, open_backend
 from amnet.detections import Detections
 from amnet.errors import AMNetError
+from amnet.metadata import DEFAULT_CHUNK_BATCH
 from amnet.postprocess import (
     PostprocessConfig,
-    chunk_batches,
     config_from_test_cfg,
     postprocess_chunks,
+    run_chunked,
 )
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Detection", "Detector", "snippets_duration"]
 
-# test_cfg keys that are not post-processing settings.
-DEFAULT_BATCH_SIZE = 4  # chunks per backend call: amnet.inference.predict_chunks' default
+DEFAULT_BATCH_SIZE = DEFAULT_CHUNK_BATCH  # chunks per backend call
 
 
 @dataclass(frozen=True)
@@ -233,19 +233,21 @@ class Detector:
         ``batch_size`` at a time, each call padded to its longest chunk (as
         :func:`amnet.inference.predict_chunks` does).
         """
-        outputs: list[tuple[np.ndarray, np.ndarray, int]] = []
-        for x, lengths, starts in chunk_batches(
-            features, self.max_seq_len, self.chunk_overlap, self.batch_size
-        ):
-            scores, segments = self.backend.run(x, lengths)
-            outputs.extend((scores[j], segments[j], s) for j, s in enumerate(starts))
-        return outputs
+        return run_chunked(
+            self.backend.run, features, self.max_seq_len, self.chunk_overlap, self.batch_size
+        )
 
-    def detect_raw(self, features: Any, duration: float | None = None) -> Detections:
-        """Detections of one ``[T, C]`` video as arrays (segments in seconds, sorted by score)."""
+    def detect_raw(
+        self, features: Any, duration: float | None = None, fps: float | None = None
+    ) -> Detections:
+        """Detections of one ``[T, C]`` video as arrays (segments in seconds, sorted by score).
+
+        ``fps`` overrides the frame rate for this video only (annotation files carry one per
+        video)."""
+        fps = self.fps if fps is None else _positive("fps", fps)
         array = self.prepare(features)
         if duration is None:
-            duration = self.duration_of(array.shape[0])
+            duration = snippets_duration(array.shape[0], fps, self.feature_stride, self.num_frames)
         elif (
             isinstance(duration, bool)
             or not isinstance(duration, (int, float, np.integer, np.floating))
@@ -258,7 +260,7 @@ class Detector:
         dets = postprocess_chunks(
             self.run_chunks(array),
             duration=float(duration),
-            fps=self.fps,
+            fps=fps,
             feature_stride=self.feature_stride,
             num_frames=self.num_frames,
             cfg=self.postprocess,

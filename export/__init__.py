@@ -3,13 +3,12 @@
 Submodules (import them directly; this package imports nothing heavy on its own):
 
 - ``to_onnx``: checkpoint -> ONNX chunk graph with metadata and parity checks (CLI + API).
-- ``to_tensorrt``: ONNX -> TensorRT engine + ``.plan.json`` sidecar (CLI + API), engine runner.
+- ``to_tensorrt``: ONNX -> TensorRT engine + ``.plan.json`` sidecar (CLI + API).
 - ``trt_compat``: static TensorRT 10 compatibility check (``check_tensorrt_compatibility``).
-- ``chunk_runner``: numpy-only chunk policy over an ONNX Runtime session (``run_onnx_video``).
 - ``quantize``: dynamic INT8 for CPUs (``quantize_int8``).
 
-The model metadata these tools write lives in :mod:`amnet.metadata` (the runtime reads it
-without importing this package). The names below are also reachable as attributes of this package, imported on first use.
+The model metadata these tools write, and the graph contract, live in :mod:`amnet.metadata`;
+running a model is the runtime's job (:mod:`amnet.deploy`), which never imports this package. The names below are also reachable as attributes of this package, imported on first use.
 """
 
 from __future__ import annotations
@@ -21,11 +20,7 @@ _LAZY = {
     "export_onnx": "to_onnx",
     "build_engine": "to_tensorrt",
     "profile_shapes": "to_tensorrt",
-    "TensorRTRunner": "to_tensorrt",
     "check_tensorrt_compatibility": "trt_compat",
-    "run_onnx_video": "chunk_runner",
-    "detect_video_onnx": "chunk_runner",
-    "open_session": "chunk_runner",
     "quantize_int8": "quantize",
 }
 

@@ -42,6 +42,7 @@ import numpy as np
 
 from amnet import __version__
 from amnet.errors import AMNetError
+from amnet.metadata import INPUT_NAMES, OUTPUT_NAMES
 
 log = logging.getLogger("amnet.export.to_onnx")
 
@@ -50,8 +51,6 @@ PROG = "to_onnx"
 # decomposition, better in fp16) and below opset 20, from which the exporter emits Gelu, an
 # operator older TensorRT 10 parsers lack. 17..20 all pass the parity checks here.
 DEFAULT_OPSET = 17
-INPUT_NAMES = ("features", "lengths")
-OUTPUT_NAMES = ("scores", "segments")
 SCORES_ATOL = 1e-4  # absolute, on probabilities
 SEGMENTS_ATOL = 1e-3  # snippets, on valid points only
 
@@ -144,8 +143,8 @@ def _export_graph(model: Any, input_dim: int, max_seq_len: int, opset: int, path
     features = torch.rand(2, t, input_dim)
     lengths = torch.tensor([t, t // 2 + 1], dtype=torch.int64)
     dynamic_axes = {
-        "features": {0: "batch", 1: "time"},
-        "lengths": {0: "batch"},
+        INPUT_NAMES[0]: {0: "batch", 1: "time"},
+        INPUT_NAMES[1]: {0: "batch"},
         "scores": {0: "batch", 1: "points"},
         "segments": {0: "batch", 1: "points"},
     }
@@ -206,7 +205,7 @@ def check_parity(
         with torch.no_grad():
             ref = model.predict(torch.from_numpy(feats), torch.from_numpy(lens))
         ref_np = (ref[0].float().numpy(), ref[1].float().numpy())
-        got = session.run(list(OUTPUT_NAMES), {"features": feats, "lengths": lens})
+        got = session.run(list(OUTPUT_NAMES), {INPUT_NAMES[0]: feats, INPUT_NAMES[1]: lens})
         s_diff, g_diff = compare_outputs(ref_np, (got[0], got[1]))
         ok = s_diff <= scores_atol and g_diff <= segments_atol
         rows.append(ParityRow(len(lengths), max(lengths), list(lengths), s_diff, g_diff, ok))
@@ -279,7 +278,7 @@ def export_onnx(
             ) from None
         if parity:
             from amnet.checkpoint import load_model
-            from amnet.export.chunk_runner import open_session
+            from amnet.deploy.backend_onnx import open_session
 
             model, _, _ = load_model(ckpt, use_ema=use_ema)
             result.int8_parity = check_parity(
@@ -307,7 +306,7 @@ def _export_checked(
     import onnx
 
     from amnet.checkpoint import chosen_weights, load_model, read_checkpoint
-    from amnet.export.chunk_runner import open_session
+    from amnet.deploy.backend_onnx import open_session
     from amnet.export.trt_compat import check_tensorrt_compatibility
     from amnet.fileio import file_sha256
     from amnet.metadata import build_metadata, write_onnx_metadata

@@ -32,19 +32,17 @@ import ctypes
 import datetime
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from amnet.errors import AMNetError
+from amnet.metadata import INPUT_NAMES
 
 log = logging.getLogger("amnet.export.to_tensorrt")
 
 PROG = "to_tensorrt"
-INPUT_NAMES = ("features", "lengths")
-OUTPUT_NAMES = ("scores", "segments")
 DEFAULT_MAX_BATCH = 4  # amnet.inference.predict_chunks runs up to 4 chunks per call
 DEFAULT_WORKSPACE_GB = 4.0
 
@@ -319,70 +317,6 @@ def _gpu_name() -> str:
     except Exception:  # the name is informational only
         pass
     return "unknown"
-
-
-class TensorRTRunner:
-    """Runs a serialized engine on torch CUDA tensors; ``run`` mirrors ONNX Runtime's
-    ``session.run(output_names, feeds)`` so :func:`amnet.export.chunk_runner.run_onnx_video`
-    drives it the same way as an ONNX session (numpy in, numpy out)."""
-
-    def __init__(self, plan: str | os.PathLike | bytes, verbose: bool = False) -> None:
-        import torch
-
-        trt = import_tensorrt()
-        require_cuda_gpu()
-        data = plan if isinstance(plan, (bytes, bytearray)) else Path(plan).read_bytes()
-        self._torch = torch
-        self._trt = trt
-        self._logger = _trt_logger(trt, verbose)
-        self._runtime = trt.Runtime(self._logger)
-        self.engine = self._runtime.deserialize_cuda_engine(data)
-        if self.engine is None:
-            raise AMNetError("TensorRT could not deserialize the engine (version or GPU mismatch?)")
-        self.context = self.engine.create_execution_context()
-        self._dtypes = {
-            trt.DataType.FLOAT: torch.float32,
-            trt.DataType.HALF: torch.float16,
-            trt.DataType.INT32: torch.int32,
-            trt.DataType.INT64: torch.int64,
-            trt.DataType.BOOL: torch.bool,
-        }
-
-    def _dtype(self, name: str) -> Any:
-        return self._dtypes[self.engine.get_tensor_dtype(name)]
-
-    def infer(self, features: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``scores [B, P, K]`` and ``segments [B, P, 2]`` (float32) for one batch."""
-        torch = self._torch
-        device = torch.device("cuda")
-        feeds = {
-            "features": torch.from_numpy(np.ascontiguousarray(features)).to(device, self._dtype("features")),
-            "lengths": torch.from_numpy(np.ascontiguousarray(lengths)).to(device, self._dtype("lengths")),
-        }  # fmt: skip
-        for name, tensor in feeds.items():
-            if not self.context.set_input_shape(name, tuple(tensor.shape)):
-                raise AMNetError(
-                    f"input {name} shape {tuple(tensor.shape)} is outside the engine's profile"
-                )
-            self.context.set_tensor_address(name, tensor.data_ptr())
-        outputs = {}
-        for name in OUTPUT_NAMES:
-            shape = tuple(self.context.get_tensor_shape(name))
-            outputs[name] = torch.empty(shape, dtype=self._dtype(name), device=device)
-            self.context.set_tensor_address(name, outputs[name].data_ptr())
-        # The inputs were copied on torch's current stream: run on the same one.
-        stream = torch.cuda.current_stream()
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise AMNetError("TensorRT execution failed")
-        stream.synchronize()
-        return tuple(outputs[n].float().cpu().numpy() for n in OUTPUT_NAMES)  # type: ignore[return-value]
-
-    def run(
-        self, output_names: Sequence[str] | None, feeds: dict[str, np.ndarray]
-    ) -> list[np.ndarray]:
-        scores, segments = self.infer(feeds["features"], feeds["lengths"])
-        by_name = {"scores": scores, "segments": segments}
-        return [by_name[n] for n in (output_names or OUTPUT_NAMES)]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,12 +27,9 @@ from onnx import TensorProto, helper  # noqa: E402
 
 from amnet.checkpoint import load_model, save_checkpoint  # noqa: E402
 from amnet.config import config_from_dict, load_config  # noqa: E402
+from amnet.deploy import Detector  # noqa: E402
+from amnet.deploy.backend_onnx import open_session  # noqa: E402
 from amnet.errors import AMNetError  # noqa: E402
-from amnet.export.chunk_runner import (  # noqa: E402
-    detect_video_onnx,
-    open_session,
-    run_onnx_video,
-)
 from amnet.export.quantize import conv1d_as_matmul  # noqa: E402
 from amnet.export.to_onnx import compare_outputs, export_onnx  # noqa: E402
 from amnet.export.trt_compat import check_tensorrt_compatibility, supported_ops  # noqa: E402
@@ -454,8 +451,7 @@ def test_detections_match_pytorch_on_short_exact_and_chunked_videos(trained, tin
     assert result.metadata["weights"] == "ema"
     assert all(row.ok for row in result.parity)
     model, cfg, _ = load_model(ckpt)
-    session = open_session(result.path)
-    meta = read_onnx_metadata(result.path)
+    detector = Detector(result.path)
     max_len = cfg["dataset"]["max_seq_len"]
     test_ids = sorted(p.stem for p in (tiny_data / "features").glob("video_test_*.npy"))
     feats = [np.load(tiny_data / "features" / f"{v}.npy") for v in test_ids]
@@ -468,12 +464,12 @@ def test_detections_match_pytorch_on_short_exact_and_chunked_videos(trained, tin
     fps, stride, frames = 30.0, 4, 16
     for name, f in videos.items():
         duration = (len(f) * stride + frames) / fps
-        chunks_onnx = run_onnx_video(session, f, max_len, meta["chunk_overlap"])
+        chunks_onnx = detector.run_chunks(f)
         chunks_torch = predict_chunks(model, f, max_len, cfg["test_cfg"]["chunk_overlap"])
         assert [c[2] for c in chunks_onnx] == [c[2] for c in chunks_torch]
         assert (len(chunks_onnx) > 1) == (name == "chunked")
         ref = detect_video(model, f, cfg, duration)
-        got = detect_video_onnx(session, f, meta, duration)
+        got = detector.detect_raw(f, duration)
         assert len(ref) > 0, name
         assert_same_detections(ref, got, name)
 

@@ -12,7 +12,6 @@ from amnet.detections import Detections
 from amnet.errors import AMNetError
 from amnet.postprocess import (
     PostprocessConfig,
-    decode_segments,
     nms,
     plan_chunks,
     postprocess_chunks,
@@ -92,17 +91,6 @@ def _reference_nms(dets: Detections, cfg: PostprocessConfig) -> Detections:
 
 
 # --------------------------------------------------------------------------- formulas
-
-
-def test_decode_segments_hand_values() -> None:
-    # point at snippet 8, stride 4, offsets (1.5, 2) -> start 8 - 6 = 2, end 8 + 8 = 16
-    # point at snippet 3, stride 1, offsets (0, 0.5) -> [3, 3.5]
-    out = decode_segments(
-        np.array([8.0, 3.0]), np.array([4.0, 1.0]), np.array([[1.5, 2.0], [0, 0.5]])
-    )
-    np.testing.assert_allclose(out, [[2.0, 16.0], [3.0, 3.5]])
-    with pytest.raises(ValueError):
-        decode_segments(np.zeros(3), np.ones(3), np.zeros((2, 2)))
 
 
 def test_snippets_to_seconds_formula() -> None:

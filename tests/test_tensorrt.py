@@ -183,11 +183,14 @@ def _gpu_ready() -> bool:
 @pytest.mark.skipif(not _gpu_ready(), reason="needs TensorRT, a CUDA GPU and torch with CUDA")
 def test_gpu_engines_match_onnx_runtime(tiny_onnx, tmp_path):
     pytest.importorskip("tensorrt")
-    from amnet.export.chunk_runner import open_session, run_onnx_video
+    from amnet.deploy import Detector
+    from amnet.deploy.backend_onnx import open_session
+    from amnet.deploy.backend_tensorrt import TensorRTBackend
     from amnet.export.to_onnx import compare_outputs
-    from amnet.export.to_tensorrt import TensorRTRunner, build_engine
+    from amnet.export.to_tensorrt import build_engine
 
     session = open_session(tiny_onnx)
+    onnx_detector = Detector(tiny_onnx)
     meta = read_onnx_metadata(tiny_onnx)
     rng = np.random.default_rng(0)
     cases = [[1], [37], [256], [37, 24, 1], [256, 153, 65, 7]]
@@ -205,13 +208,13 @@ def test_gpu_engines_match_onnx_runtime(tiny_onnx, tmp_path):
         side = read_plan_metadata(out)
         assert side["engine"]["precision"] == precision
         assert side["checkpoint_sha256"] == meta["checkpoint_sha256"]
-        runner = TensorRTRunner(out)
+        runner = TensorRTBackend(out)
         rows = []
         for lengths in cases:
             feats = rng.gamma(1.0, 0.15, size=(len(lengths), max(lengths), 2048)).astype(np.float32)
             feeds = {"features": feats, "lengths": np.asarray(lengths, dtype=np.int64)}
             ref = session.run(None, feeds)
-            got = runner.run(None, feeds)
+            got = runner.run(feeds["features"], feeds["lengths"])
             ds, dg = compare_outputs((ref[0], ref[1]), (got[0], got[1]))
             ok = ds <= tolerance[precision][0] and dg <= tolerance[precision][1]
             rows.append({"lengths": lengths, "scores_diff": ds, "segments_diff": dg, "ok": ok})
@@ -219,8 +222,8 @@ def test_gpu_engines_match_onnx_runtime(tiny_onnx, tmp_path):
                 failures.append((precision, lengths, ds, dg))
         # The chunk policy drives the engine like an ONNX session (a video of 2.3 chunks).
         video = rng.gamma(1.0, 0.15, size=(600, 2048)).astype(np.float32)
-        a = run_onnx_video(session, video, meta["max_seq_len"], meta["chunk_overlap"])
-        b = run_onnx_video(runner, video, meta["max_seq_len"], meta["chunk_overlap"])
+        a = onnx_detector.run_chunks(video)
+        b = Detector(out).run_chunks(video)
         chunk_diff = max(compare_outputs(x[:2], y[:2])[0] for x, y in zip(a, b, strict=True))
         summary["engines"][precision] = {
             "build_seconds": round(build_s, 2),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -24,11 +25,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def thin_env(tmp_path_factory) -> Path:
-    env_dir = tmp_path_factory.mktemp("thin") / "venv"
+    base = tmp_path_factory.mktemp("thin")
+    # Build from a copy: pip builds in the source tree and would leave build/ in the checkout.
+    source = base / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "work", "build", "*.egg-info", "__pycache__", ".pytest_cache", "tests"))  # fmt: skip
+    env_dir = base / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
     proc = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(ROOT)],
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(source)],
         capture_output=True,
         text=True,
         timeout=900,

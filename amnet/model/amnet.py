@@ -10,7 +10,7 @@ per-point class probabilities and decoded segments in snippet units.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from amnet.model.ame import ActionMaskingEncoder, action_contrastive_loss
 from amnet.model.blocks import masked_max_pool
+from amnet.model.config import ModelConfig
 from amnet.model.embedding import FeatureEmbedding
 from amnet.model.gam import GAMBlock
 from amnet.model.heads import ClassificationHead, RegressionHead
@@ -44,64 +45,47 @@ class AMNet(nn.Module):
         self,
         input_dim: int,
         num_classes: int,
-        embd_dim: int = 512,
-        embd_kernel_size: int = 3,
-        use_ame: bool = True,
-        n_ame_layers: int = 2,
-        n_heads: int = 4,
-        mlp_ratio: int = 4,
-        dropout: float = 0.0,
-        use_gam: bool = True,
-        short_window: int = 19,
-        n_levels: int = 6,
-        head_dim: int = 512,
-        head_num_layers: int = 3,
-        head_kernel_size: int = 3,
-        regression_range: Sequence[Sequence[float]] = (
-            (0, 4),
-            (4, 8),
-            (8, 16),
-            (16, 32),
-            (32, 64),
-            (64, 10000),
-        ),
-        center_sample_radius: float = 1.5,
-        prior_prob: float = 0.01,
-        offset_activation: str = "softplus",
+        config: ModelConfig | None = None,
+        **overrides: Any,
     ) -> None:
+        """``config`` (default: the paper's model) with any of its fields overridden by name."""
         super().__init__()
+        c = replace(config or ModelConfig(), **overrides)
+        problems = c.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.config = c
         self.num_classes = num_classes
-        self.n_levels = n_levels
-        self.regression_range = [list(map(float, r)) for r in regression_range]
-        self.center_sample_radius = center_sample_radius
+        self.n_levels = c.n_levels
+        self.regression_range = [list(map(float, r)) for r in c.regression_range]
+        self.center_sample_radius = c.center_sample_radius
         # Per-channel input standardisation, set from the training split before training
         # (identity until then). Raw I3D-style features are non-negative with a large shared
         # offset that otherwise dominates the first LayerNorm and stalls learning.
         self.register_buffer("input_mean", torch.zeros(input_dim))
         self.register_buffer("input_std", torch.ones(input_dim))
-        self.embedding = FeatureEmbedding(input_dim, embd_dim, embd_kernel_size)
+        self.embedding = FeatureEmbedding(input_dim, c.embd_dim, c.embd_kernel_size)
         self.ame = (
-            ActionMaskingEncoder(embd_dim, n_ame_layers, n_heads, mlp_ratio, dropout)
-            if use_ame
+            ActionMaskingEncoder(c.embd_dim, c.n_ame_layers, c.n_heads, c.mlp_ratio, c.dropout)
+            if c.use_ame
             else None
         )
         self.pyramid = nn.ModuleList(
-            GAMBlock(embd_dim, n_heads, short_window, mlp_ratio, dropout, grouped=use_gam)
-            for _ in range(n_levels)
+            GAMBlock(c.embd_dim, c.n_heads, c.short_window, c.mlp_ratio, c.dropout, grouped=c.use_gam)
+            for _ in range(c.n_levels)
         )
         self.cls_head = ClassificationHead(
-            embd_dim, head_dim, num_classes, head_num_layers, head_kernel_size, prior_prob
+            c.embd_dim, c.head_dim, num_classes, c.head_num_layers, c.head_kernel_size, c.prior_prob
         )
         self.reg_head = RegressionHead(
-            embd_dim, head_dim, n_levels, head_num_layers, head_kernel_size, offset_activation
-        )
+            c.embd_dim, c.head_dim, c.n_levels, c.head_num_layers, c.head_kernel_size,
+            c.offset_activation,
+        )  # fmt: skip
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> AMNet:
         return cls(
-            input_dim=cfg["dataset"]["input_dim"],
-            num_classes=cfg["dataset"]["num_classes"],
-            **cfg["model"],
+            cfg["dataset"]["input_dim"], cfg["dataset"]["num_classes"], ModelConfig(**cfg["model"])
         )
 
     @torch.no_grad()
@@ -174,19 +158,22 @@ class AMNetLoss(nn.Module):
 
     def __init__(self, model: AMNet, train_cfg: Mapping[str, Any]) -> None:
         super().__init__()
-        self.model = model
+        # Only what target assignment needs, not the model (which would become a submodule).
+        self.num_classes = model.num_classes
+        self.regression_range = [list(r) for r in model.regression_range]
+        self.center_sample_radius = model.center_sample_radius
         self.cfg = dict(train_cfg)
         self.register_buffer("loss_norm", torch.tensor(float(train_cfg["init_loss_norm"])))
 
     def forward(
         self, out: AMNetOutput, segments: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        cfg, model = self.cfg, self.model
+        cfg = self.cfg
         cls_targets, reg_targets = zip(
             *(
                 assign_targets(
                     out.centers, out.strides, out.levels, seg.to(out.centers.device), lab.to(out.centers.device),
-                    model.num_classes, model.regression_range, model.center_sample_radius,
+                    self.num_classes, self.regression_range, self.center_sample_radius,
                 )
                 for seg, lab in zip(segments, labels, strict=True)
             ),
