@@ -27,6 +27,7 @@ import numpy as np
 
 from amnet.detections import Detections
 from amnet.errors import AMNetError
+from amnet.timebase import snippets_to_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ __all__ = [
     "postprocess_chunks",
     "run_chunked",
     "select_candidates",
-    "snippets_to_seconds",
 ]
 
 NMS_METHODS = ("soft", "hard", "none")
@@ -169,20 +169,6 @@ def config_from_test_cfg(test_cfg: Mapping[str, Any]) -> PostprocessConfig:
     return PostprocessConfig.from_dict(
         {k: v for k, v in test_cfg.items() if k not in _NOT_POSTPROCESS}
     )
-
-
-def snippets_to_seconds(
-    segments: np.ndarray, fps: float, feature_stride: int, num_frames: int
-) -> np.ndarray:
-    """Convert snippet positions (any shape) to seconds.
-
-    Snippet ``t`` is centred at ``(t * feature_stride + num_frames / 2) / fps`` seconds
-    (THUMOS14: fps 30, stride 4, 16 frames per snippet).
-    """
-    if not fps > 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
-    t = np.asarray(segments, dtype=np.float64)
-    return (t * float(feature_stride) + 0.5 * float(num_frames)) / float(fps)
 
 
 def plan_chunks(num_snippets: int, max_len: int, overlap: float) -> list[tuple[int, int]]:

@@ -55,6 +55,7 @@ from amnet.postprocess import (
     postprocess_chunks,
     run_chunked,
 )
+from amnet.timebase import snippets_duration
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +77,6 @@ class Detection:
     @property
     def duration(self) -> float:
         return self.end - self.start
-
-
-def snippets_duration(num_snippets: int, fps: float, feature_stride: int, num_frames: int) -> float:
-    """Seconds covered by ``num_snippets`` snippets: ``((T - 1) * stride + frames) / fps``."""
-    if num_snippets <= 0:
-        return 0.0
-    return ((num_snippets - 1) * feature_stride + num_frames) / fps
 
 
 def _positive(name: str, value: Any, integer: bool = False) -> Any:

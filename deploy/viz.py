@@ -504,7 +504,7 @@ def _run(argv: list[str] | None) -> int:
         if duration is None:
             if feats is not None:
                 data = cfg["dataset"]
-                from amnet.deploy.detector import snippets_duration
+                from amnet.timebase import snippets_duration
 
                 duration = snippets_duration(
                     len(feats), data["default_fps"], data["feature_stride"], data["num_frames"]

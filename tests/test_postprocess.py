@@ -16,8 +16,8 @@ from amnet.postprocess import (
     plan_chunks,
     postprocess_chunks,
     select_candidates,
-    snippets_to_seconds,
 )
+from amnet.timebase import snippets_to_seconds
 
 # THUMOS14 feature convention.
 FPS, STRIDE, NFRAMES = 30.0, 4, 16

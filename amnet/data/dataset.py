@@ -19,20 +19,9 @@ from torch.utils.data import Dataset
 from amnet.annotations import VideoAnnotation, build_label_map, load_annotations, select_subset
 from amnet.errors import AMNetError
 from amnet.fileio import load_features
+from amnet.timebase import seconds_to_snippets
 
 log = logging.getLogger(__name__)
-
-
-def seconds_to_snippets(
-    seconds: np.ndarray, fps: float, stride: int, num_frames: int
-) -> np.ndarray:
-    return (np.asarray(seconds, dtype=np.float64) * fps - 0.5 * num_frames) / stride
-
-
-def snippets_to_seconds(
-    snippets: np.ndarray, fps: float, stride: int, num_frames: int
-) -> np.ndarray:
-    return (np.asarray(snippets, dtype=np.float64) * stride + 0.5 * num_frames) / fps
 
 
 def truncate_video(
