@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import torch
 from amnet import __version__
 from amnet.config import config_from_dict
 from amnet.errors import AMNetError
+from amnet.fileio import atomic_output
 from amnet.model import AMNet
 
 FORMAT = "amnet-checkpoint"
@@ -24,17 +24,9 @@ FORMAT_VERSION = 2
 
 def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
     """Write a checkpoint atomically (temporary file, then rename)."""
-    path = Path(path)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__, **fields}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         torch.save(payload, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,19 @@ def publish(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Rename a finished temporary file to ``out`` with ordinary permissions."""
     _publish(os.fspath(tmp), Path(out))
     return Path(out)
+
+
+@contextlib.contextmanager
+def atomic_output(out: str | os.PathLike) -> Iterator[Path]:
+    """``with atomic_output(path) as tmp:`` write ``tmp`` (a file beside ``path``); it becomes
+    ``path`` when the block ends, and is removed if the block fails, so no half file is left."""
+    tmp = temp_beside(out)
+    try:
+        yield tmp
+        publish(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def file_sha256(path: str | os.PathLike) -> str:
