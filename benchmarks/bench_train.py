@@ -36,12 +36,13 @@ import yaml
 
 from amnet.checkpoint import load_model
 from amnet.config import load_config
+from amnet.data import make_dataset
 from amnet.errors import AMNetError
 from amnet.fileio import atomic_write_json, atomic_write_text
 from amnet.inference import postprocess_config, predict_chunks
 from amnet.metrics import evaluate_detection
 from amnet.postprocess import postprocess_chunks
-from amnet.train import make_dataset, train
+from amnet.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {

@@ -13,11 +13,13 @@ import torch
 
 from amnet.checkpoint import load_model
 from amnet.config import load_config
+from amnet.data import make_dataset
+from amnet.evaluation import evaluate_model
 from amnet.inference import actionness
 from amnet.model.losses import diou_loss_1d
 from amnet.model.targets import assign_targets
 from amnet.synth import foreground_mask
-from amnet.train import evaluate_model, make_dataset, train
+from amnet.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny_cpu.yaml"

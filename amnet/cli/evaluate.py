@@ -137,8 +137,9 @@ def _model_mode(args: argparse.Namespace) -> int:
     import torch
 
     from amnet.checkpoint import load_model
+    from amnet.data import make_dataset
+    from amnet.evaluation import evaluate_model
     from amnet.results import write_results
-    from amnet.train import evaluate_model, make_dataset
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise AMNetError("--device cuda asked for, but no CUDA device is available")
