@@ -61,9 +61,8 @@ def actionness(
     if getattr(model, "ame", None) is None:
         return None
     x = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))[None].to(device)
-    x = (x - model.input_mean) / model.input_std
-    mask = torch.ones(1, x.shape[1], 1, device=x.device)
-    logits = model.ame.actionness(model.embedding(x, mask), mask)
+    embedded, mask, _ = model.embed(x, torch.tensor([x.shape[1]], device=x.device))
+    logits = model.ame.actionness(embedded, mask)[:, : x.shape[1]]
     return torch.sigmoid(logits[0]).float().cpu().numpy()
 
 

@@ -231,6 +231,7 @@ def _action_contrast(z: Any, m: Any) -> Any:
     uses them."""
     from torch.nn import functional as F
 
+
     pos = (z * m).sum(0) / m.sum().clamp_min(1e-6)
     neg = (z * (1 - m)).sum(0) / (1 - m).sum().clamp_min(1e-6)
     return F.cosine_similarity(z, pos[None], dim=-1) - F.cosine_similarity(z, neg[None], dim=-1)
@@ -242,12 +243,10 @@ def ame_profile(
     """The AME curves of one ``[T, C]`` video through a PyTorch AMNet; None without an AME.
 
     The mask comes from :func:`amnet.inference.actionness` (local, the whole video at once).
-    The rest comes from the model's own modules on the inference chunks (the AME attends within
-    a chunk), padded and masked as in ``AMNet.forward``; where chunks overlap, values are
-    averaged.
+    The rest comes from ``AMNet.encode`` on the inference chunks (the AME attends within a
+    chunk); where chunks overlap, values are averaged.
     """
     import torch
-    from torch.nn import functional as F
 
     from amnet.inference import actionness
     from amnet.postprocess import plan_chunks
@@ -263,13 +262,8 @@ def ame_profile(
     with torch.inference_mode():
         for start, end in plan_chunks(total, max_seq_len, overlap):
             n = end - start
-            padded = -(-n // model.pad_multiple) * model.pad_multiple
             x = torch.from_numpy(feats[start:end])[None].to(device)
-            x = F.pad(x, (0, 0, 0, padded - n))
-            valid = (torch.arange(padded, device=device) < n)[None, :, None].to(x.dtype)
-            x = (x - model.input_mean) / model.input_std * valid
-            emb = model.embedding(x, valid)
-            enc, logits = model.ame(emb, valid, torch.tensor([n], device=device))
+            emb, enc, logits, _, _ = model.encode(x, torch.tensor([n], device=device))
             m = torch.sigmoid(logits[0, :n]).unsqueeze(-1)
             before, after = emb[0, :n], enc[0, :n]
             rows = (

@@ -97,8 +97,13 @@ class AMNet(nn.Module):
     def pad_multiple(self) -> int:
         return 2 ** (self.n_levels - 1)
 
-    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> AMNetOutput:
-        """``feats`` ``[B, T, C]`` (any T; padded inside to the pyramid's multiple), ``lengths`` ``[B]``."""
+    def embed(
+        self, feats: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pad ``feats`` ``[B, T, C]`` to the pyramid's multiple, standardise, embed.
+
+        Returns the embedding ``[B, T', D]``, the valid mask ``[B, T', 1]`` and ``lengths``
+        as int64."""
         t = feats.shape[1]
         padded = (t + self.pad_multiple - 1) // self.pad_multiple * self.pad_multiple
         x = F.pad(feats, (0, 0, 0, padded - t))
@@ -109,12 +114,24 @@ class AMNet(nn.Module):
             .to(x.dtype)
         )
         x = (x - self.input_mean) / self.input_std * mask
+        return self.embedding(x, mask), mask, lengths
 
-        x = self.embedding(x, mask)
-        actionness, encoded = None, None
-        if self.ame is not None:
-            x, actionness = self.ame(x, mask, lengths)
-            encoded = x
+    def encode(
+        self, feats: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """The features the pyramid starts from: ``(embedded, encoded, actionness_logits,
+        mask, lengths)``; without an AME, ``encoded`` is the embedding and the logits None."""
+        embedded, mask, lengths = self.embed(feats, lengths)
+        if self.ame is None:
+            return embedded, embedded, None, mask, lengths
+        encoded, actionness = self.ame(embedded, mask, lengths)
+        return embedded, encoded, actionness, mask, lengths
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> AMNetOutput:
+        """``feats`` ``[B, T, C]`` (any T; padded inside to the pyramid's multiple), ``lengths`` ``[B]``."""
+        _, x, actionness, mask, lengths = self.encode(feats, lengths)
+        encoded = x if self.ame is not None else None
+        padded = x.shape[1]
 
         cls_out, reg_out, point_masks = [], [], []
         level_mask, level_lengths = mask, lengths
