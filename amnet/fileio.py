@@ -172,3 +172,28 @@ def load_features(path: str | os.PathLike, expected_dim: int | None = None) -> n
     if array.size and not np.isfinite(array).all():
         raise AMNetError(f"{path}: features contain NaN or Inf")
     return array
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def read_features(path: Path, input_dim: int) -> np.ndarray:
+    """One feature file as contiguous float32 ``[T, C]``; AMNetError naming the problem."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(_NPY_MAGIC))
+    except FileNotFoundError:
+        raise AMNetError(f"{path}: feature file not found") from None
+    except IsADirectoryError:
+        raise AMNetError(f"{path}: is a folder, expected a .npy feature file") from None
+    except OSError as exc:
+        raise AMNetError(f"{path}: cannot read ({exc.strerror})") from None
+    if not head:
+        raise AMNetError(f"{path}: empty file")
+    if head != _NPY_MAGIC:
+        what = "a .npz archive" if head.startswith(b"PK") else "no NumPy header"
+        raise AMNetError(f"{path}: not a .npy file ({what})")
+    try:
+        return load_features(path, expected_dim=input_dim)
+    except MemoryError:
+        raise AMNetError(f"{path}: too large to load") from None

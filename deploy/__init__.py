@@ -10,8 +10,10 @@ Only the backend a model needs is imported (an ``.onnx`` model never imports tor
 - :mod:`~amnet.deploy.detector`: :class:`Detector`, :class:`Detection`.
 - :mod:`~amnet.deploy.backends`: the :class:`Backend` interface and :func:`open_backend`;
   implementations in ``backend_onnx``, ``backend_tensorrt``, ``backend_torch``.
-- :mod:`~amnet.deploy.infer_cli` (``amnet-infer``), :mod:`~amnet.deploy.bench_cli`
-  (``amnet-bench``), :mod:`~amnet.deploy.viz` (``amnet-viz``, ``--plot``).
+- :mod:`~amnet.deploy.infer_cli` (``amnet-infer``).
+
+Benchmarking (``amnet-bench``, :mod:`amnet.cli.bench`) and plotting (``amnet-viz`` and
+``amnet-infer --plot``, :mod:`amnet.viz`) live outside the runtime.
 """
 
 from amnet.deploy.backends import Backend, open_backend

@@ -48,7 +48,7 @@ from amnet import __version__
 from amnet.cli.common import OneLineParser, run_cli, setup_logging
 from amnet.detections import Detections
 from amnet.errors import AMNetError
-from amnet.fileio import atomic_write_text, load_features
+from amnet.fileio import atomic_write_text, read_features
 from amnet.results import results_to_json
 
 logger = logging.getLogger("amnet.deploy.infer")
@@ -60,7 +60,6 @@ EXIT_SKIPPED = 3
 _MAX_LISTED = 8
 # Arrays kept in memory between the checking pass and the run; larger inputs are read twice.
 _CACHE_BYTES = 512 << 20
-_NPY_MAGIC = b"\x93NUMPY"
 
 
 @dataclass
@@ -146,28 +145,6 @@ def expand_inputs(items: Sequence[str]) -> list[FeatureFile]:
     return files
 
 
-def read_features(path: Path, input_dim: int) -> np.ndarray:
-    """One feature file as contiguous float32 ``[T, C]``; AMNetError naming the problem."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(len(_NPY_MAGIC))
-    except FileNotFoundError:
-        raise AMNetError(f"{path}: feature file not found") from None
-    except IsADirectoryError:
-        raise AMNetError(f"{path}: is a folder, expected a .npy feature file") from None
-    except OSError as exc:
-        raise AMNetError(f"{path}: cannot read ({exc.strerror})") from None
-    if not head:
-        raise AMNetError(f"{path}: empty file")
-    if head != _NPY_MAGIC:
-        what = "a .npz archive" if head.startswith(b"PK") else "no NumPy header"
-        raise AMNetError(f"{path}: not a .npy file ({what})")
-    try:
-        return load_features(path, expected_dim=input_dim)
-    except MemoryError:
-        raise AMNetError(f"{path}: too large to load") from None
-
-
 def _bad_list(bad: Sequence[tuple[Path, str]]) -> str:
     lines = [f"  {msg}" for _, msg in bad[:_MAX_LISTED]]
     if len(bad) > _MAX_LISTED:
@@ -245,7 +222,7 @@ def _run(argv: list[str] | None) -> int:
     files = expand_inputs(args.features)
     plot_dir = Path(args.plot) if args.plot else None
     if plot_dir is not None:
-        from amnet.deploy.viz import check_matplotlib
+        from amnet.viz import check_matplotlib
 
         check_matplotlib()
         if plot_dir.exists() and not plot_dir.is_dir():
@@ -353,7 +330,7 @@ def _run(argv: list[str] | None) -> int:
 def _plot(
     plot_dir: Path, video_id: str, features: np.ndarray, dets: Detections, detector: Any
 ) -> None:
-    from amnet.deploy import viz
+    from amnet import viz
 
     plot_dir.mkdir(parents=True, exist_ok=True)
     duration = detector.duration_of(features.shape[0])

@@ -375,7 +375,7 @@ def test_bench_json_tiny(tmp_path, models):
     work = tmp_path / "bench"
     proc = subprocess.run(
         [
-            sys.executable, "-m", "amnet.deploy.bench_cli",
+            sys.executable, "-m", "amnet.cli.bench",
             "--engine", str(models["pt"]), "--preset", "tiny", "--videos", "2",
             "--backends", "torch,onnxruntime,tensorrt", "--latency", "100", "--repeats", "1",
             "--threads", "1", "--work", str(work), "--json", "--quiet",
@@ -405,7 +405,7 @@ def test_bench_json_tiny(tmp_path, models):
 def test_bench_bad_arguments():
     args = ["--config", str(TINY), "--backends", "tflite"]
     proc = subprocess.run(
-        [sys.executable, "-m", "amnet.deploy.bench_cli", *args],
+        [sys.executable, "-m", "amnet.cli.bench", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,4 +1,4 @@
-"""Plots of the runtime: detection timelines and the AME figure (amnet.deploy.viz, amnet-viz)."""
+"""Plots of the runtime: detection timelines and the AME figure (amnet.viz, amnet-viz)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from amnet.deploy import viz
+from amnet import viz
 from amnet.detections import Detections
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def test_ame_profile_and_figure(world, tmp_path):
 
 def run_viz(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "amnet.deploy.viz", *args],
+        [sys.executable, "-m", "amnet.viz", *args],
         capture_output=True,
         text=True,
         timeout=180,

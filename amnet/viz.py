@@ -490,7 +490,7 @@ def _run(argv: list[str] | None) -> int:
             duration = ann.duration
         feats = None
         if model is not None:
-            from amnet.deploy.infer_cli import read_features
+            from amnet.fileio import read_features
 
             feats = read_features(
                 Path(args.features) / f"{vid}.npy", int(cfg["dataset"]["input_dim"])

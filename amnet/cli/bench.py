@@ -142,8 +142,7 @@ def _peak_rss_mb() -> float:
 
 def _worker_throughput(spec: Mapping[str, Any]) -> dict[str, Any]:
     from amnet.deploy.detector import Detector
-    from amnet.deploy.infer_cli import read_features
-    from amnet.fileio import atomic_write_json
+    from amnet.fileio import atomic_write_json, read_features
     from amnet.results import results_to_json
 
     began = time.perf_counter()
@@ -223,7 +222,7 @@ def _run_worker(spec: Mapping[str, Any], work: Path, name: str) -> dict[str, Any
     else:
         spec_path = work / f"worker_{name}_{spec['mode']}.json"
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
-        cmd = [sys.executable, "-m", "amnet.deploy.bench_cli", "--worker", str(spec_path)]
+        cmd = [sys.executable, "-m", "amnet.cli.bench", "--worker", str(spec_path)]
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=_WORKER_TIMEOUT_S, cwd=work, check=False
     )
