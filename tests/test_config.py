@@ -79,3 +79,23 @@ def test_base_cycle_is_an_error(tmp_path):
 def test_config_from_partial_dict():
     cfg = config_from_dict({"model": {"embd_dim": 64, "head_dim": 64}})
     assert cfg["model"]["embd_dim"] == 64 and cfg["model"]["n_heads"] == 4
+
+
+def test_model_defaults_have_one_source_and_every_key_is_honoured_or_refused(tmp_path):
+    from dataclasses import fields
+
+    from amnet.config import DEFAULTS
+    from amnet.model.config import ModelConfig
+
+    assert DEFAULTS["model"] == ModelConfig().to_dict()
+    assert set(DEFAULTS["model"]) == {f.name for f in fields(ModelConfig)}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("opt:\n  type: SGD\n")
+    with pytest.raises(AMNetError, match=r"opt\.type must be AdamW"):
+        load_config(bad)
+    bad.write_text("model:\n  offset_activation: exp\n")
+    with pytest.raises(AMNetError, match="offset_activation"):
+        load_config(bad)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("opt:\n  type: adamw\nmodel:\n  offset_activation: relu\n")
+    assert load_config(ok)["model"]["offset_activation"] == "relu"

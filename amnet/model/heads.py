@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from amnet.model.blocks import ConvNormAct, MaskedConv1d, Scale
+from amnet.model.config import OFFSET_ACTIVATIONS
 
 
 class ClassificationHead(nn.Module):
@@ -39,8 +40,7 @@ class ClassificationHead(nn.Module):
         return self.out(x, mask)
 
 
-OFFSET_ACTIVATIONS = ("softplus", "relu")
-# softplus(b) = 1: every offset starts at one stride, half way up the softplus' slope.
+# softplus(b) = 1 at b = 0.541: every offset starts at one stride, with slope sigmoid(b) = 0.63.
 _SOFTPLUS_ONE = math.log(math.e - 1.0)
 
 
