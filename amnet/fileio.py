@@ -6,8 +6,9 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +27,50 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def _refuse_special(path: Path) -> None:
+    """An atomic rename replaces what is at ``path``: never let it be a device, FIFO, socket or
+    a link to one (``-o /dev/null`` must not swap /dev/null for a regular file)."""
+    try:
+        info = os.stat(path)  # follows a symlink: what it points at decides
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise AMNetError(f"{path}: cannot check the output path ({exc.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise AMNetError(f"{path}: is a folder, expected an output file path")
+    if not stat.S_ISREG(info.st_mode):
+        raise AMNetError(f"{path}: exists and is not a regular file; refusing to replace it")
+
+
 def _publish(tmp: str, path: Path) -> None:
     """Give the temporary file ordinary permissions (mkstemp makes it 0600), then rename it."""
+    _refuse_special(path)
     os.chmod(tmp, 0o666 & ~_UMASK)
     os.replace(tmp, path)
 
 
-def check_out_path(out: str | os.PathLike) -> Path:
-    """Fail early (one line) when ``out`` names a folder or sits in a folder that does not exist."""
+def check_out_path(
+    out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()
+) -> Path:
+    """Fail early (one line) when ``out`` cannot be an output file: a path ending in a separator
+    (a folder), a folder, a device/FIFO/socket, a missing parent folder, or the same file as one
+    of ``inputs`` (symlinks followed, same inode)."""
+    text = os.fspath(out)
+    if text.endswith(("/", os.sep)):
+        raise AMNetError(f"{text}: ends with '/', expected an output file path")
     out = Path(out)
-    if out.is_dir():
-        raise AMNetError(f"{out}: is a folder, expected an output file path")
+    _refuse_special(out)
     parent = out.parent if str(out.parent) else Path(os.curdir)
     if not parent.is_dir():
         raise AMNetError(f"{out}: cannot write, folder {parent} does not exist")
+    if out.exists():
+        for source in inputs:
+            try:
+                same = os.path.samefile(out, source)
+            except OSError:
+                continue
+            if same:
+                raise AMNetError(f"{out}: is an input of this command ({source}); refusing to overwrite it")
     return out
 
 

@@ -48,7 +48,7 @@ from amnet import __version__
 from amnet.cli.common import OneLineParser, run_cli, setup_logging
 from amnet.detections import Detections
 from amnet.errors import AMNetError
-from amnet.fileio import atomic_write_text, read_features
+from amnet.fileio import atomic_write_text, check_out_path, read_features
 from amnet.results import results_to_json
 
 logger = logging.getLogger("amnet.deploy.infer")
@@ -82,7 +82,9 @@ def build_parser() -> OneLineParser:
     parser.add_argument(
         "features", nargs="+", metavar="FEATURES", help=".npy files or folders of them"
     )
-    parser.add_argument("--output", "-o", metavar="FILE", help="write here (default: stdout)")
+    parser.add_argument(
+        "--output", "-o", metavar="FILE", help="write here (default, or '-': stdout)"
+    )
     parser.add_argument(
         "--format",
         choices=FORMATS,
@@ -184,14 +186,6 @@ def format_output(
     return buffer.getvalue()
 
 
-def _check_output_path(path: Path) -> None:
-    if path.is_dir():
-        raise AMNetError(f"{path}: is a folder, expected an output file")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise AMNetError(f"{path}: cannot write, folder {parent} does not exist")
-
-
 def _check_options(args: Any) -> None:
     if args.min_score is not None and not (
         math.isfinite(args.min_score) and 0 <= args.min_score <= 1
@@ -216,10 +210,11 @@ def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     _check_options(args)
-    output = Path(args.output) if args.output else None
-    if output is not None:
-        _check_output_path(output)
+    output: Path | None = None
     files = expand_inputs(args.features)
+    if args.output and args.output != "-":
+        # Before any work, and never onto an input: a feature file or the model itself.
+        output = check_out_path(args.output, [f.path for f in files] + [args.engine])
     plot_dir = Path(args.plot) if args.plot else None
     if plot_dir is not None:
         from amnet.viz import check_matplotlib

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 from amnet.baseline import dataset_annotations, run_baseline
 from amnet.cli.common import OneLineParser, run_cli, setup_logging
+from amnet.fileio import check_out_path
 from amnet.results import write_results
 
 PROG = "amnet-baseline"
@@ -45,9 +47,10 @@ def build_parser() -> OneLineParser:
 def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
-    detections, class_names, _ = run_baseline(
-        dataset_annotations(args.data), args.subset, args.train_subset
-    )
+    annotations = dataset_annotations(args.data)
+    features = Path(args.data) / "features"
+    check_out_path(args.out, [annotations, *(features.glob("*.npy") if features.is_dir() else ())])
+    detections, class_names, _ = run_baseline(annotations, args.subset, args.train_subset)
     write_results(args.out, detections, class_names, version="amnet-baseline prior")
     logger.info(
         "wrote %d detections for %d videos to %s",

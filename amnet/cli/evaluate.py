@@ -139,6 +139,7 @@ def _model_mode(args: argparse.Namespace) -> int:
     from amnet.checkpoint import load_model
     from amnet.data import make_dataset
     from amnet.evaluation import evaluate_model
+    from amnet.fileio import check_out_path
     from amnet.results import write_results
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -149,6 +150,11 @@ def _model_mode(args: argparse.Namespace) -> int:
     if args.tiou is not None:
         cfg["test_cfg"]["tiou_thresholds"] = parse_tiou(args.tiou).tolist()
     dataset = make_dataset(cfg, args.data, "val_split", training=False, class_names=class_names)
+    if args.out is not None:
+        # Before inference, and never onto an input (annotations, features, the checkpoint).
+        inputs = [dataset.annotation_file, args.ckpt]
+        inputs += [dataset.feature_path(v.video_id) for v in dataset.videos]
+        check_out_path(args.out, inputs)
     model = model.to(args.device)
     detections, result = evaluate_model(
         model, dataset, cfg, torch.device(args.device), progress=not args.json

@@ -101,6 +101,7 @@ class VideoFeatureDataset(Dataset):
         self.videos: list[VideoAnnotation] = sorted(
             select_subset(all_videos, subsets, annotation_file).values(), key=lambda v: v.video_id
         )
+        self.annotation_file = Path(annotation_file)
         self.feature_folder = Path(feature_folder)
         self.is_training = is_training
         self.input_dim = input_dim

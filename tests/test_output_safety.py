@@ -1,0 +1,105 @@
+"""Outputs never replace what the user owns: an input of the same command (by any path that
+resolves to it), a device, a FIFO or a link to one; a path ending in '/' is not a file; '-' is
+stdout. Checked before any work, with one line and exit 2, for every command that writes a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amnet.cli.baseline import main as baseline_main
+from amnet.cli.evaluate import main as eval_main
+from amnet.deploy.infer_cli import main as infer_main
+from amnet.errors import AMNetError
+from amnet.fileio import atomic_write_text, check_out_path
+
+
+def fingerprint(path: Path) -> tuple:
+    info = os.lstat(path)
+    return (info.st_ino, info.st_mode, path.read_bytes() if stat.S_ISREG(info.st_mode) else None)
+
+
+def one_line_refusal(capsys, code: int, *needles: str) -> None:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert all(n in err[0] for n in needles), err[0]
+
+
+@pytest.fixture
+def video(tmp_path) -> Path:
+    path = tmp_path / "video.npy"
+    np.save(path, np.abs(np.random.default_rng(0).normal(0, 0.3, (120, 2048))).astype(np.float32))
+    return path
+
+
+def aliases(target: Path, tmp_path: Path) -> list[Path]:
+    """Other spellings of ``target``: a symlink, a hard link, a path with '..' in it."""
+    link = tmp_path / "alias.lnk"
+    link.symlink_to(target)
+    hard = tmp_path / "hard.npy"
+    os.link(target, hard)
+    return [target, link, hard, target.parent / "." / ".." / target.parent.name / target.name]
+
+
+def test_infer_never_writes_onto_its_inputs(tiny_model, video, tmp_path, capsys):
+    before = fingerprint(video)
+    for out in aliases(video, tmp_path):
+        one_line_refusal(capsys, infer_main(["--engine", str(tiny_model["onnx"]), str(video),
+                                             "-o", str(out)]), "input")  # fmt: skip
+    model_before = fingerprint(tiny_model["onnx"])
+    code = infer_main(["--engine", str(tiny_model["onnx"]), str(video), "-o", str(tiny_model["onnx"])])
+    one_line_refusal(capsys, code, "input")
+    assert fingerprint(video) == before and fingerprint(tiny_model["onnx"]) == model_before
+
+
+def test_special_files_and_folder_paths_are_never_replaced(tiny_model, video, tmp_path, capsys):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    link_to_fifo = tmp_path / "to_pipe"
+    link_to_fifo.symlink_to(fifo)
+    for out, needle in ((fifo, "not a regular file"), (link_to_fifo, "not a regular file"),
+                        (Path(os.devnull), "not a regular file"), (tmp_path, "folder")):  # fmt: skip
+        before = os.lstat(out)
+        code = infer_main(["--engine", str(tiny_model["onnx"]), str(video), "-o", str(out)])
+        one_line_refusal(capsys, code, needle)
+        after = os.lstat(out)
+        assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+    code = infer_main(["--engine", str(tiny_model["onnx"]), str(video), "-o", f"{tmp_path}/new/"])
+    one_line_refusal(capsys, code, "'/'")
+    assert not (tmp_path / "new").exists()
+    # The library writer refuses as well, whoever calls it.
+    with pytest.raises(AMNetError, match="not a regular file"):
+        atomic_write_text(fifo, "x")
+
+
+def test_dash_is_stdout(tiny_model, video, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert infer_main(["--engine", str(tiny_model["onnx"]), str(video), "-o", "-"]) == 0
+    assert "video" in json.loads(capsys.readouterr().out)["results"]
+    assert not (tmp_path / "-").exists()
+
+
+def test_eval_and_baseline_refuse_to_overwrite_their_data(tiny_dataset, tiny_model, tmp_path, capsys):
+    ann = tiny_dataset / "annotations.json"
+    feature = sorted((tiny_dataset / "features").glob("video_test_*.npy"))[0]
+    before = {p: fingerprint(p) for p in (ann, feature, tiny_model["pt"])}
+    for out in (ann, feature, tiny_model["pt"]):
+        code = eval_main(["--ckpt", str(tiny_model["pt"]), "--data", str(tiny_dataset),
+                          "--subset", "test", "--out", str(out)])  # fmt: skip
+        one_line_refusal(capsys, code, "input")
+    for out in (ann, feature):
+        code = baseline_main(["--data", str(tiny_dataset), "--subset", "test", "--out", str(out)])
+        one_line_refusal(capsys, code, "input")
+    assert {p: fingerprint(p) for p in before} == before
+
+
+def test_check_out_path_accepts_ordinary_targets(tmp_path, video):
+    assert check_out_path(tmp_path / "new.json", [video]) == tmp_path / "new.json"
+    existing = tmp_path / "old.json"
+    existing.write_text("{}")
+    assert check_out_path(existing, [video]) == existing
