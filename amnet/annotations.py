@@ -41,12 +41,33 @@ def _number(value: object, where: str, path: os.PathLike | str) -> float:
     return float(value)
 
 
+def check_video_id(vid: object, path: os.PathLike | str) -> str:
+    """A video id that is safe to become a file name (``<id>.npy``, ``<id>.png``): not empty, no
+    path separator, not ``.``/``..``, no NUL or control characters. Anything else is one error
+    naming the id and the file, before the id can touch a path."""
+    if not isinstance(vid, str) or not vid:
+        raise AMNetError(f"{path}: video id {vid!r} must be a non-empty string")
+    bad = (
+        "/" in vid
+        or "\\" in vid
+        or vid in (".", "..")
+        or any(ord(c) < 32 or ord(c) == 127 for c in vid)
+    )
+    if bad:
+        raise AMNetError(
+            f"{path}: video id {vid!r} cannot name a file (separators, '..', NUL and control "
+            "characters are not allowed)"
+        )
+    return vid
+
+
 def parse_database(data: object, path: os.PathLike | str) -> dict[str, VideoAnnotation]:
     """Validate the ``database`` of an annotation file and return its videos."""
     if not isinstance(data, Mapping) or not isinstance(data.get("database"), Mapping):
         raise AMNetError(f"{path}: not an annotation file (no 'database' object)")
     videos: dict[str, VideoAnnotation] = {}
     for vid, entry in data["database"].items():
+        check_video_id(vid, path)
         if not isinstance(entry, Mapping):
             raise AMNetError(f"{path}: video {vid!r} is not an object")
         subset = entry.get("subset")

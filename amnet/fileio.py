@@ -42,6 +42,17 @@ def _refuse_special(path: Path) -> None:
         raise AMNetError(f"{path}: exists and is not a regular file; refusing to replace it")
 
 
+def refuse_special_input(path: str | os.PathLike) -> None:
+    """Inputs must be regular files: opening a FIFO would block forever, a device or socket
+    reads garbage. Missing files and folders are left to the caller's own message."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+        raise AMNetError(f"{path}: not a regular file (a FIFO, device or socket); refused")
+
+
 def _publish(tmp: str, path: Path) -> None:
     """Give the temporary file ordinary permissions (mkstemp makes it 0600), then rename it."""
     _refuse_special(path)
@@ -156,6 +167,7 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     """Read a JSON file; any failure becomes a one-line AMNetError naming the file."""
     path = Path(path)
+    refuse_special_input(path)
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
@@ -172,6 +184,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
 def load_features(path: str | os.PathLike, expected_dim: int | None = None) -> np.ndarray:
     """Load one ``[T, C]`` feature array as contiguous float32, refusing pickles and bad arrays."""
     path = Path(path)
+    refuse_special_input(path)
     try:
         array = np.load(path, allow_pickle=False, mmap_mode=None)
     except FileNotFoundError:
@@ -210,6 +223,7 @@ _NPY_MAGIC = b"\x93NUMPY"
 
 def read_features(path: Path, input_dim: int) -> np.ndarray:
     """One feature file as contiguous float32 ``[T, C]``; AMNetError naming the problem."""
+    refuse_special_input(path)
     try:
         with open(path, "rb") as handle:
             head = handle.read(len(_NPY_MAGIC))

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from amnet.annotations import check_video_id
 from amnet.detections import Detections
 from amnet.errors import AMNetError
 from amnet.fileio import atomic_write_json, read_json
@@ -79,6 +80,7 @@ def read_results(path: str | os.PathLike, class_names: Sequence[str]) -> dict[st
 
     out: dict[str, Detections] = {}
     for vid, entries in results.items():
+        check_video_id(vid, path)
         if not isinstance(entries, list):
             raise AMNetError(f"{path}: video {vid!r}: detections must be a list")
         n = len(entries)

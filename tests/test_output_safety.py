@@ -103,3 +103,39 @@ def test_check_out_path_accepts_ordinary_targets(tmp_path, video):
     existing = tmp_path / "old.json"
     existing.write_text("{}")
     assert check_out_path(existing, [video]) == existing
+
+
+@pytest.mark.parametrize("bad_id", ["../escape", "/abs/path", "a/b", "..", ".", "nul\x00id", "tab\tid", "back\\slash", ""])
+def test_ids_from_files_never_become_paths(tmp_path, bad_id, capsys):
+    from amnet.annotations import load_annotations
+    from amnet.results import read_results
+
+    ann = tmp_path / "annotations.json"
+    ann.write_text(json.dumps({"database": {bad_id: {"subset": "test", "duration": 10.0, "fps": 30.0,
+                                                     "annotations": []}}}))  # fmt: skip
+    with pytest.raises(AMNetError, match="video id"):
+        load_annotations(ann)
+    res = tmp_path / "results.json"
+    res.write_text(json.dumps({"results": {bad_id: []}}))
+    with pytest.raises(AMNetError, match="video id"):
+        read_results(res, ["a"])
+    # Through a command: one line, nothing written outside the output folder.
+    out = tmp_path / "synth"
+    from amnet.cli.synth import main as synth_main
+
+    code = synth_main(["--out", str(out), "--layout", str(ann), "--dim", "8", "-q"])
+    one_line_refusal(capsys, code, "video id")
+    assert not (tmp_path / "escape.npy").exists() and not out.exists()
+
+
+def test_fifo_inputs_are_refused_without_blocking(tiny_model, tmp_path, capsys):
+    fifo = tmp_path / "feed.npy"
+    os.mkfifo(fifo)
+    code = infer_main(["--engine", str(tiny_model["onnx"]), str(fifo)])
+    one_line_refusal(capsys, code, "not a regular file")
+    from amnet.annotations import load_annotations
+
+    fifo_json = tmp_path / "annotations.json"
+    os.mkfifo(fifo_json)
+    with pytest.raises(AMNetError, match="not a regular file"):
+        load_annotations(fifo_json)
