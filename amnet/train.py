@@ -108,10 +108,25 @@ def train(
     device: str = "cpu",
     resume: str | os.PathLike | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train AMNet; writes ``last.pt`` (and ``best.pt`` when validating) into ``out_dir``."""
+    """Train AMNet; writes ``last.pt`` (and ``best.pt`` when validating) into ``out_dir``.
+
+    A folder that already holds a run's checkpoints is only written to with ``resume`` (continue
+    it) or ``overwrite`` (start again): finished work is never replaced silently."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise AMNetError(f"{out_dir}: exists and is not a folder")
+    existing = [name for name in ("last.pt", "best.pt") if (out_dir / name).exists()]
+    if existing and resume is None and not overwrite:
+        raise AMNetError(
+            f"{out_dir}: already holds a run ({', '.join(existing)}); pass --resume "
+            f"{out_dir / 'last.pt'} to continue it or --overwrite to start again"
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AMNetError(f"{out_dir}: cannot create the run folder ({exc.strerror})") from None
     handler = logging.FileHandler(out_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.setLevel(logging.INFO)

@@ -107,7 +107,7 @@ def prepare_checkpoint(
         cfg = load_config(derived)
         torch.set_num_threads(threads)
         started = time.perf_counter()
-        train(cfg, data, run, epochs=epochs, progress=False)
+        train(cfg, data, run, epochs=epochs, progress=False, overwrite=True)
         logging.info("trained in %.0f s", time.perf_counter() - started)
     return with_max_seq_len(ckpt, PAPER_MAX_SEQ_LEN, run / "last_2304.pt"), how
 

@@ -154,8 +154,9 @@ def run_one(name: str, seed: int, args: argparse.Namespace, data: Path, work: Pa
     train_cfg["dataset"]["val_split"] = []
     run = work / "runs" / f"{Path(name).stem}-seed{seed}"
     started = time.perf_counter()
+    # A run folder without a result in the JSON is an interrupted run: start it again.
     train(train_cfg, data, run, epochs=args.epochs, seed=seed, device=args.device,
-          progress=args.progress)  # fmt: skip
+          progress=args.progress, overwrite=True)  # fmt: skip
     train_s = time.perf_counter() - started
     result: dict[str, Any] = {"config": name, "seed": seed, "train_s": train_s}
     for weights, use_ema in (("ema", True), ("raw", False)):

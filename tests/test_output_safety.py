@@ -139,3 +139,25 @@ def test_fifo_inputs_are_refused_without_blocking(tiny_model, tmp_path, capsys):
     os.mkfifo(fifo_json)
     with pytest.raises(AMNetError, match="not a regular file"):
         load_annotations(fifo_json)
+
+
+def test_finished_work_is_not_replaced_without_a_flag(tiny_dataset, tmp_path, capsys):
+    from amnet.cli.synth import main as synth_main
+    from amnet.cli.train import main as train_main
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml")
+    run = tmp_path / "run"
+    args = ["--config", config, "--data", str(tiny_dataset), "--out", str(run), "--epochs", "0", "-q"]
+    assert train_main(args) == 0
+    before = fingerprint(run / "last.pt")
+    one_line_refusal(capsys, train_main(args), "--resume", "--overwrite")
+    assert fingerprint(run / "last.pt") == before
+    assert train_main([*args, "--overwrite"]) == 0
+    # A dataset folder that is not empty (here: real files of the user) needs --overwrite.
+    data = tmp_path / "mine"
+    data.mkdir()
+    (data / "annotations.json").write_text("{}")
+    code = synth_main(["--out", str(data), "--preset", "tiny", "--videos", "1", "--dim", "8", "-q"])
+    one_line_refusal(capsys, code, "--overwrite")
+    assert (data / "annotations.json").read_text() == "{}"
+    assert not (data / "features").exists()

@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="0 = easy, 1 = default, larger = weaker signal and stronger confusable context",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into an --out folder that is not empty (its annotations.json is replaced)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     return parser
@@ -99,7 +104,12 @@ def _run(argv: list[str] | None) -> int:
     if not math.isfinite(args.difficulty) or args.difficulty < 0:
         raise AMNetError(f"--difficulty must be a finite number >= 0, got {args.difficulty}")
     subsets = _subsets(args.subset)
-    synth.prepare_output(args.out)
+    out = synth.prepare_output(args.out)
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise AMNetError(
+            f"{out}: folder is not empty (a dataset may live there); pass --overwrite to write "
+            "into it anyway, or choose a new folder"
+        )
 
     if args.spread and (args.layout is None or args.videos is None):
         raise AMNetError("--spread needs --layout and --videos")

@@ -27,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--resume", help="continue from a last.pt of the same run")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in an --out folder that already holds a run (its checkpoints are replaced)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -49,6 +54,7 @@ def _main(argv: list[str] | None) -> int:
         args.device,
         args.resume,
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     print(
         json.dumps(
