@@ -32,7 +32,7 @@ def _refuse_special(path: Path) -> None:
     a link to one (``-o /dev/null`` must not swap /dev/null for a regular file)."""
     try:
         info = os.stat(path)  # follows a symlink: what it points at decides
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there: callers check the folder
         return
     except OSError as exc:
         raise AMNetError(f"{path}: cannot check the output path ({exc.strerror})") from None

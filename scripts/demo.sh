@@ -10,13 +10,14 @@ WORK=${1:-work/demo}
 mkdir -p "$WORK"
 BIN=.venv/bin
 echo "== 1/5 synthetic data: $WORK/data (tiny preset: 5 classes, 80 training + 40 test videos)"
-"$BIN/amnet-synth" --out "$WORK/data" --preset tiny --seed 0 --quiet
+# The demo owns WORK: a second run regenerates the same data and retrains (--overwrite).
+"$BIN/amnet-synth" --out "$WORK/data" --preset tiny --seed 0 --quiet --overwrite
 echo "== 2/5 training configs/tiny_cpu.yaml -> $WORK/run"
-"$BIN/amnet-train" --config configs/tiny_cpu.yaml --data "$WORK/data" --out "$WORK/run" --quiet
+"$BIN/amnet-train" --config configs/tiny_cpu.yaml --data "$WORK/data" --out "$WORK/run" --quiet --overwrite
 echo "== 3/5 evaluation on the test split -> $WORK/results.json"
 "$BIN/amnet-eval" --ckpt "$WORK/run/last.pt" --data "$WORK/data" --subset test --out "$WORK/results.json"
 echo "== 4/5 export to ONNX with parity check -> $WORK/model.onnx"
-"$BIN/python" export/to_onnx.py --ckpt "$WORK/run/last.pt" --out "$WORK/model.onnx"
+"$BIN/amnet-export" onnx --ckpt "$WORK/run/last.pt" --out "$WORK/model.onnx"
 video=$(ls "$WORK/data/features" | grep -m1 test)
 echo "== 5/5 amnet-infer on $video -> $WORK/detections.json, $WORK/plots/"
 "$BIN/amnet-infer" --engine "$WORK/model.onnx" "$WORK/data/features/$video" \
