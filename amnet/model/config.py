@@ -6,7 +6,7 @@ key or a bad value is an error that names it (see :mod:`amnet.config`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 OFFSET_ACTIVATIONS = ("softplus", "relu")
@@ -56,13 +56,5 @@ class ModelConfig:
         ]  # fmt: skip
         return [message for ok, message in checks if not ok]
 
-    @property
-    def pad_multiple(self) -> int:
-        return 2 ** (self.n_levels - 1)
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def keys(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
