@@ -67,6 +67,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         )
     if not isinstance(ckpt["config"], dict):
         raise AMNetError(f"{path}: checkpoint field 'config' must be a mapping")
+    names = ckpt["class_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise AMNetError(
+            f"{path}: checkpoint field 'class_names' must be a list of non-empty names"
+        )
+    if ckpt.get("weights", "ema") not in ("ema", "raw"):
+        raise AMNetError(
+            f"{path}: checkpoint field 'weights' must be 'ema' or 'raw', got {ckpt['weights']!r}"
+        )
     if version == 1:
         # Format 1 predates the softplus offsets: its weights belong to the ReLU head.
         model_cfg = ckpt["config"].get("model")
@@ -90,6 +99,12 @@ def load_model(
     the checkpoint names (see :func:`chosen_weights`); True/False force EMA/raw."""
     ckpt = read_checkpoint(path)
     cfg = config_from_dict(ckpt["config"], f"{path} (config)")
+    names = ckpt["class_names"]
+    if len(names) != cfg["dataset"]["num_classes"]:
+        raise AMNetError(
+            f"{path}: {len(names)} class names for dataset.num_classes "
+            f"{cfg['dataset']['num_classes']} in its config"
+        )
     model = AMNet.from_config(cfg)
     weights = chosen_weights(ckpt, use_ema)
     try:

@@ -8,6 +8,7 @@ Unknown keys are an error naming the key, so a typo never silently trains the wr
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -137,7 +138,16 @@ def config_from_dict(data: Mapping[str, Any], where: str = "config") -> dict[str
 OPTIMIZERS = ("adamw",)  # opt.type: the recipe is AdamW; anything else is refused, not ignored
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def validate_config(cfg: Mapping[str, Any], where: str) -> None:
+    """Types and ranges of every key the package reads; one AMNetError naming the first bad one."""
     model, data = cfg["model"], cfg["dataset"]
     try:
         problems = ModelConfig(**model).problems()
@@ -145,11 +155,17 @@ def validate_config(cfg: Mapping[str, Any], where: str) -> None:
         raise AMNetError(f"{where}: bad model section ({exc})") from None
     if problems:
         raise AMNetError(f"{where}: {problems[0]}")
+    for key in ("num_classes", "input_dim", "feature_stride", "num_frames", "max_seq_len"):
+        if not _is_int(data[key]) or data[key] < 1:
+            raise AMNetError(f"{where}: dataset.{key} must be an integer >= 1, got {data[key]!r}")
+    if not _is_number(data["default_fps"]) or data["default_fps"] <= 0:
+        raise AMNetError(
+            f"{where}: dataset.default_fps must be a finite number > 0, got {data['default_fps']!r}"
+        )
+    overlap = cfg["test_cfg"]["chunk_overlap"]
     checks = [
         (data["max_seq_len"] % (2 ** (model["n_levels"] - 1)) == 0, "dataset.max_seq_len must be divisible by 2 ** (n_levels - 1)"),
-        (data["num_classes"] >= 1, "dataset.num_classes must be >= 1"),
-        (data["input_dim"] >= 1, "dataset.input_dim must be >= 1"),
-        (0 <= cfg["test_cfg"]["chunk_overlap"] < 1, "test_cfg.chunk_overlap must be in [0, 1)"),
+        (_is_number(overlap) and 0 <= overlap < 1, f"test_cfg.chunk_overlap must be in [0, 1), got {overlap!r}"),
         (str(cfg["opt"]["type"]).lower() in OPTIMIZERS, f"opt.type must be AdamW (the only optimiser of the recipe), got {cfg['opt']['type']!r}"),
     ]  # fmt: skip
     for ok, message in checks:

@@ -60,9 +60,7 @@ def _publish(tmp: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def check_out_path(
-    out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()
-) -> Path:
+def check_out_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Fail early (one line) when ``out`` cannot be an output file: a path ending in a separator
     (a folder), a folder, a device/FIFO/socket, a missing parent folder, or the same file as one
     of ``inputs`` (symlinks followed, same inode)."""
@@ -81,7 +79,9 @@ def check_out_path(
             except OSError:
                 continue
             if same:
-                raise AMNetError(f"{out}: is an input of this command ({source}); refusing to overwrite it")
+                raise AMNetError(
+                    f"{out}: is an input of this command ({source}); refusing to overwrite it"
+                )
     return out
 
 

@@ -103,7 +103,12 @@ def detect_dataset(
     post = postprocess_config(cfg)
     results: dict[str, Detections] = {}
     for item in tqdm(
-        items, total=total, desc="inference", unit="video", disable=bar_disabled(progress), leave=False
+        items,
+        total=total,
+        desc="inference",
+        unit="video",
+        disable=bar_disabled(progress),
+        leave=False,
     ):
         feats = item["feats"].numpy() if torch.is_tensor(item["feats"]) else item["feats"]
         results[item["video_id"]] = detect_video(

@@ -13,6 +13,7 @@ file, and an ONNX Runtime session can be read without it.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,12 +25,14 @@ from amnet.fileio import publish, read_json, temp_beside
 __all__ = [
     "METADATA_KEYS",
     "PLAN_SIDECAR_SUFFIX",
+    "RUNTIME_KEYS",
     "build_metadata",
     "decode_metadata",
     "encode_metadata",
     "plan_sidecar_path",
     "read_onnx_metadata",
     "read_plan_metadata",
+    "validate_metadata",
     "write_onnx_metadata",
     "write_plan_metadata",
 ]
@@ -127,28 +130,128 @@ def decode_metadata(props: Mapping[str, Any], where: str = "model") -> dict[str,
     for key, raw in props.items():
         kind = _TYPES.get(key) or _OPTIONAL.get(key, "str")
         try:
-            if kind == "json":
-                out[key] = json.loads(raw) if isinstance(raw, str) else raw
-            elif kind == "int":
-                out[key] = int(raw)
-            elif kind == "float":
-                out[key] = float(raw)
-            else:
-                out[key] = str(raw)
+            out[key] = _decode_value(kind, raw)
         except (TypeError, ValueError) as exc:
             raise AMNetError(f"{where}: bad metadata value for '{key}' ({exc})") from None
-    if int(out["format_version"]) > FORMAT_VERSION:
+    return validate_metadata(out, where)
+
+
+def _decode_value(kind: str, raw: Any) -> Any:
+    """One stored value -> its typed value; text (ONNX) and typed JSON (sidecar) alike, with no
+    silent coercion (``int(2.7)`` or ``float(True)`` would hide a damaged file)."""
+    if kind == "json":
+        return json.loads(raw) if isinstance(raw, str) else raw
+    if kind == "str":
+        if not isinstance(raw, str):
+            raise TypeError(f"expected text, got {type(raw).__name__}")
+        return raw
+    if isinstance(raw, bool):
+        raise TypeError("expected a number, got a boolean")
+    if kind == "int":
+        if isinstance(raw, int):
+            return raw
+        if isinstance(raw, str):
+            return int(raw.strip())
+        raise TypeError(f"expected an integer, got {raw!r}")
+    if isinstance(raw, (int, float)):
+        return float(raw)
+    if isinstance(raw, str):
+        return float(raw.strip())
+    raise TypeError(f"expected a number, got {raw!r}")
+
+
+# What every backend's metadata must hold: the runtime reads nothing else.
+RUNTIME_KEYS: tuple[str, ...] = (
+    "config",
+    "class_names",
+    "fps",
+    "feature_stride",
+    "num_frames",
+    "max_seq_len",
+    "chunk_overlap",
+    "input_dim",
+    "num_classes",
+)
+# Integer fields and their lower bounds.
+_MIN_INT = {
+    "feature_stride": 1,
+    "num_frames": 1,
+    "max_seq_len": 1,
+    "input_dim": 1,
+    "num_classes": 1,
+    "pad_multiple": 1,
+    "opset": 0,  # 0: not an ONNX graph (the metadata of a checkpoint)
+}
+
+
+def validate_metadata(meta: Mapping[str, Any], where: str = "model") -> dict[str, Any]:
+    """Typed metadata checked for what the runtime relies on; a copy, or one AMNetError that
+    names ``where`` and the field.
+
+    Every backend runs this once at load (the ONNX metadata, the TensorRT sidecar and the
+    metadata derived from a checkpoint), so a damaged or hand-edited model fails there and not
+    halfway through a video with a division by zero or a silently wrong time axis.
+    """
+
+    def bad(key: str, why: str) -> AMNetError:
+        shown = repr(meta.get(key))
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return AMNetError(f"{where}: metadata field '{key}' {why}, got {shown}")
+
+    missing = [k for k in RUNTIME_KEYS if k not in meta]
+    if missing:
+        raise AMNetError(f"{where}: model metadata lacks {', '.join(missing)}")
+
+    version = meta.get("format_version", FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise bad("format_version", "must be an integer >= 1")
+    if version > FORMAT_VERSION:
         raise AMNetError(
-            f"{where}: metadata format version {out['format_version']} is newer than this "
-            f"package reads ({FORMAT_VERSION})"
+            f"{where}: metadata format_version {version} is newer than this package reads "
+            f"({FORMAT_VERSION})"
         )
-    if not isinstance(out["config"], dict) or not isinstance(out["class_names"], list):
-        raise AMNetError(f"{where}: metadata 'config' or 'class_names' has the wrong type")
-    if len(out["class_names"]) != out["num_classes"]:
+    for key, low in _MIN_INT.items():
+        if key not in meta:
+            continue
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise bad(key, f"must be an integer >= {low}")
+    fps = meta.get("fps")
+    if (
+        isinstance(fps, bool)
+        or not isinstance(fps, (int, float))
+        or not math.isfinite(fps)
+        or fps <= 0
+    ):
+        raise bad("fps", "must be a finite number > 0")
+    overlap = meta.get("chunk_overlap")
+    if (
+        isinstance(overlap, bool)
+        or not isinstance(overlap, (int, float))
+        or not 0 <= overlap < 1  # NaN fails this too
+    ):
+        raise bad("chunk_overlap", "must be a number in [0, 1)")
+    pad = meta.get("pad_multiple", 1)
+    if pad & (pad - 1):
+        raise bad("pad_multiple", "must be a power of two")
+    if meta["max_seq_len"] % pad:
+        raise bad("max_seq_len", f"must be a multiple of pad_multiple {pad}")
+    if not isinstance(meta.get("config"), dict):
+        raise bad("config", "must be a JSON object")
+    test_cfg = meta["config"].get("test_cfg", {})
+    if not isinstance(test_cfg, dict):
+        raise AMNetError(f"{where}: metadata field 'config.test_cfg' must be a JSON object")
+    names = meta.get("class_names")
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise AMNetError(f"{where}: metadata field 'class_names' must be a list of non-empty names")
+    if len(names) != meta["num_classes"]:
         raise AMNetError(
-            f"{where}: {len(out['class_names'])} class names for {out['num_classes']} classes"
+            f"{where}: metadata has {len(names)} class names for num_classes {meta['num_classes']}"
         )
-    return out
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise AMNetError(f"{where}: metadata field 'class_names' lists {dup!r} twice")
+    return dict(meta)
 
 
 def write_onnx_metadata(model: Any, meta: Mapping[str, Any]) -> None:
@@ -161,17 +264,19 @@ def write_onnx_metadata(model: Any, meta: Mapping[str, Any]) -> None:
         entry.key, entry.value = key, value
 
 
-def read_onnx_metadata(source: str | os.PathLike | Any) -> dict[str, Any]:
+def read_onnx_metadata(source: str | os.PathLike | Any, where: str | None = None) -> dict[str, Any]:
     """Typed AMNet metadata of an ONNX model.
 
     ``source``: a path to a ``.onnx`` file, an ``onnx.ModelProto`` or an
     ``onnxruntime.InferenceSession`` (read through ``get_modelmeta``, without ``onnx``).
+    ``where`` names the model in errors (default: the path, or "session"/"model").
     Raises AMNetError (one line) when the file is missing, unreadable or not an AMNet export.
     """
     if hasattr(source, "get_modelmeta"):
-        return decode_metadata(dict(source.get_modelmeta().custom_metadata_map), "session")
+        props = dict(source.get_modelmeta().custom_metadata_map)
+        return decode_metadata(props, where or "session")
     if hasattr(source, "metadata_props"):
-        return decode_metadata({p.key: p.value for p in source.metadata_props}, "model")
+        return decode_metadata({p.key: p.value for p in source.metadata_props}, where or "model")
     path = Path(source)
     if not path.is_file():
         raise AMNetError(f"{path}: ONNX model not found")
@@ -183,7 +288,7 @@ def read_onnx_metadata(source: str | os.PathLike | Any) -> dict[str, Any]:
     except Exception as exc:  # protobuf raises its own DecodeError; any failure means unreadable
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise AMNetError(f"{path}: not a readable ONNX model ({first[:160]})") from None
-    return decode_metadata({p.key: p.value for p in model.metadata_props}, str(path))
+    return decode_metadata({p.key: p.value for p in model.metadata_props}, where or str(path))
 
 
 def plan_sidecar_path(plan_path: str | os.PathLike) -> Path:

@@ -246,7 +246,9 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: bool) -> dict[str, f
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(losses["final_loss"]).backward()
         run.scaler.unscale_(run.optimizer)
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg["train_cfg"]["clip_grad_l2norm"])
+        torch.nn.utils.clip_grad_norm_(
+            run.model.parameters(), run.cfg["train_cfg"]["clip_grad_l2norm"]
+        )
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.scheduler.step()
@@ -285,7 +287,11 @@ def _train(
     for epoch in range(run.start_epoch, run.epochs):
         started = time.perf_counter()
         means = train_one_epoch(run, epoch, progress)
-        record: dict[str, Any] = {"epoch": epoch + 1, "seconds": time.perf_counter() - started, **means}
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "seconds": time.perf_counter() - started,
+            **means,
+        }
         log.info("epoch %d/%d %.1fs %s", epoch + 1, run.epochs, record["seconds"],
                  " ".join(f"{k}={v:.4f}" for k, v in means.items()))  # fmt: skip
         due = epoch + 1 == run.epochs or (eval_every > 0 and (epoch + 1) % eval_every == 0)

@@ -231,7 +231,6 @@ def _action_contrast(z: Any, m: Any) -> Any:
     uses them."""
     from torch.nn import functional as F
 
-
     pos = (z * m).sum(0) / m.sum().clamp_min(1e-6)
     neg = (z * (1 - m)).sum(0) / (1 - m).sum().clamp_min(1e-6)
     return F.cosine_similarity(z, pos[None], dim=-1) - F.cosine_similarity(z, neg[None], dim=-1)
@@ -477,7 +476,11 @@ def _run(argv: list[str] | None) -> int:
 
     written = 0
     for vid in tqdm(
-        videos, desc=PROG, unit="video", disable=args.quiet or len(videos) < 2 or bar_disabled(), leave=False
+        videos,
+        desc=PROG,
+        unit="video",
+        disable=args.quiet or len(videos) < 2 or bar_disabled(),
+        leave=False,
     ):
         dets = results.get(vid, Detections.empty())
         gt = None

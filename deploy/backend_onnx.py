@@ -45,9 +45,7 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
 
 
-def open_session(
-    path: str | Path, device: str = "cpu", intra_op_threads: int | None = None
-) -> Any:
+def open_session(path: str | Path, device: str = "cpu", intra_op_threads: int | None = None) -> Any:
     """An ``onnxruntime.InferenceSession`` on ``device`` ("cpu" or "cuda"): the one way the
     package opens ONNX models (the backend, export parity checks, benchmarks).
 
@@ -73,7 +71,9 @@ def open_session(
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # ORT raises its own exception types for unreadable models
-        raise AMNetError(f"{path}: ONNX Runtime cannot load the model ({_first_line(exc)})") from None
+        raise AMNetError(
+            f"{path}: ONNX Runtime cannot load the model ({_first_line(exc)})"
+        ) from None
     if device == "cuda" and _CUDA not in session.get_providers():
         raise AMNetError(
             f"{path}: ONNX Runtime could not start its CUDA provider (CUDA or cuDNN "
@@ -103,7 +103,9 @@ class OnnxRuntimeBackend:
                 f"{self.path}: not an AMNet chunk graph (inputs {inputs}, outputs {outputs}; "
                 f"expected inputs {list(INPUT_NAMES)} and outputs {list(OUTPUT_NAMES)})"
             )
-        self.metadata = check_metadata(read_onnx_metadata(self.session), str(self.path))
+        self.metadata = check_metadata(
+            read_onnx_metadata(self.session, str(self.path)), str(self.path)
+        )
         self._input_dim = int(self.metadata["input_dim"])
 
     @property

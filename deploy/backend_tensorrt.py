@@ -22,12 +22,11 @@ import numpy as np
 
 from amnet.deploy.backends import check_batch, check_device, check_metadata
 from amnet.errors import AMNetError
-from amnet.metadata import INPUT_NAMES, OUTPUT_NAMES
+from amnet.metadata import INPUT_NAMES, OUTPUT_NAMES, plan_sidecar_path, read_plan_metadata
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["TensorRTBackend", "import_tensorrt"]
-
 
 
 def _first_line(exc: BaseException) -> str:
@@ -138,6 +137,28 @@ class _TorchCuda:
         pass
 
 
+def _engine_limits(engine: Any, max_seq_len: int, path: Path) -> dict[str, int]:
+    """The optimisation-profile limits recorded in the sidecar's ``engine`` section, checked."""
+    where = plan_sidecar_path(path)
+    if not isinstance(engine, dict):
+        raise AMNetError(f"{where}: 'engine' must be a JSON object")
+    limits = {
+        "max_batch": engine.get("max_batch", 1),
+        "max_len": engine.get("max_len", max_seq_len),
+        "min_len": engine.get("min_len", 1),
+    }
+    for key, value in limits.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise AMNetError(
+                f"{where}: engine field '{key}' must be an integer >= 1, got {value!r}"
+            )
+    if limits["min_len"] > limits["max_len"]:
+        raise AMNetError(
+            f"{where}: engine min_len {limits['min_len']} > max_len {limits['max_len']}"
+        )
+    return limits
+
+
 def _cuda_memory() -> Any:
     try:
         return _CudaPython()
@@ -158,17 +179,15 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, path: str | Path, device: str | None = None) -> None:
-        from amnet.metadata import read_plan_metadata
 
         self.path = Path(path)
         self.device = check_device(device, ("cuda",), self.name)
         # The sidecar first: a missing or bad one is reported even where TensorRT is absent.
         meta = read_plan_metadata(self.path)
         self.metadata = check_metadata(meta, str(self.path))
-        engine_info = meta.get("engine", {})
-        self.max_batch: int | None = int(engine_info.get("max_batch", 1))
-        self.max_len = int(engine_info.get("max_len", self.metadata["max_seq_len"]))
-        self.min_len = int(engine_info.get("min_len", 1))
+        limits = _engine_limits(meta.get("engine", {}), self.metadata["max_seq_len"], self.path)
+        self.max_batch: int | None = limits["max_batch"]
+        self.max_len, self.min_len = limits["max_len"], limits["min_len"]
         self._input_dim = int(self.metadata["input_dim"])
 
         trt = import_tensorrt()

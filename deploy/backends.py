@@ -35,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from amnet.errors import AMNetError
+from amnet.metadata import validate_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -55,18 +56,6 @@ BACKEND_SUFFIXES: dict[str, str] = {
     ".pt": "torch",
     ".pth": "torch",
 }
-# The metadata every backend must provide (the runtime reads nothing else).
-REQUIRED_METADATA = (
-    "config",
-    "class_names",
-    "fps",
-    "feature_stride",
-    "num_frames",
-    "max_seq_len",
-    "chunk_overlap",
-    "input_dim",
-    "num_classes",
-)
 
 
 @runtime_checkable
@@ -115,11 +104,17 @@ def check_device(device: str | None, allowed: tuple[str, ...], backend: str) -> 
 
 
 def check_metadata(meta: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Refuse metadata that lacks what the runtime reads (one line naming the model)."""
-    missing = [k for k in REQUIRED_METADATA if k not in meta]
-    if missing:
-        raise AMNetError(f"{where}: model metadata lacks {', '.join(missing)}")
-    return dict(meta)
+    """The metadata of a model being opened, validated once for every backend: types and
+    ranges (:func:`amnet.metadata.validate_metadata`) and its post-processing settings; one
+    AMNetError naming the model file and the field."""
+    from amnet.postprocess import config_from_test_cfg
+
+    meta = validate_metadata(meta, where)
+    try:
+        config_from_test_cfg(meta["config"].get("test_cfg", {}))
+    except (AMNetError, TypeError) as exc:
+        raise AMNetError(f"{where}: metadata 'config.test_cfg': {exc}") from None
+    return meta
 
 
 def check_batch(

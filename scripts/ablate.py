@@ -95,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in wanted:
-        runs = [
-            r for r in stored["runs"] if r["config"] == run_name[name] and r["seed"] in seeds
-        ]
+        runs = [r for r in stored["runs"] if r["config"] == run_name[name] and r["seed"] in seeds]
 
         def mean(key, runs=runs):
             return statistics.mean(key(r) for r in runs)

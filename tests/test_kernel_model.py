@@ -14,7 +14,13 @@ def loss_and_grads(monkeypatch, backend: str):
     monkeypatch.setenv("AMNET_ATTENTION", backend)
     torch.manual_seed(0)
     model = AMNet(
-        input_dim=16, num_classes=3, embd_dim=32, head_dim=32, n_heads=4, short_window=5, n_levels=3,
+        input_dim=16,
+        num_classes=3,
+        embd_dim=32,
+        head_dim=32,
+        n_heads=4,
+        short_window=5,
+        n_levels=3,
         regression_range=[[0, 4], [4, 8], [8, 10000]],
     ).train()
     criterion = AMNetLoss(model, DEFAULTS["train_cfg"]).train()

@@ -52,7 +52,9 @@ def test_infer_never_writes_onto_its_inputs(tiny_model, video, tmp_path, capsys)
         one_line_refusal(capsys, infer_main(["--engine", str(tiny_model["onnx"]), str(video),
                                              "-o", str(out)]), "input")  # fmt: skip
     model_before = fingerprint(tiny_model["onnx"])
-    code = infer_main(["--engine", str(tiny_model["onnx"]), str(video), "-o", str(tiny_model["onnx"])])
+    code = infer_main(
+        ["--engine", str(tiny_model["onnx"]), str(video), "-o", str(tiny_model["onnx"])]
+    )
     one_line_refusal(capsys, code, "input")
     assert fingerprint(video) == before and fingerprint(tiny_model["onnx"]) == model_before
 
@@ -84,7 +86,9 @@ def test_dash_is_stdout(tiny_model, video, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "-").exists()
 
 
-def test_eval_and_baseline_refuse_to_overwrite_their_data(tiny_dataset, tiny_model, tmp_path, capsys):
+def test_eval_and_baseline_refuse_to_overwrite_their_data(
+    tiny_dataset, tiny_model, tmp_path, capsys
+):
     ann = tiny_dataset / "annotations.json"
     feature = sorted((tiny_dataset / "features").glob("video_test_*.npy"))[0]
     before = {p: fingerprint(p) for p in (ann, feature, tiny_model["pt"])}
@@ -105,7 +109,10 @@ def test_check_out_path_accepts_ordinary_targets(tmp_path, video):
     assert check_out_path(existing, [video]) == existing
 
 
-@pytest.mark.parametrize("bad_id", ["../escape", "/abs/path", "a/b", "..", ".", "nul\x00id", "tab\tid", "back\\slash", ""])
+@pytest.mark.parametrize(
+    "bad_id",
+    ["../escape", "/abs/path", "a/b", "..", ".", "nul\x00id", "tab\tid", "back\\slash", ""],
+)
 def test_ids_from_files_never_become_paths(tmp_path, bad_id, capsys):
     from amnet.annotations import load_annotations
     from amnet.results import read_results
@@ -147,7 +154,17 @@ def test_finished_work_is_not_replaced_without_a_flag(tiny_dataset, tmp_path, ca
 
     config = str(Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml")
     run = tmp_path / "run"
-    args = ["--config", config, "--data", str(tiny_dataset), "--out", str(run), "--epochs", "0", "-q"]
+    args = [
+        "--config",
+        config,
+        "--data",
+        str(tiny_dataset),
+        "--out",
+        str(run),
+        "--epochs",
+        "0",
+        "-q",
+    ]
     assert train_main(args) == 0
     before = fingerprint(run / "last.pt")
     one_line_refusal(capsys, train_main(args), "--resume", "--overwrite")

@@ -89,5 +89,3 @@ def feature_statistics(
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
-
-

@@ -71,7 +71,9 @@ class AMNet(nn.Module):
             else None
         )
         self.pyramid = nn.ModuleList(
-            GAMBlock(c.embd_dim, c.n_heads, c.short_window, c.mlp_ratio, c.dropout, grouped=c.use_gam)
+            GAMBlock(
+                c.embd_dim, c.n_heads, c.short_window, c.mlp_ratio, c.dropout, grouped=c.use_gam
+            )
             for _ in range(c.n_levels)
         )
         self.cls_head = ClassificationHead(
