@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import torch
 from amnet import __version__
 from amnet.config import config_from_dict
 from amnet.errors import AMNetError
-from amnet.fileio import atomic_output
+from amnet.fileio import atomic_output, refuse_special_input
 from amnet.model import AMNet
 
 FORMAT = "amnet-checkpoint"
@@ -32,24 +32,25 @@ def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load and sanity-check a checkpoint file; every failure is a one-line AMNetError."""
     path = Path(path)
+    refuse_special_input(path)
+    if path.is_dir():
+        raise AMNetError(f"{path}: is a folder, expected a checkpoint file")
     if not path.is_file():
         raise AMNetError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (
-        pickle.UnpicklingError,
-        RuntimeError,
-        EOFError,
-        zipfile.BadZipFile,
-        ValueError,
-        OSError,
-        # The restricted unpickler raises these too on damaged files.
-        IndexError,
-        KeyError,
-        TypeError,
-        AttributeError,
-    ) as exc:
+        with warnings.catch_warnings():  # damaged files also trip torch's protocol warnings
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise AMNetError(f"{path}: too large to load") from None
+    except Exception as exc:  # torch's unpickler raises many types on damaged or foreign files
+        if "weights only load failed" in str(exc).lower():
+            raise AMNetError(
+                f"{path}: not an AMNet checkpoint (it holds pickled Python objects, which are "
+                "never loaded: checkpoints are read with weights_only=True)"
+            ) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = re.sub(r"\x1b\[[0-9;]*m", "", first)  # torch colours some messages
         raise AMNetError(f"{path}: not a readable checkpoint ({first[:160]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise AMNetError(f"{path}: not an AMNet checkpoint")

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from amnet.errors import AMNetError
+from amnet.fileio import refuse_special_input
 from amnet.model.config import ModelConfig
 
 DEFAULTS: dict[str, Any] = {
@@ -96,13 +97,20 @@ def merge_config(
 
 
 def _read_yaml(path: Path) -> dict:
+    refuse_special_input(path)
     try:
         with open(path, encoding="utf-8") as handle:
             data = yaml.safe_load(handle)
     except FileNotFoundError:
         raise AMNetError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise AMNetError(f"{path}: is a folder, expected a YAML config") from None
     except yaml.YAMLError as exc:
         raise AMNetError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError as exc:
+        raise AMNetError(f"{path}: not a text file ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise AMNetError(f"{path}: malformed YAML (nested too deeply)") from None
     except OSError as exc:
         raise AMNetError(f"{path}: cannot read config ({exc.strerror})") from None
     if data is None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -53,14 +55,40 @@ def refuse_special_input(path: str | os.PathLike) -> None:
         raise AMNetError(f"{path}: not a regular file (a FIFO, device or socket); refused")
 
 
+# A temporary file of this age that was never published belongs to a writer that was killed.
+STALE_TEMP_SECONDS = 3600.0
+
+
 def _publish(tmp: str, path: Path) -> None:
     """Give the temporary file ordinary permissions (mkstemp makes it 0600), then rename it."""
     _refuse_special(path)
     os.chmod(tmp, 0o666 & ~_UMASK)
     os.replace(tmp, path)
+    remove_stale_temps(path)
 
 
-def check_out_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files (``.<name>.*.tmp``) that earlier writers of ``path`` left when
+    they were killed before publishing; only regular files untouched for
+    :data:`STALE_TEMP_SECONDS`, so a writer still at work keeps its file. Their random names
+    mean they never clash with a new write; this only keeps them from piling up."""
+    path = Path(path)
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            info = tmp.lstat()
+            if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # gone already, or not ours to remove
+            continue
+    return removed
+
+
+def check_out_path(
+    out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), *, probe: bool = True
+) -> Path:
     """Fail early (one line) when ``out`` cannot be an output file: a path ending in a separator
     (a folder), a folder, a device/FIFO/socket, a missing parent folder, or the same file as one
     of ``inputs`` (symlinks followed, same inode)."""
@@ -69,9 +97,18 @@ def check_out_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] =
         raise AMNetError(f"{text}: ends with '/', expected an output file path")
     out = Path(out)
     _refuse_special(out)
+    if out.is_dir():
+        raise AMNetError(f"{out}: is a folder, expected an output file path")
     parent = out.parent if str(out.parent) else Path(os.curdir)
     if not parent.is_dir():
         raise AMNetError(f"{out}: cannot write, folder {parent} does not exist")
+    if probe:  # creating a file is the real test (a read-only mount stops root too)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
+        except OSError as exc:
+            raise AMNetError(f"{out}: cannot write ({exc.strerror or exc})") from None
+        os.close(fd)
+        os.unlink(tmp)
     if out.exists():
         for source in inputs:
             try:
@@ -89,7 +126,7 @@ def temp_beside(out: str | os.PathLike) -> Path:
     """An empty temporary file next to ``out`` (same file system, so the final rename is atomic);
     creating it is the real test that the folder is writable (a read-only mount stops root too).
     Finish with :func:`publish`, or unlink it on failure."""
-    out = check_out_path(out)
+    out = check_out_path(out, probe=False)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     except OSError as exc:
@@ -115,6 +152,64 @@ def atomic_output(out: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+class StagedFiles:
+    """Output files that appear together or not at all (a set of PNGs, say).
+
+    Each file is written to a temporary file beside its target as the work goes on; they are
+    renamed into place only by :meth:`publish`, once everything succeeded. On failure
+    (:meth:`discard`, or an exception in a ``with`` block) every temporary is removed, so no
+    partial set is left and files from an earlier run are untouched. Renames on one file
+    system do not fail for lack of space, which is what makes the last step safe.
+    """
+
+    def __init__(self) -> None:
+        self._staged: dict[Path, Path] = {}  # target -> temporary file
+
+    def stage(self, out: str | os.PathLike) -> Path:
+        """A temporary file to write ``out``'s contents to."""
+        out = Path(out)
+        key = out.resolve()
+        if key in self._staged:
+            raise AMNetError(f"{out}: written twice by one command (two inputs with one name?)")
+        self._staged[key] = temp_beside(out)
+        return self._staged[key]
+
+    def write_bytes(self, out: str | os.PathLike, data: bytes) -> None:
+        tmp = self.stage(out)
+        try:
+            tmp.write_bytes(data)
+        except OSError as exc:
+            raise AMNetError(f"{out}: cannot write ({exc.strerror or exc})") from None
+
+    def publish(self) -> list[Path]:
+        """Rename every staged file into place; returns the targets."""
+        done = []
+        try:
+            for out, tmp in self._staged.items():
+                publish(tmp, out)
+                done.append(out)
+        finally:
+            self.discard()
+        return done
+
+    def discard(self) -> None:
+        for tmp in self._staged.values():
+            tmp.unlink(missing_ok=True)
+        self._staged.clear()
+
+    def __len__(self) -> int:
+        return len(self._staged)
+
+    def __enter__(self) -> StagedFiles:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.publish()
+        else:
+            self.discard()
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -164,13 +259,32 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
         raise
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` that refuses a key given twice in one object: json keeps the last
+    silently, which would drop a video's annotations or detections without a word."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            shown = key if len(key) <= 60 else key[:57] + "..."
+            raise _DuplicateKey(f"key {shown!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
-    """Read a JSON file; any failure becomes a one-line AMNetError naming the file."""
+    """Read a JSON file; any failure (a key given twice in an object included) becomes a
+    one-line AMNetError naming the file."""
     path = Path(path)
     refuse_special_input(path)
     try:
         with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+            return json.load(handle, object_pairs_hook=_unique_object)
+    except _DuplicateKey as exc:
+        raise AMNetError(f"{path}: {what}: {exc}") from None
     except FileNotFoundError:
         raise AMNetError(f"{path}: {what} not found") from None
     except IsADirectoryError:

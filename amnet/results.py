@@ -13,6 +13,7 @@ round-trips exactly (rounding would also create score ties that change the metri
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -61,6 +62,31 @@ def _finite(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
+def _other_format_hint(path: str | os.PathLike) -> str | None:
+    """A pointer to the right format when a file is another ``amnet-infer`` output format."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            first = handle.readline(4096).strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    fmt = None
+    if first.startswith("video_id,"):
+        fmt = "csv"
+    elif first.startswith("{"):
+        try:
+            line = json.loads(first)
+        except ValueError:
+            line = None
+        if isinstance(line, dict) and "video_id" in line and "detections" in line:
+            fmt = "jsonl"
+    if fmt is None:
+        return None
+    return (
+        f"this is amnet-infer --format {fmt} output; evaluation reads the ActivityNet results "
+        "JSON (amnet-infer --format activitynet, the default)"
+    )
+
+
 def read_results(path: str | os.PathLike, class_names: Sequence[str]) -> dict[str, Detections]:
     """Read and validate a results file; returns detections per video in file order.
 
@@ -68,9 +94,14 @@ def read_results(path: str | os.PathLike, class_names: Sequence[str]) -> dict[st
     must name the same class. Any problem is an AMNetError naming the file, the video and the
     entry.
     """
-    data = read_json(path, "results file")
+    try:
+        data = read_json(path, "results file")
+    except AMNetError as exc:
+        hint = _other_format_hint(path)
+        raise AMNetError(f"{path}: {hint}" if hint else str(exc)) from None
     if not isinstance(data, Mapping) or "results" not in data:
-        raise AMNetError(f"{path}: not a results file (no 'results' object)")
+        hint = _other_format_hint(path)
+        raise AMNetError(f"{path}: {hint or 'not a results file (no results object)'}")
     results = data["results"]
     if not isinstance(results, Mapping):
         raise AMNetError(f"{path}: 'results' must be an object of video id -> list of detections")

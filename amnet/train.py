@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from amnet import __version__
 from amnet.checkpoint import read_checkpoint, save_checkpoint
+from amnet.config import config_from_dict
 from amnet.console import bar_disabled
 from amnet.data import (
     VideoFeatureDataset,
@@ -33,6 +34,7 @@ from amnet.data import (
 )
 from amnet.errors import AMNetError
 from amnet.evaluation import evaluate_model
+from amnet.fileio import check_out_path, temp_beside
 from amnet.kernels import attention_backend
 from amnet.model import AMNet, AMNetLoss
 
@@ -127,7 +129,14 @@ def train(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise AMNetError(f"{out_dir}: cannot create the run folder ({exc.strerror})") from None
-    handler = logging.FileHandler(out_dir / "train.log")
+    # Fail before any work when the checkpoints could not be written at the end of an epoch.
+    for name in ("last.pt", "best.pt"):
+        check_out_path(out_dir / name)
+    temp_beside(out_dir / "last.pt").unlink()  # the folder is writable (read-only mounts too)
+    try:
+        handler = logging.FileHandler(out_dir / "train.log")
+    except OSError as exc:
+        raise AMNetError(f"{out_dir / 'train.log'}: cannot write ({exc.strerror})") from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.setLevel(logging.INFO)
     package_logger = logging.getLogger("amnet")
@@ -218,15 +227,49 @@ def build_run(cfg, data_dir, out_dir: Path, epochs, seed: int, device_name: str)
     )  # fmt: skip
 
 
+_RESUME_FIELDS = ("ema", "optimizer", "scheduler", "loss_norm", "epoch")
+
+
 def resume_run(run: TrainingRun, path: str | os.PathLike) -> None:
+    """Continue ``run`` from a ``last.pt``: the checkpoint must come from a run of the same
+    model, classes and optimiser; anything else is one AMNetError naming what differs."""
     ckpt = read_checkpoint(path)
-    run.model.load_state_dict(ckpt["model"])
-    run.ema.module.load_state_dict(ckpt["ema"])
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])
-    run.criterion.loss_norm.fill_(float(ckpt["loss_norm"]))
-    run.start_epoch, run.best_map = int(ckpt["epoch"]), float(ckpt.get("best_map", -1.0))
-    run.ema.updates = int(ckpt.get("ema_updates", run.start_epoch * max(1, len(run.loader))))
+    missing = [key for key in _RESUME_FIELDS if ckpt.get(key) is None]
+    if missing:
+        raise AMNetError(
+            f"{path}: cannot resume from it (no {', '.join(missing)}); pass the last.pt "
+            "of an amnet-train run"
+        )
+    names = list(ckpt["class_names"])
+    if names != run.class_names:
+        diff = "another order" if sorted(names) == sorted(run.class_names) else "other classes"
+        raise AMNetError(
+            f"{path}: was trained on {len(names)} classes, this run's data has "
+            f"{len(run.class_names)} ({diff}); resume needs the same class list"
+        )
+    saved = config_from_dict(ckpt["config"], f"{path} (config)")
+    for section in ("model", "dataset"):
+        for key, value in run.cfg[section].items():
+            if section == "dataset" and key not in ("input_dim", "num_classes", "max_seq_len"):
+                continue  # paths and augmentation may change between sessions
+            if saved[section].get(key) != value:
+                raise AMNetError(
+                    f"{path}: was trained with {section}.{key} = {saved[section].get(key)!r}, "
+                    f"this run has {value!r}; resume with the config of that run"
+                )
+    try:
+        run.model.load_state_dict(ckpt["model"])
+        run.ema.module.load_state_dict(ckpt["ema"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        run.criterion.loss_norm.fill_(float(ckpt["loss_norm"]))
+        run.start_epoch, run.best_map = int(ckpt["epoch"]), float(ckpt.get("best_map", -1.0))
+        run.ema.updates = int(ckpt.get("ema_updates", run.start_epoch * max(1, len(run.loader))))
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise AMNetError(f"{path}: does not match this run ({first[:160]})") from None
+    if run.start_epoch < 0:
+        raise AMNetError(f"{path}: bad epoch {run.start_epoch}")
     log.info("resumed from %s at epoch %d", path, run.start_epoch)
 
 

@@ -44,6 +44,7 @@ import numpy as np
 
 from amnet.detections import Detections
 from amnet.errors import AMNetError
+from amnet.fileio import StagedFiles, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -115,13 +116,16 @@ def _class_colours(count: int) -> list[Any]:
     return [cmap(i % cmap.N) for i in range(count)]
 
 
-def _save(fig: Any, path: Path) -> None:
-    from amnet.fileio import atomic_write_bytes
-
+def _save(fig: Any, path: Path, staged: StagedFiles | None) -> None:
+    """The PNG of ``fig``: into ``staged`` (published with the rest of its set) or, without one,
+    atomically on its own."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI)
     _pyplot().close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    if staged is not None:
+        staged.write_bytes(path, buffer.getvalue())
+    else:
+        atomic_write_bytes(path, buffer.getvalue())
 
 
 def _shade_gt(ax: Any, gt: GroundTruth | None) -> None:
@@ -142,8 +146,10 @@ def plot_timeline(
     gt: GroundTruth | None = None,
     top: int = DEFAULT_TOP,
     min_score: float = 0.0,
+    staged: StagedFiles | None = None,
 ) -> Path:
-    """Write the timeline PNG of one video (see the module docstring); returns its path."""
+    """Write the timeline PNG of one video (see the module docstring); returns its path.
+    With ``staged`` it is published with the other files of that set."""
     plt = _pyplot()
     from matplotlib.patches import Patch
 
@@ -221,7 +227,7 @@ def plot_timeline(
     if not rows:
         ax.text(0.5, 0.5, "nothing to draw", transform=ax.transAxes, ha="center", va="center")
         ax.set_yticks([])
-    _save(fig, path)
+    _save(fig, path, staged)
     return path
 
 
@@ -298,8 +304,10 @@ def plot_ame(
     feature_stride: int,
     num_frames: int,
     gt: GroundTruth | None = None,
+    staged: StagedFiles | None = None,
 ) -> Path:
-    """Write the AME PNG of one video (see the module docstring); returns its path."""
+    """Write the AME PNG of one video (see the module docstring); returns its path.
+    With ``staged`` it is published with the other files of that set."""
     plt = _pyplot()
     path = Path(path)
     t = (np.arange(len(profile.mask)) * feature_stride + num_frames / 2) / fps
@@ -339,7 +347,7 @@ def plot_ame(
         ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
     end = float(t[-1]) + num_frames / 2 / fps if len(t) else 1.0
     ax3.set_xlim(0, max(end, 1e-6))
-    _save(fig, path)
+    _save(fig, path, staged)
     return path
 
 
@@ -468,71 +476,83 @@ def _run(argv: list[str] | None) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise AMNetError(f"{out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AMNetError(f"{out}: cannot create the folder ({exc.strerror})") from None
 
     from tqdm import tqdm
 
     from amnet.console import bar_disabled
 
-    written = 0
-    for vid in tqdm(
-        videos,
-        desc=PROG,
-        unit="video",
-        disable=args.quiet or len(videos) < 2 or bar_disabled(),
-        leave=False,
-    ):
-        dets = results.get(vid, Detections.empty())
-        gt = None
-        duration = None
-        if annotations is not None and vid in annotations:
-            ann = annotations[vid]
-            gt = GroundTruth(ann.segments, ann.label_ids)
-            if len(ann.labels) and (ann.label_ids < 0).any():
-                gt = GroundTruth(ann.segments, np.array([class_names.index(x) for x in ann.labels]))
-            duration = ann.duration
-        feats = None
-        if model is not None:
-            from amnet.fileio import read_features
+    # Every PNG is staged and published together at the end: a failure leaves no partial set.
+    staged = StagedFiles()
+    try:
+        for vid in tqdm(
+            videos,
+            desc=PROG,
+            unit="video",
+            disable=args.quiet or len(videos) < 2 or bar_disabled(),
+            leave=False,
+        ):
+            dets = results.get(vid, Detections.empty())
+            gt = None
+            duration = None
+            if annotations is not None and vid in annotations:
+                ann = annotations[vid]
+                gt = GroundTruth(ann.segments, ann.label_ids)
+                if len(ann.labels) and (ann.label_ids < 0).any():
+                    gt = GroundTruth(
+                        ann.segments, np.array([class_names.index(x) for x in ann.labels])
+                    )
+                duration = ann.duration
+            feats = None
+            if model is not None:
+                from amnet.fileio import read_features
 
-            feats = read_features(
-                Path(args.features) / f"{vid}.npy", int(cfg["dataset"]["input_dim"])
-            )
-        if duration is None:
-            if feats is not None:
+                feats = read_features(
+                    Path(args.features) / f"{vid}.npy", int(cfg["dataset"]["input_dim"])
+                )
+            if duration is None:
+                if feats is not None:
+                    data = cfg["dataset"]
+                    from amnet.timebase import snippets_duration
+
+                    duration = snippets_duration(
+                        len(feats), data["default_fps"], data["feature_stride"], data["num_frames"]
+                    )
+                else:
+                    duration = float(dets.segments.max()) if len(dets) else 1.0
+            plot_timeline(
+                out / f"{vid}.png", vid, dets, class_names, duration, gt, args.top, args.min_score,
+                staged=staged,
+            )  # fmt: skip
+            if model is not None and feats is not None:
                 data = cfg["dataset"]
-                from amnet.timebase import snippets_duration
-
-                duration = snippets_duration(
-                    len(feats), data["default_fps"], data["feature_stride"], data["num_frames"]
+                profile = ame_profile(
+                    model, feats, data["max_seq_len"], cfg["test_cfg"]["chunk_overlap"]
                 )
-            else:
-                duration = float(dets.segments.max()) if len(dets) else 1.0
-        plot_timeline(
-            out / f"{vid}.png", vid, dets, class_names, duration, gt, args.top, args.min_score
-        )
-        written += 1
-        if model is not None and feats is not None:
-            data = cfg["dataset"]
-            profile = ame_profile(
-                model, feats, data["max_seq_len"], cfg["test_cfg"]["chunk_overlap"]
-            )
-            if profile is not None:
-                fps = (
-                    annotations[vid].fps
-                    if annotations is not None and vid in annotations
-                    else data["default_fps"]
-                )
-                plot_ame(
-                    out / f"{vid}_ame.png",
-                    vid,
-                    profile,
-                    fps,
-                    data["feature_stride"],
-                    data["num_frames"],
-                    gt,
-                )
-                written += 1
+                if profile is not None:
+                    fps = (
+                        annotations[vid].fps
+                        if annotations is not None and vid in annotations
+                        else data["default_fps"]
+                    )
+                    plot_ame(
+                        out / f"{vid}_ame.png",
+                        vid,
+                        profile,
+                        fps,
+                        data["feature_stride"],
+                        data["num_frames"],
+                        gt,
+                        staged=staged,
+                    )
+    except BaseException:
+        staged.discard()
+        raise
+    written = len(staged)
+    staged.publish()
     if not args.quiet:
         logger.info("wrote %d PNG file(s) to %s", written, out)
     return 0

@@ -48,7 +48,13 @@ from amnet import __version__
 from amnet.cli.common import OneLineParser, run_cli, setup_logging
 from amnet.detections import Detections
 from amnet.errors import AMNetError
-from amnet.fileio import atomic_write_text, check_out_path, read_features
+from amnet.fileio import (
+    StagedFiles,
+    atomic_write_text,
+    check_out_path,
+    read_features,
+    temp_beside,
+)
 from amnet.results import results_to_json
 
 logger = logging.getLogger("amnet.deploy.infer")
@@ -222,6 +228,13 @@ def _run(argv: list[str] | None) -> int:
         check_matplotlib()
         if plot_dir.exists() and not plot_dir.is_dir():
             raise AMNetError(f"{plot_dir}: exists and is not a folder (--plot)")
+        try:
+            plot_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AMNetError(
+                f"{plot_dir}: cannot create the --plot folder ({exc.strerror})"
+            ) from None
+        temp_beside(plot_dir / "plot.png").unlink()  # writable, before any work
 
     from amnet.deploy.detector import Detector
 
@@ -248,6 +261,8 @@ def _run(argv: list[str] | None) -> int:
         except AMNetError as exc:
             bad.append((f.path, str(exc)))
             continue
+        if array.shape[0] == 0:  # valid and explicit: listed with no detections (DESIGN §6.4)
+            logger.warning("%s: no snippets (zero-length video); no detections", f.path)
         good.append(f)
         if cached_bytes + array.nbytes <= _CACHE_BYTES:
             cache[f.video_id] = array
@@ -277,31 +292,37 @@ def _run(argv: list[str] | None) -> int:
         disable=args.quiet or len(good) < 2 or bar_disabled(),
         leave=False,
     )
-    for f in bar:
-        array = cache.pop(f.video_id, None)
-        try:
-            if array is None:
-                array = read_features(f.path, detector.input_dim)
-            results[f.video_id] = detector.detect_raw(array)
-        except AMNetError as exc:
-            if not args.skip_bad:
-                raise
-            bad.append((f.path, str(exc)))
-            continue
-        durations[f.video_id] = detector.duration_of(array.shape[0])
-        snippets += array.shape[0]
-        if plot_dir is not None:
-            _plot(plot_dir, f.video_id, array, results[f.video_id], detector)
-    bar.close()
-    if not results:
-        raise AMNetError(f"none of the {len(files)} feature files is usable:\n{_bad_list(bad)}")
-
-    text = format_output(args.format, results, durations, detector.class_names)
-    if output is not None:
-        atomic_write_text(output, text)
-    else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+    # PNGs (--plot) are staged and published after the results: a failure leaves no partial set.
+    staged = StagedFiles()
+    try:
+        for f in bar:
+            array = cache.pop(f.video_id, None)
+            try:
+                if array is None:
+                    array = read_features(f.path, detector.input_dim)
+                results[f.video_id] = detector.detect_raw(array)
+            except AMNetError as exc:
+                if not args.skip_bad:
+                    raise
+                bad.append((f.path, str(exc)))
+                continue
+            durations[f.video_id] = detector.duration_of(array.shape[0])
+            snippets += array.shape[0]
+            if plot_dir is not None:
+                _plot(plot_dir, f.video_id, array, results[f.video_id], detector, staged)
+        bar.close()
+        if not results:
+            raise AMNetError(f"none of the {len(files)} feature files is usable:\n{_bad_list(bad)}")
+        text = format_output(args.format, results, durations, detector.class_names)
+        if output is not None:
+            atomic_write_text(output, text)
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    except BaseException:
+        staged.discard()
+        raise
+    staged.publish()
     seconds = time.perf_counter() - start
     if not args.quiet:
         logger.info(
@@ -323,13 +344,20 @@ def _run(argv: list[str] | None) -> int:
 
 
 def _plot(
-    plot_dir: Path, video_id: str, features: np.ndarray, dets: Detections, detector: Any
+    plot_dir: Path,
+    video_id: str,
+    features: np.ndarray,
+    dets: Detections,
+    detector: Any,
+    staged: StagedFiles,
 ) -> None:
     from amnet import viz
 
-    plot_dir.mkdir(parents=True, exist_ok=True)
     duration = detector.duration_of(features.shape[0])
-    viz.plot_timeline(plot_dir / f"{video_id}.png", video_id, dets, detector.class_names, duration)
+    viz.plot_timeline(
+        plot_dir / f"{video_id}.png", video_id, dets, detector.class_names, duration,
+        staged=staged,
+    )  # fmt: skip
     if detector.backend_name == "torch":
         profile = viz.ame_profile(
             detector.backend.model, features, detector.max_seq_len, detector.chunk_overlap
@@ -342,6 +370,7 @@ def _plot(
                 detector.fps,
                 detector.feature_stride,
                 detector.num_frames,
+                staged=staged,
             )
 
 

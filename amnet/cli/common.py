@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -70,8 +71,6 @@ def run_cli(fn: Callable[[list[str] | None], int | None], argv: list[str] | None
         return EXIT_USER_ERROR
     except BrokenPipeError:
         # The reader went away (e.g. piped into `head`): not an error of ours, and no traceback.
-        import os
-
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
@@ -80,7 +79,24 @@ def run_cli(fn: Callable[[list[str] | None], int | None], argv: list[str] | None
         return 130
     except MemoryError:
         print(f"{prog}: error: out of memory", file=sys.stderr)
-        return 1
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        # The environment said no (read-only file system, disk full, permissions, a name that
+        # is a folder): one line naming the file. The atomic writers leave nothing behind.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as exc:
+        # A bug of ours. The user still gets one line; AMNET_DEBUG=1 shows the traceback.
+        if os.environ.get("AMNET_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        print(
+            f"{prog}: error: internal error ({type(exc).__name__}: {first}); "
+            "AMNET_DEBUG=1 shows the traceback",
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -15,10 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from amnet.annotations import VideoAnnotation, build_label_map, load_annotations, select_subset
+from amnet.console import bar_disabled
 from amnet.errors import AMNetError
-from amnet.fileio import load_features
+from amnet.fileio import load_features, refuse_special_input
 from amnet.timebase import seconds_to_snippets
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,31 @@ def truncate_video(
     start, keep = best
     window = np.clip(segments[keep], start, start + max_len) - start
     return feats[start : start + max_len], window, labels[keep], start
+
+
+def _feature_problem(path: Path, input_dim: int) -> str | None:
+    """What is wrong with one feature file, or None. Memory-mapped and scanned in blocks, so a
+    long video costs no more memory than one block."""
+    if not path.is_file():
+        return "a folder" if path.is_dir() else "not a regular file"
+    try:
+        refuse_special_input(path)
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except AMNetError:
+        return "not a regular file"
+    except Exception as exc:  # any unreadable file is reported with its name
+        return f"unreadable: {type(exc).__name__}"
+    if array.ndim != 2 or array.shape[1] != input_dim or array.dtype.kind != "f":
+        return f"shape {list(array.shape)}, dtype {array.dtype}; expected [T, {input_dim}] float"
+    if array.shape[0] == 0:
+        return "no snippets (zero-length video)"
+    block = max(1, (1 << 22) // max(1, input_dim))  # ~4M values per block
+    for start in range(0, array.shape[0], block):
+        with np.errstate(over="ignore"):  # beyond float32's range becomes inf: reported
+            chunk = np.asarray(array[start : start + block], dtype=np.float32)
+        if not np.isfinite(chunk).all():
+            return f"NaN or Inf at snippet {start + int(np.argwhere(~np.isfinite(chunk))[0, 0])}"
+    return None
 
 
 class VideoFeatureDataset(Dataset):
@@ -131,11 +158,12 @@ class VideoFeatureDataset(Dataset):
         return self.feature_folder / f"{video_id}{self.file_ext}"
 
     def _check_files(self) -> None:
-        """Fail early, naming the files, rather than mid-epoch."""
+        """Fail early, naming the files, rather than mid-epoch: every feature file is read once
+        and must be a non-empty ``[T, input_dim]`` float array of finite values."""
         missing = [
             str(self.feature_path(v.video_id))
             for v in self.videos
-            if not self.feature_path(v.video_id).is_file()
+            if not os.path.lexists(self.feature_path(v.video_id))
         ]
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
@@ -143,17 +171,14 @@ class VideoFeatureDataset(Dataset):
                 f"{len(missing)} feature file(s) missing: {', '.join(missing[:3])}{more}"
             )
         bad = []
-        for v in self.videos:
-            path = self.feature_path(v.video_id)
-            try:
-                header = np.load(path, mmap_mode="r", allow_pickle=False)
-            except Exception as exc:  # any unreadable file is reported with its name
-                bad.append(f"{path} ({type(exc).__name__})")
-                continue
-            if header.ndim != 2 or header.shape[1] != self.input_dim or header.dtype.kind != "f":
-                bad.append(
-                    f"{path} (shape {list(header.shape)}, dtype {header.dtype}; expected [T, {self.input_dim}] float)"
-                )
+        videos = tqdm(
+            self.videos, desc="checking features", unit="video", leave=False,
+            disable=bar_disabled() or len(self.videos) < 50,
+        )  # fmt: skip
+        for v in videos:
+            problem = _feature_problem(self.feature_path(v.video_id), self.input_dim)
+            if problem:
+                bad.append(f"{self.feature_path(v.video_id)} ({problem})")
         if bad:
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
             raise AMNetError(f"{len(bad)} bad feature file(s): {'; '.join(bad[:3])}{more}")

@@ -1,0 +1,261 @@
+"""Bad data, bad environments and interrupted runs: every command fails early with one line and
+exit 2, leaves nothing half-written, and the runtime treats an empty video the same way in the
+API and on the command line."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from amnet.cli.train import main as train_main
+from amnet.deploy import Detector
+from amnet.deploy.infer_cli import main as infer_main
+from amnet.errors import AMNetError
+from amnet.fileio import STALE_TEMP_SECONDS, StagedFiles, atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny_cpu.yaml")
+DIM = 2048
+
+
+def one_line_error(capsys, code: int, *needles: str) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1, err
+    assert "Traceback" not in err[0]
+    for needle in needles:
+        assert needle in err[0], err[0]
+    return err[0]
+
+
+@pytest.fixture
+def data(tiny_dataset, tmp_path) -> Path:
+    """A private copy of six videos of the tiny set (three per split), safe to damage."""
+    ann = json.loads((tiny_dataset / "annotations.json").read_text())
+    db = ann["database"]
+    keep = [v for v in sorted(db) if db[v]["subset"] == "validation"][:3]  # the training split
+    keep += [v for v in sorted(db) if db[v]["subset"] == "test"][:3]
+    out = tmp_path / "data"
+    (out / "features").mkdir(parents=True)
+    for vid in keep:
+        shutil.copy(tiny_dataset / "features" / f"{vid}.npy", out / "features" / f"{vid}.npy")
+    ann["database"] = {v: db[v] for v in keep}
+    (out / "annotations.json").write_text(json.dumps(ann))
+    return out
+
+
+def first_video(data: Path, subset_is_training: bool) -> Path:
+    db = json.loads((data / "annotations.json").read_text())["database"]
+    wanted = "validation" if subset_is_training else "test"  # THUMOS14 trains on validation
+    vid = next(v for v in sorted(db) if db[v]["subset"] == wanted)
+    return data / "features" / f"{vid}.npy"
+
+
+def _nan(path):
+    a = np.load(path)
+    a[len(a) // 2, 7] = np.nan
+    np.save(path, a)
+
+
+def _inf(path):
+    a = np.load(path).astype(np.float64)
+    a[-1, 0] = 1e300  # finite in float64, inf as float32
+    np.save(path, a)
+
+
+# Classes of damaged feature files, each written over one real file.
+DAMAGE = {
+    "nan": _nan,
+    "beyond float32": _inf,
+    "zero-length": lambda p: np.save(p, np.zeros((0, DIM), np.float32)),
+    "wrong width": lambda p: np.save(p, np.zeros((50, DIM - 1), np.float32)),
+    "one-dimensional": lambda p: np.save(p, np.zeros(DIM, np.float32)),
+    "integers": lambda p: np.save(p, np.ones((50, DIM), np.int32)),
+    "pickled objects": lambda p: np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True),
+    "garbage": lambda p: p.write_bytes(os.urandom(300)),
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[:2000]),
+    "empty file": lambda p: p.write_bytes(b""),
+    "a folder": lambda p: (p.unlink(), p.mkdir()),
+    "a fifo": lambda p: (p.unlink(), os.mkfifo(p)),
+}
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_training_checks_every_feature_file_before_the_first_step(
+    data, tmp_path, capsys, damage, split
+):
+    victim = first_video(data, split == "train")
+    DAMAGE[damage](victim)
+    run = tmp_path / "run"
+    code = train_main(
+        ["--config", TINY, "--data", str(data), "--out", str(run), "--epochs", "3", "-q"]
+    )
+    one_line_error(capsys, code, victim.name)
+    assert not (run / "last.pt").exists() and not (run / "best.pt").exists()
+    assert "epoch 1/" not in (run / "train.log").read_text()  # no step was taken
+
+
+def test_a_zero_length_video_gets_no_detections_in_the_api_and_the_cli(
+    tiny_model, tmp_path, caplog
+):
+    empty = tmp_path / "empty.npy"
+    np.save(empty, np.zeros((0, DIM), np.float32))
+    full = tmp_path / "full.npy"
+    np.save(full, np.abs(np.random.default_rng(1).normal(0, 0.3, (90, DIM))).astype(np.float32))
+    det = Detector(tiny_model["onnx"])
+    assert det(np.load(empty)) == []
+    assert det.detect_many([np.load(empty), np.load(full)])[0] == []
+    out = tmp_path / "out.json"
+    assert (
+        infer_main(["--engine", str(tiny_model["onnx"]), str(empty), str(full), "-o", str(out)])
+        == 0
+    )
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("empty.npy" in m and "zero-length" in m for m in warned), warned
+    results = json.loads(out.read_text())["results"]
+    assert results["empty"] == [] and set(results) == {"empty", "full"}
+    for fmt, check in (
+        ("jsonl", lambda text: json.loads(text.splitlines()[0])["detections"] == []),
+        ("csv", lambda text: all(not row.startswith("empty,") for row in text.splitlines())),
+    ):
+        path = tmp_path / f"out.{fmt}"
+        assert infer_main(["--engine", str(tiny_model["onnx"]), str(empty), "--format", fmt, "-o", str(path), "-q"]) == 0  # fmt: skip
+        assert check(path.read_text())
+
+
+def test_stale_temporary_files_are_ignored_then_cleaned(tmp_path):
+    out = tmp_path / "results.json"
+    stale = tmp_path / ".results.json.killed.tmp"
+    stale.write_text("half a file")
+    old = time.time() - STALE_TEMP_SECONDS - 60
+    os.utime(stale, (old, old))
+    live = tmp_path / ".results.json.writing.tmp"  # another writer, still at work
+    live.write_text("in progress")
+    other = tmp_path / ".other.json.killed.tmp"
+    other.write_text("not ours")
+    os.utime(other, (old, old))
+    atomic_write_text(out, "{}")
+    assert out.read_text() == "{}"
+    assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_a_killed_training_leaves_a_run_that_resumes(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["--config", TINY, "--data", str(data), "--out", str(run), "-q"]
+    assert train_main([*args, "--epochs", "1"]) == 0
+    # What a kill during a checkpoint write leaves: a temporary beside last.pt.
+    (run / ".last.pt.abcd1234.tmp").write_bytes(b"PK\x03\x04 half a zip")
+    assert train_main([*args, "--epochs", "2", "--resume", str(run / "last.pt")]) == 0
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_dataset, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("finished") / "run"
+    args = ["--config", TINY, "--data", str(tiny_dataset), "--out", str(run), "--epochs", "0"]
+    assert train_main([*args, "-q"]) == 0
+    return run / "last.pt"
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (lambda c: c["config"]["model"].update(embd_dim=96), "model.embd_dim"),
+        (lambda c: c.update(class_names=c["class_names"][:-1]), "classes"),
+        (lambda c: c.update(class_names=c["class_names"][::-1]), "another order"),
+        (lambda c: c.pop("optimizer"), "cannot resume"),
+        (lambda c: c["model"].pop(next(iter(c["model"]))), "does not match"),
+    ],
+    ids=["architecture", "class count", "class order", "not a training checkpoint", "weights"],
+)
+def test_mismatched_resumes_are_one_line(
+    finished_run, tiny_dataset, tmp_path, capsys, change, needle
+):
+    ckpt = torch.load(finished_run, weights_only=True)
+    change(ckpt)
+    other = tmp_path / "other.pt"
+    torch.save(ckpt, other)
+    if needle == "classes":  # a checkpoint whose class list no longer matches its own config
+        ckpt["config"]["dataset"]["num_classes"] -= 1
+        torch.save(ckpt, other)
+    run = tmp_path / "run"
+    code = train_main(
+        ["--config", TINY, "--data", str(tiny_dataset), "--out", str(run), "--epochs", "1",
+         "--resume", str(other), "-q"]
+    )  # fmt: skip
+    one_line_error(capsys, code, needle)
+    assert not (run / "last.pt").exists()
+
+
+READ_ONLY = Path("/proc/sys")  # read-only for every user, root included
+
+
+@pytest.mark.skipif(not READ_ONLY.is_dir(), reason="needs Linux's read-only /proc/sys")
+def test_read_only_locations_are_one_line_before_any_work(
+    tiny_model, tiny_dataset, tmp_path, capsys
+):
+    video = tmp_path / "v.npy"
+    np.save(video, np.zeros((40, DIM), np.float32))
+    engine = str(tiny_model["onnx"])
+    cases = [
+        (train_main, ["--config", TINY, "--data", str(tiny_dataset), "--out", str(READ_ONLY / "run"), "-q"]),
+        (infer_main, ["--engine", engine, str(video), "-o", str(READ_ONLY / "out.json")]),
+        (infer_main, ["--engine", engine, str(video), "--plot", str(READ_ONLY / "plots"), "-o", str(tmp_path / "o.json")]),
+    ]  # fmt: skip
+    for main, argv in cases:
+        one_line_error(capsys, main(argv), str(READ_ONLY))
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_a_full_disk_on_stdout_is_one_line(tiny_model, tmp_path, capsys, monkeypatch):
+    video = tmp_path / "v.npy"
+    np.save(video, np.abs(np.random.default_rng(2).normal(0, 0.3, (60, DIM))).astype(np.float32))
+    full = open("/dev/full", "w")  # noqa: SIM115 -- every write fails with ENOSPC, as on a full disk
+    monkeypatch.setattr("sys.stdout", full)
+    code = infer_main(["--engine", str(tiny_model["onnx"]), str(video), "-q"])
+    monkeypatch.undo()
+    with contextlib.suppress(OSError):  # what is left in its buffer cannot be flushed either
+        full.close()
+    one_line_error(capsys, code, "No space left")
+
+
+def test_name_clashes_leave_no_partial_png_set(tiny_model, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    videos = []
+    for i in range(3):
+        videos.append(tmp_path / f"v{i}.npy")
+        np.save(videos[-1], np.abs(np.random.default_rng(i).normal(0, 0.3, (60, DIM))).astype(np.float32))  # fmt: skip
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    (plots / "v2.png").mkdir()  # the last video's picture name is taken by a folder
+    out = tmp_path / "out.json"
+    argv = ["--engine", str(tiny_model["onnx"]), *map(str, videos), "--plot", str(plots)]
+    one_line_error(capsys, infer_main([*argv, "-o", str(out)]), "v2.png", "folder")
+    assert sorted(p.name for p in plots.iterdir()) == ["v2.png"]  # nothing else, no temporaries
+    assert not out.exists()
+    (plots / "v2.png").rmdir()
+    assert infer_main([*argv, "-o", str(out), "-q"]) == 0
+    assert sorted(p.name for p in plots.iterdir()) == ["v0.png", "v1.png", "v2.png"]
+
+
+def test_staged_files_appear_together_or_not_at_all(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"old")
+    with pytest.raises(RuntimeError), StagedFiles() as staged:
+        staged.write_bytes(tmp_path / "a.png", b"new")
+        staged.write_bytes(tmp_path / "b.png", b"new")
+        raise RuntimeError("the third picture failed")
+    assert (tmp_path / "a.png").read_bytes() == b"old" and not (tmp_path / "b.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+    with StagedFiles() as staged:
+        staged.write_bytes(tmp_path / "a.png", b"new")
+        with pytest.raises(AMNetError, match="twice"):
+            staged.write_bytes(tmp_path / "." / "a.png", b"again")
+    assert (tmp_path / "a.png").read_bytes() == b"new"
