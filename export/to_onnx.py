@@ -252,11 +252,15 @@ def export_onnx(
     reason = check_opset(int(opset))
     if reason:
         raise AMNetError(f"--opset {opset}: {reason}")
-    check_out_path(out)
+    check_out_path(out, [ckpt])  # never onto the checkpoint: symlinks and hard links too
     if not ckpt.is_file():
         raise AMNetError(f"{ckpt}: checkpoint not found")
     if out.resolve() == ckpt.resolve():
         raise AMNetError(f"{out}: the output would overwrite the checkpoint")
+    if int8:
+        from amnet.export.quantize import int8_path_for
+
+        check_out_path(int8_path_for(out), [ckpt])
     tmp = temp_beside(out)
     try:
         result = _export_checked(

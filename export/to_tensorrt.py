@@ -264,8 +264,8 @@ def build_engine(
             f"{onnx_path}: TensorRT 10 cannot import this graph "
             f"({len(problems)} problem(s)): {problems[0]}"
         )
-    check_out_path(out)
-    check_out_path(plan_sidecar_path(out))
+    check_out_path(out, [onnx_path])
+    check_out_path(plan_sidecar_path(out), [onnx_path])
     trt = import_tensorrt()
     require_cuda_gpu()
 
