@@ -44,14 +44,16 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except MemoryError:
         raise AMNetError(f"{path}: too large to load") from None
     except Exception as exc:  # torch's unpickler raises many types on damaged or foreign files
-        if "weights only load failed" in str(exc).lower():
+        if "unsupported global" in str(exc).lower():  # a pickled model, not a state dict
             raise AMNetError(
                 f"{path}: not an AMNet checkpoint (it holds pickled Python objects, which are "
                 "never loaded: checkpoints are read with weights_only=True)"
             ) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         first = re.sub(r"\x1b\[[0-9;]*m", "", first)  # torch colours some messages
-        raise AMNetError(f"{path}: not a readable checkpoint ({first[:160]})") from None
+        raise AMNetError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}: {first[:160]})"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise AMNetError(f"{path}: not an AMNet checkpoint")
     for key in ("config", "class_names", "model"):

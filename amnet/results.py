@@ -101,7 +101,8 @@ def read_results(path: str | os.PathLike, class_names: Sequence[str]) -> dict[st
         raise AMNetError(f"{path}: {hint}" if hint else str(exc)) from None
     if not isinstance(data, Mapping) or "results" not in data:
         hint = _other_format_hint(path)
-        raise AMNetError(f"{path}: {hint or 'not a results file (no results object)'}")
+        why = hint or "not a results file (no 'results' object)"
+        raise AMNetError(f"{path}: {why}")
     results = data["results"]
     if not isinstance(results, Mapping):
         raise AMNetError(f"{path}: 'results' must be an object of video id -> list of detections")
