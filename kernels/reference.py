@@ -46,6 +46,67 @@ def _window_bias(windows: torch.Tensor, t_q: int, t_k: int, device: torch.device
     return torch.where(visible, 0.0, _MASKED)
 
 
+def _key_bias(lengths: torch.Tensor, t_k: int) -> torch.Tensor:
+    """``[B, 1, 1, Tk]``: 0 for keys below the video's length, ``_MASKED`` past it."""
+    keys = torch.arange(t_k, device=lengths.device).view(1, t_k)
+    return torch.where(keys < lengths.view(-1, 1), 0.0, _MASKED).view(-1, 1, 1, t_k)
+
+
+def _dense(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    windows: torch.Tensor | None,
+    key_bias: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Attention over the full ``[T, T]`` scores (global heads; ``windows`` None: no window)."""
+    scores = torch.matmul(q.float() * scale, k.float().transpose(-1, -2))
+    if windows is not None:
+        scores = scores + _window_bias(windows, q.shape[-2], k.shape[-2], q.device)
+    return torch.matmul(torch.softmax(scores + key_bias, dim=-1), v.float())
+
+
+def _banded(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window: int,
+    lengths: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Windowed attention computed on the band only: query i scores the ``2 * (w // 2) + 1``
+    keys ``i - w // 2 .. i + w // 2``, so cost and memory are O(T * w), not O(T^2). The band is
+    gathered with static shifted slices of zero-padded keys (exportable as Pad/Slice/Concat);
+    keys outside the video (padding, or past its length) get the same bias as in the dense
+    form, so the result equals it up to rounding."""
+    half = window // 2
+    t = q.shape[-2]
+    span = 2 * half + 1
+    k_pad = torch.nn.functional.pad(k.float(), (0, 0, half, half))
+    v_pad = torch.nn.functional.pad(v.float(), (0, 0, half, half))
+    k_band = torch.stack([k_pad[:, :, d : d + t] for d in range(span)], dim=3)  # [B,H,T,S,Dh]
+    v_band = torch.stack([v_pad[:, :, d : d + t] for d in range(span)], dim=3)
+    scores = torch.matmul(k_band, (q.float() * scale).unsqueeze(-1)).squeeze(-1)  # [B,H,T,S]
+    key = torch.arange(t, device=q.device).view(t, 1) + torch.arange(span, device=q.device) - half
+    visible = (key >= 0).view(1, 1, t, span) & (key.view(1, 1, t, span) < lengths.view(-1, 1, 1, 1))
+    scores = scores + torch.where(visible, 0.0, _MASKED)
+    probs = torch.softmax(scores, dim=-1)
+    return torch.matmul(probs.unsqueeze(-2), v_band).squeeze(-2)  # [B,H,T,Dh]
+
+
+def _runs(windows: Sequence[int]) -> list[tuple[int, int, int]]:
+    """``(start, end, window)`` for each run of consecutive heads with the same window."""
+    runs: list[tuple[int, int, int]] = []
+    for h, w in enumerate(int(w) for w in windows):
+        w = max(w, 0)
+        if runs and runs[-1][2] == w:
+            runs[-1] = (runs[-1][0], h + 1, w)
+        else:
+            runs.append((h, h + 1, w))
+    return runs
+
+
 def group_attention_reference(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -56,27 +117,30 @@ def group_attention_reference(
 ) -> torch.Tensor:
     """Masked attention over ``[B, H, T, Dh]`` tensors; rows that see no key are 0.
 
-    ``windows`` may be a tensor or a list; a list of zeros (all heads global) skips the window
-    bias altogether.
+    With ``windows`` as a list (the model's case) heads are taken in runs of equal window:
+    global heads over the full ``[T, T]`` scores, windowed heads on their band only (O(T * w)).
+    A ``windows`` tensor takes the dense form for every head (the definition the kernel and the
+    band are tested against).
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     t_q, t_k = q.shape[-2], k.shape[-2]
     device = q.device
-    scores = torch.matmul(q.float() * scale, k.float().transpose(-1, -2))
-    all_global = not isinstance(windows, torch.Tensor) and all(int(w) <= 0 for w in windows)
-    if not all_global:
-        w = (
-            windows
-            if isinstance(windows, torch.Tensor)
-            else torch.tensor(list(windows), device=device)
-        )
-        scores = scores + _window_bias(w, t_q, t_k, device)
     lengths = lengths.to(device)
-    key_bias = torch.where(
-        torch.arange(t_k, device=device).view(1, t_k) < lengths.view(-1, 1), 0.0, _MASKED
-    )
-    scores = scores + key_bias.view(-1, 1, 1, t_k)
-    out = torch.matmul(torch.softmax(scores, dim=-1), v.float())
+    if isinstance(windows, torch.Tensor):
+        out = _dense(q, k, v, windows.to(device), _key_bias(lengths, t_k), scale)
+    else:
+        key_bias = None
+        parts = []
+        for start, end, window in _runs(windows):
+            qh, kh, vh = q[:, start:end], k[:, start:end], v[:, start:end]
+            if window > 0 and t_q == t_k:
+                parts.append(_banded(qh, kh, vh, window, lengths, scale))
+            else:
+                if key_bias is None:  # built once per call, shared by the global runs
+                    key_bias = _key_bias(lengths, t_k)
+                win = None if window <= 0 else torch.full((end - start,), window, device=device)
+                parts.append(_dense(qh, kh, vh, win, key_bias, scale))
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
     # A query row below the length always sees itself, so only rows past it see no key.
     row_valid = (torch.arange(t_q, device=device).view(1, t_q) < lengths.view(-1, 1)).to(out.dtype)
     return (out * row_valid.view(-1, 1, t_q, 1)).to(q.dtype)

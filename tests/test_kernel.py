@@ -434,3 +434,25 @@ def test_wide_heads_take_the_reference_unless_triton_is_forced(
     monkeypatch.setenv("AMNET_ATTENTION", "triton")
     with pytest.raises(ValueError, match="q: head size 160 above"):
         kernels.group_attention(q, q, q, [0, 5], lengths)
+
+
+@pytest.mark.parametrize(
+    ("t", "windows"),
+    [(300, [0, 0, 9, 9, 0, 0, 9, 9]), (37, [5, 0, 3, 0]), (5, [19, 0]), (1, [9, 9]), (64, [2, 1])],
+)
+def test_the_band_equals_the_dense_form(t, windows):
+    """The model's CPU/ONNX path (windows as a list: windowed heads on their band only) gives
+    the dense definition's outputs and gradients, for windows wider than the video, even
+    windows, videos of length 0 and 1."""
+    gen = torch.Generator().manual_seed(t)
+    q, k, v = (
+        torch.randn(3, len(windows), t, 16, generator=gen, requires_grad=True) for _ in range(3)
+    )
+    lengths = torch.tensor([t, max(t // 2, 1), 0])
+    band = group_attention_reference(q, k, v, windows, lengths)
+    dense = group_attention_reference(q, k, v, torch.tensor(windows), lengths)
+    torch.testing.assert_close(band, dense, atol=1e-5, rtol=0)
+    grads_band = torch.autograd.grad(band.square().sum(), (q, k, v))
+    grads_dense = torch.autograd.grad(dense.square().sum(), (q, k, v))
+    for a, b in zip(grads_band, grads_dense, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
