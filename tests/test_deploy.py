@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -413,3 +414,28 @@ def test_bench_bad_arguments():
     )
     assert proc.returncode == 2
     assert "unknown tflite" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_takes_relative_paths_and_fails_when_a_backend_fails(
+    tmp_path, models, monkeypatch, capsys
+):
+    """A model named relative to the caller's folder is found by the workers, and a backend
+    that fails makes the run fail (exit 2) unless --keep-going."""
+    import onnx
+
+    from amnet.cli.bench import main as bench_main
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(models["onnx"], tmp_path / "model.onnx")
+    args = ["--preset", "tiny", "--videos", "1", "--backends", "onnxruntime", "--threads", "1",
+            "--latency", "", "--json", "--quiet"]  # fmt: skip
+    assert bench_main(["--engine", "model.onnx", *args]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["backend"] for r in report["results"]] == ["onnxruntime"]
+    # Metadata intact, graph broken: the model opens for its metadata, the backend fails.
+    broken = onnx.load(str(tmp_path / "model.onnx"))
+    del broken.graph.node[len(broken.graph.node) // 2]
+    onnx.save(broken, str(tmp_path / "broken.onnx"))
+    assert bench_main(["--engine", "broken.onnx", *args]) == 2
+    assert "failed" in capsys.readouterr().err
+    assert bench_main(["--engine", "broken.onnx", *args, "--keep-going"]) == 2  # nothing measured

@@ -105,6 +105,11 @@ def build_parser() -> OneLineParser:
         "--work", metavar="DIR", help="keep data, models and results here (default: a temp dir)"
     )
     parser.add_argument("--json", action="store_true", help="last stdout line: JSON results")
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="a backend that fails is reported and the run still exits 0 (default: exit 2)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="less logging")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     # Internal: one measurement in a fresh process (see _run_worker).
@@ -511,7 +516,8 @@ def _run(argv: list[str] | None) -> int:
 
 
 def _bench(args: Any, wanted: list[str], lengths: list[int], work: Path) -> int:
-    engine = Path(args.engine) if args.engine else None
+    # Absolute: the workers run inside the work folder.
+    engine = Path(args.engine).resolve() if args.engine else None
     if engine is not None:
         if not engine.is_file():
             raise AMNetError(f"{engine}: model file not found")
@@ -536,11 +542,16 @@ def _bench(args: Any, wanted: list[str], lengths: list[int], work: Path) -> int:
     results: list[dict[str, Any]] = []
     latency: list[dict[str, Any]] = []
     startup: list[dict[str, Any]] = []
+    failed: dict[str, str] = {}
     for name in wanted:
         if name not in models:
             logger.warning("%s: skipped (%s)", name, skipped.get(name, "not available"))
             continue
-        base = {"model": str(models[name]), "device": args.device, "threads": args.threads}
+        base = {
+            "model": str(Path(models[name]).resolve()),
+            "device": args.device,
+            "threads": args.threads,
+        }
         if name == "tensorrt":
             base["device"] = "cuda"
         try:
@@ -568,7 +579,7 @@ def _bench(args: Any, wanted: list[str], lengths: list[int], work: Path) -> int:
                 )
                 latency.extend({"backend": name, **r} for r in answer["latency"])
         except AMNetError as exc:
-            skipped[name] = str(exc)
+            failed[name] = str(exc)
             logger.warning("%s: failed (%s)", name, exc)
             results = [r for r in results if r["backend"] != name]
 
@@ -589,7 +600,15 @@ def _bench(args: Any, wanted: list[str], lengths: list[int], work: Path) -> int:
         "cpu_count": os.cpu_count(),
         "model": str(args.config or args.engine),
     }
-    _print_report(results, skipped, latency, startup, setup, args.json)
+    _print_report(results, {**skipped, **failed}, latency, startup, setup, args.json)
+    if failed and not args.keep_going:
+        name, why = next(iter(failed.items()))
+        raise AMNetError(
+            f"{len(failed)} backend(s) failed, first {name}: {why} (--keep-going reports the rest "
+            "and exits 0)"
+        )
+    if not results:
+        raise AMNetError("no backend was measured (see the failed or skipped backends above)")
     return 0
 
 
