@@ -401,6 +401,15 @@ def test_bench_json_tiny(tmp_path, models):
     assert startup["onnxruntime"]["torch_imported"] is False
     assert startup["torch"]["torch_imported"] is True
     assert (work / "results_onnxruntime.json").is_file()
+    # Interleaved rounds and the matmul yardstick of the same run.
+    setup = report["setup"]
+    assert setup["rounds"] == 2 and setup["matmul_gflops"] > 0
+    assert len(setup["matmul_gflops_before_after"]) == 2
+    for row in rows.values():
+        assert len(row["rounds"]) == 2 and row["seconds"] in row["rounds"]
+        assert row["snippets_per_s_per_gflops"] == pytest.approx(
+            row["snippets_per_s"] / setup["matmul_gflops"]
+        )
 
 
 def test_bench_bad_arguments():

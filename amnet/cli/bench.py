@@ -5,7 +5,8 @@
     amnet-bench (--config CFG | --engine MODEL)
         [--layout ANNOTATIONS.json [--subset test] | --preset thumos14|tiny] [--videos N]
         [--seed S] [--backends torch,onnxruntime,onnxruntime-int8,tensorrt] [--device cpu|cuda]
-        [--threads N] [--latency 256,2304,12551] [--repeats 3] [--work DIR] [--json]
+        [--threads N] [--rounds 2] [--latency 256,2304,12551] [--repeats 3] [--work DIR]
+        [--json] [--keep-going]
 
 What it does (DESIGN §7):
 
@@ -19,7 +20,9 @@ What it does (DESIGN §7):
    exported as above, an ``.onnx`` serves ONNX Runtime (its INT8 sibling, or one quantized
    here), a ``.plan`` TensorRT only. Backends that cannot run are reported as skipped, with the
    reason.
-3. **Throughput**: each backend in its own fresh process (so that its peak RSS is its own):
+3. **Throughput**, in ``--rounds`` rounds with the backends taking turns (A B C, A B C), so a
+   change in the machine's load hits them alike; each row is a backend's median round. Each
+   run is in its own fresh process (so that its peak RSS is its own):
    open a :class:`~amnet.deploy.Detector`, run one short warm-up call, then for every video read
    the ``.npy``, detect, and finally write the results JSON. ``seconds`` covers reading,
    inference, post-processing and writing, not the model load (reported as ``load_s``);
@@ -27,12 +30,16 @@ What it does (DESIGN §7):
    memory; ``speedup`` = torch seconds / backend seconds and ``rss_ratio`` = backend peak RSS /
    torch peak RSS (same run). ``agree_top10`` = the share of the PyTorch top-10 detections per
    video that the backend reproduces (same class, tIoU >= 0.9, score within 0.01).
+   The machine's fp32 matmul rate (GFLOP/s, torch when installed, else numpy) is measured
+   before and after the rounds; ``snippets_per_s_per_gflops`` divides by their mean, so that
+   runs on different machines or loads compare.
 4. **Latency** (``--latency``): one synthetic video of each length T, in another fresh process
    per backend; median (and min) seconds of ``--repeats`` calls after one warm-up call.
 5. **Startup**: in a fresh process per backend, the time to ``import amnet.deploy`` and to
    construct the Detector, the resident memory after, and whether torch got imported.
 
-Output: a table on stdout; with ``--json`` the last stdout line is
+A backend that fails makes the run exit 2 after the report (``--keep-going``: exit 0), as does a
+run that measured nothing. Output: a table on stdout; with ``--json`` the last stdout line is
 ``{"results": [{"backend", "videos", "snippets", "seconds", "snippets_per_s", "peak_rss_mb",
 ...}], "skipped": [{"backend", "reason"}], "latency": [...], "startup": [...], "setup": {...}}``.
 """
@@ -101,6 +108,13 @@ def build_parser() -> OneLineParser:
         "--latency", metavar="T,...", help="also time one video of each length T (snippets)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="latency runs per T (default: 3)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="throughput runs per backend, interleaved across backends; the median is "
+        "reported (default: 2)",
+    )
     parser.add_argument(
         "--work", metavar="DIR", help="keep data, models and results here (default: a temp dir)"
     )
@@ -236,6 +250,36 @@ def _run_worker(spec: Mapping[str, Any], work: Path, name: str) -> dict[str, Any
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
         raise AMNetError(f"{name} {spec['mode']} run failed (exit {proc.returncode}): {tail}")
     return json.loads(lines[-1])
+
+
+def _matmul_gflops(threads: int | None, size: int = 1024, repeats: int = 5) -> float:
+    """The machine's fp32 matmul rate right now (GFLOP/s, median of ``repeats``): the yardstick
+    that makes throughputs from different machines or loads comparable. torch when installed
+    (its CPU matmul is what the PyTorch backend runs), numpy otherwise."""
+    try:
+        import torch
+    except ModuleNotFoundError:
+        torch = None
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    if torch is not None:
+        previous = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        run = lambda: torch.mm(ta, tb)  # noqa: E731
+    else:
+        run = lambda: a @ b  # noqa: E731
+    run()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - began)
+    if torch is not None:
+        torch.set_num_threads(previous)
+    return 2 * size**3 / statistics.median(times) / 1e9
 
 
 def _worker_main(spec_path: str) -> int:
@@ -502,6 +546,8 @@ def _run(argv: list[str] | None) -> int:
         raise AMNetError(f"--threads must be >= 1, got {args.threads}")
     if args.repeats < 1:
         raise AMNetError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.rounds < 1:
+        raise AMNetError(f"--rounds must be >= 1, got {args.rounds}")
     if args.layout and args.preset:
         raise AMNetError("give either --layout or --preset, not both")
 
@@ -539,37 +585,56 @@ def _bench(args: Any, wanted: list[str], lengths: list[int], work: Path) -> int:
     models, skipped = _models(args, wanted, work, ckpt, onnx)
     latency_paths = [str(p) for p in _latency_files(work, lengths, dim, args.seed)]
 
-    results: list[dict[str, Any]] = []
     latency: list[dict[str, Any]] = []
     startup: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
+    bases: dict[str, dict[str, Any]] = {}
     for name in wanted:
         if name not in models:
             logger.warning("%s: skipped (%s)", name, skipped.get(name, "not available"))
             continue
-        base = {
+        bases[name] = {
             "model": str(Path(models[name]).resolve()),
-            "device": args.device,
+            "device": "cuda" if name == "tensorrt" else args.device,
             "threads": args.threads,
         }
-        if name == "tensorrt":
-            base["device"] = "cuda"
+
+    # Throughput in rounds, the backends taking turns (A B C, A B C, ...), so that a change in
+    # the machine's load hits every backend alike; a reference matmul rate before and after.
+    gflops = [_matmul_gflops(args.threads)]
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in bases}
+    for index in range(args.rounds):
+        for name, base in bases.items():
+            if name in failed:
+                continue
+            logger.info(
+                "%s: throughput over %d videos (round %d/%d)",
+                name, len(features), index + 1, args.rounds,
+            )  # fmt: skip
+            spec = {**base, "mode": "throughput", "features": features,
+                    "results": str(work / f"results_{name}.json")}  # fmt: skip
+            try:
+                rounds[name].append(_run_worker(spec, work, name))
+            except AMNetError as exc:
+                failed[name] = str(exc)
+                logger.warning("%s: failed (%s)", name, exc)
+    gflops.append(_matmul_gflops(args.threads))
+    matmul = statistics.fmean(gflops)
+    results: list[dict[str, Any]] = []
+    for name, runs in rounds.items():
+        if name in failed or not runs:
+            continue
+        best = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]  # the median round
+        row = {"backend": name, **best, "rounds": [r["seconds"] for r in runs]}
+        row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+        row["snippets_per_s_per_gflops"] = row["snippets_per_s"] / matmul
+        results.append(row)
+
+    for name, base in bases.items():
+        if name in failed:
+            continue
         try:
-            logger.info("%s: throughput over %d videos", name, len(features))
-            row = _run_worker(
-                {
-                    **base,
-                    "mode": "throughput",
-                    "features": features,
-                    "results": str(work / f"results_{name}.json"),
-                },
-                work,
-                name,
-            )
-            results.append({"backend": name, **row})
-            startup.append(
-                {"backend": name, **_run_worker({**base, "mode": "startup"}, work, name)}
-            )
+            startup.append({"backend": name, **_run_worker({**base, "mode": "startup"}, work, name)})  # fmt: skip
             if latency_paths:
                 logger.info("%s: latency at T = %s", name, ",".join(map(str, lengths)))
                 answer = _run_worker(
@@ -598,6 +663,9 @@ def _bench(args: Any, wanted: list[str], lengths: list[int], work: Path) -> int:
         "device": args.device,
         "threads": args.threads,
         "cpu_count": os.cpu_count(),
+        "rounds": args.rounds,
+        "matmul_gflops": matmul,
+        "matmul_gflops_before_after": gflops,
         "model": str(args.config or args.engine),
     }
     _print_report(results, {**skipped, **failed}, latency, startup, setup, args.json)
@@ -623,7 +691,8 @@ def _print_report(
     print(
         f"## amnet-bench: {setup['videos']} videos, {setup['snippets']} snippets, "
         f"model {setup['model']}, device {setup['device']}, threads {setup['threads'] or 'default'}"
-        f" ({setup['cpu_count']} CPUs)"
+        f" ({setup['cpu_count']} CPUs); fp32 matmul {setup['matmul_gflops']:.1f} GFLOP/s; "
+        f"median of {setup['rounds']} interleaved round(s)"
     )
     print()
     print(
@@ -633,6 +702,7 @@ def _print_report(
                 ("backend", "backend", ""),
                 ("seconds", "seconds", ".2f"),
                 ("snippets_per_s", "snippets/s", ".0f"),
+                ("snippets_per_s_per_gflops", "snippets/s per GFLOP/s", ".2f"),
                 ("speedup", "× torch", ".2f"),
                 ("peak_rss_mb", "peak RSS MB", ".0f"),
                 ("rss_ratio", "RSS / torch", ".2f"),
