@@ -6,6 +6,7 @@ import contextlib
 import glob
 import hashlib
 import json
+import mmap as mmap_module
 import os
 import stat
 import tempfile
@@ -295,12 +296,17 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise AMNetError(f"{path}: cannot read {what} ({exc.strerror})") from None
 
 
-def load_features(path: str | os.PathLike, expected_dim: int | None = None) -> np.ndarray:
-    """Load one ``[T, C]`` feature array as contiguous float32, refusing pickles and bad arrays."""
+def load_features(
+    path: str | os.PathLike, expected_dim: int | None = None, *, mmap: bool = False
+) -> np.ndarray:
+    """Load one ``[T, C]`` feature array as contiguous float32, refusing pickles and bad arrays.
+
+    ``mmap``: a float32 file is memory-mapped instead of read (other dtypes are read and cast):
+    long videos then cost no memory beyond the pages in use (see :func:`release_rows`)."""
     path = Path(path)
     refuse_special_input(path)
     try:
-        array = np.load(path, allow_pickle=False, mmap_mode=None)
+        array = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except FileNotFoundError:
         raise AMNetError(f"{path}: feature file not found") from None
     except IsADirectoryError:
@@ -326,17 +332,61 @@ def load_features(path: str | os.PathLike, expected_dim: int | None = None) -> n
         raise AMNetError(
             f"{path}: features have {array.shape[1]} channels, the model expects {expected_dim}"
         )
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    if array.size and not np.isfinite(array).all():
-        raise AMNetError(f"{path}: features contain NaN or Inf")
+    if isinstance(array, np.memmap) and array.dtype != np.float32:
+        array = np.array(array)  # a cast reads it all anyway
+    with np.errstate(over="ignore"):  # out-of-range float64 becomes inf, reported below
+        array = np.ascontiguousarray(array, dtype=np.float32)  # a view for float32 files
+    bad = first_non_finite(array)
+    if bad is not None:
+        raise AMNetError(f"{path}: features contain NaN or Inf (first at snippet {bad})")
     return array
+
+
+_CHECK_BLOCK_VALUES = 1 << 22  # values per block of a finiteness scan (16 MB of float32)
+
+
+def first_non_finite(array: np.ndarray) -> int | None:
+    """The first row of a ``[T, C]`` array holding NaN or Inf, or None; scanned in blocks so a
+    long (memory-mapped) video needs no full-size temporary, and the pages of a mapped file
+    are let go again as the scan passes."""
+    rows = max(1, _CHECK_BLOCK_VALUES // max(1, array.shape[1] if array.ndim == 2 else 1))
+    for start in range(0, array.shape[0], rows):
+        block = array[start : start + rows]
+        if not np.isfinite(block).all():
+            return start + int(np.argwhere(~np.isfinite(block))[0, 0])
+        release_rows(array, start + rows)
+    return None
+
+
+def release_rows(array: np.ndarray, upto: int) -> None:
+    """Let the kernel drop the resident pages of rows ``[0, upto)`` of a memory-mapped array
+    (no-op for ordinary arrays): they are read again from the file if touched, so a pass over a
+    long video keeps only a window of it in memory."""
+    base = array
+    while base is not None and not isinstance(base, np.memmap):
+        base = base.base if isinstance(base.base, np.ndarray) else None
+    handle = getattr(base, "_mmap", None)
+    if (
+        handle is None
+        or not hasattr(handle, "madvise")
+        or not hasattr(mmap_module, "MADV_DONTNEED")
+    ):
+        return
+    offset = getattr(base, "offset", 0)
+    row_bytes = array.strides[0] if array.ndim else array.itemsize
+    end = offset + min(upto, array.shape[0]) * row_bytes
+    end -= end % mmap_module.PAGESIZE
+    if end > 0:
+        with contextlib.suppress(OSError, ValueError):
+            handle.madvise(mmap_module.MADV_DONTNEED, 0, end)
 
 
 _NPY_MAGIC = b"\x93NUMPY"
 
 
-def read_features(path: Path, input_dim: int) -> np.ndarray:
-    """One feature file as contiguous float32 ``[T, C]``; AMNetError naming the problem."""
+def read_features(path: Path, input_dim: int, *, mmap: bool = False) -> np.ndarray:
+    """One feature file as contiguous float32 ``[T, C]``; AMNetError naming the problem.
+    ``mmap``: memory-map a float32 file instead of reading it (see :func:`load_features`)."""
     refuse_special_input(path)
     try:
         with open(path, "rb") as handle:
@@ -353,6 +403,6 @@ def read_features(path: Path, input_dim: int) -> np.ndarray:
         what = "a .npz archive" if head.startswith(b"PK") else "no NumPy header"
         raise AMNetError(f"{path}: not a .npy file ({what})")
     try:
-        return load_features(path, expected_dim=input_dim)
+        return load_features(path, expected_dim=input_dim, mmap=mmap)
     except MemoryError:
         raise AMNetError(f"{path}: too large to load") from None

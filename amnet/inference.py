@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from amnet.console import bar_disabled
 from amnet.detections import Detections
-from amnet.metadata import DEFAULT_CHUNK_BATCH
+from amnet.metadata import chunk_batch_for
 from amnet.postprocess import (
     PostprocessConfig,
     config_from_test_cfg,
@@ -34,7 +34,7 @@ def predict_chunks(
     max_seq_len: int,
     overlap: float,
     device: torch.device | str = "cpu",
-    batch_size: int = DEFAULT_CHUNK_BATCH,
+    batch_size: int | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray, int]]:
     """Raw model outputs ``(scores, segments, offset)`` for each chunk of one ``[T, C]`` video,
     through the chunk loop every backend uses (:func:`amnet.postprocess.run_chunked`)."""
@@ -46,6 +46,8 @@ def predict_chunks(
         )
         return scores.float().cpu().numpy(), segments.float().cpu().numpy()
 
+    if batch_size is None:
+        batch_size = chunk_batch_for(torch.device(device).type)
     return run_chunked(run, feats, max_seq_len, overlap, batch_size)
 
 

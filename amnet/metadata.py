@@ -27,6 +27,7 @@ __all__ = [
     "PLAN_SIDECAR_SUFFIX",
     "RUNTIME_KEYS",
     "build_metadata",
+    "chunk_batch_for",
     "decode_metadata",
     "encode_metadata",
     "plan_sidecar_path",
@@ -43,7 +44,17 @@ FORMAT_VERSION = 1
 # per-point outputs out, and how many chunks a backend call takes by default.
 INPUT_NAMES: tuple[str, str] = ("features", "lengths")  # [B, T, C] float32, [B] int64
 OUTPUT_NAMES: tuple[str, str] = ("scores", "segments")  # [B, P, K] float32, [B, P, 2] float32
-DEFAULT_CHUNK_BATCH = 4
+DEFAULT_CHUNK_BATCH = 4  # on GPUs; on CPUs see chunk_batch_for
+
+
+def chunk_batch_for(device: str) -> int:
+    """Chunks per backend call by default: 1 on a CPU, where batching chunks buys no speed and
+    each extra chunk in a call costs about 0.45 GB of attention scores at the paper's size
+    (docs/BENCHMARKS.md, "Memory"); :data:`DEFAULT_CHUNK_BATCH` on a GPU. Every backend and the
+    evaluation path use this, so they run the same batches."""
+    return 1 if str(device).split(":")[0] == "cpu" else DEFAULT_CHUNK_BATCH
+
+
 PLAN_SIDECAR_SUFFIX = ".json"
 
 # key -> type of the decoded value. "json" values are stored as JSON text.

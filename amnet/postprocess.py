@@ -242,12 +242,18 @@ def run_chunked(
     the same windows, batches and padding. Outputs stay at the padded length: padded points
     score exactly 0, so post-processing never picks them.
     """
+    from amnet.fileio import release_rows
+
     outputs: list[tuple[np.ndarray, np.ndarray, int]] = []
+    step = max(max_len - round(max_len * overlap), 1)
     for x, lengths, starts in chunk_batches(features, max_len, overlap, batch_size):
         scores, segments = run(x, lengths)
         scores = np.asarray(scores, dtype=np.float32)
         segments = np.asarray(segments, dtype=np.float32)
         outputs.extend((scores[j], segments[j], start) for j, start in enumerate(starts))
+        # Later windows start at or after this one plus a step: the rows before are done (a
+        # memory-mapped video then keeps only about one window resident).
+        release_rows(features, starts[-1] + step)
     return outputs
 
 

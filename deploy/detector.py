@@ -48,7 +48,8 @@ import numpy as np
 from amnet.deploy.backends import Backend, open_backend
 from amnet.detections import Detections
 from amnet.errors import AMNetError
-from amnet.metadata import DEFAULT_CHUNK_BATCH
+from amnet.fileio import first_non_finite
+from amnet.metadata import DEFAULT_CHUNK_BATCH, chunk_batch_for
 from amnet.postprocess import (
     PostprocessConfig,
     config_from_test_cfg,
@@ -61,7 +62,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Detection", "Detector", "snippets_duration"]
 
-DEFAULT_BATCH_SIZE = DEFAULT_CHUNK_BATCH  # chunks per backend call
+DEFAULT_BATCH_SIZE = DEFAULT_CHUNK_BATCH  # on GPUs; CPUs take one chunk per call
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,8 @@ class Detector:
             ``max_detections``, so it may also raise it).
         fps, feature_stride, num_frames: override the model's feature convention.
         intra_op_threads: CPU threads per inference call (ONNX Runtime, PyTorch).
-        batch_size: chunks per backend call for long videos (bounded by TensorRT's profile).
+        batch_size: chunks per backend call for long videos (bounded by TensorRT's profile);
+            default 1 on a CPU, 4 on a GPU.
 
     Raises:
         AMNetError: a missing, unreadable or unknown model, or bad settings (one line).
@@ -121,7 +123,7 @@ class Detector:
         feature_stride: int | None = None,
         num_frames: int | None = None,
         intra_op_threads: int | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
     ) -> None:
         if min_score is not None and (
             isinstance(min_score, bool)
@@ -163,6 +165,8 @@ class Detector:
             )
             self.max_seq_len = int(engine_len)
         max_batch = self.backend.max_batch
+        if batch_size is None:
+            batch_size = chunk_batch_for(self.backend.device)
         self.batch_size = min(batch_size, max_batch) if max_batch else batch_size
 
         post = config_from_test_cfg(meta["config"].get("test_cfg", {}))
@@ -209,8 +213,9 @@ class Detector:
             )
         with np.errstate(over="ignore"):  # out-of-range float64 becomes inf, reported below
             array = np.ascontiguousarray(features, dtype=np.float32)
-        if array.size and not np.isfinite(array).all():
-            t, c = (int(i) for i in np.argwhere(~np.isfinite(array))[0])
+        bad = first_non_finite(array) if array.size else None  # blockwise: no T x C temporary
+        if bad is not None:
+            t, c = bad, int(np.argwhere(~np.isfinite(array[bad]))[0, 0])
             overflow = bool(np.isfinite(features[t, c]))  # finite before the cast: out of range
             raise AMNetError(
                 f"{name}: features contain NaN or Inf (first at snippet {t}, channel {c}"

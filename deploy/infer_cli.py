@@ -257,7 +257,7 @@ def _run(argv: list[str] | None) -> int:
     bad: list[tuple[Path, str]] = []
     for f in files:
         try:
-            array = read_features(f.path, detector.input_dim)
+            array = read_features(f.path, detector.input_dim, mmap=True)
         except AMNetError as exc:
             bad.append((f.path, str(exc)))
             continue
@@ -299,7 +299,7 @@ def _run(argv: list[str] | None) -> int:
             array = cache.pop(f.video_id, None)
             try:
                 if array is None:
-                    array = read_features(f.path, detector.input_dim)
+                    array = read_features(f.path, detector.input_dim, mmap=True)
                 results[f.video_id] = detector.detect_raw(array)
             except AMNetError as exc:
                 if not args.skip_bad:
