@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import run_main
 
 from amnet import synth
 from amnet.annotations import VideoAnnotation, dump_database, load_annotations, select_subset
@@ -106,12 +106,7 @@ def test_run_baseline_uses_the_training_subset_only(tmp_path: Path) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "amnet.cli.baseline", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_main("amnet.cli.baseline", *args)
 
 
 @pytest.mark.parametrize("case", ["no-folder", "no-annotations", "empty-subset", "no-subset"])

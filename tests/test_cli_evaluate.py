@@ -8,17 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-RUN_MAIN = "from amnet.cli.evaluate import main; raise SystemExit(main())"
+from clitools import run_main
 
 
 def run_eval(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", RUN_MAIN, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_main("amnet.cli.evaluate", *args)
 
 
 def annotation_file(path: Path) -> Path:

@@ -2,22 +2,19 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from clitools import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
 
 
 def cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    code = f"from amnet.cli.{module} import main; raise SystemExit(main())"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT
-    )
+    return run_main(f"amnet.cli.{module}", *args)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import run_main
 
 from amnet import synth
 from amnet.annotations import load_annotations
@@ -315,12 +315,7 @@ def test_tiny_is_learnable_and_difficulty_makes_it_harder() -> None:
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "amnet.cli.synth", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_main("amnet.cli.synth", *args)
 
 
 def _layout_file(tmp_path: Path) -> Path:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import run_main
 
 pytest.importorskip("matplotlib")
 
@@ -98,13 +98,7 @@ def test_ame_profile_and_figure(world, tmp_path):
 
 
 def run_viz(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "amnet.viz", *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return run_main("amnet.viz", *args)
 
 
 def test_amnet_viz_cli(world, tmp_path):

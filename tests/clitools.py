@@ -1,0 +1,24 @@
+"""Run a command's ``main(argv)`` in this process, as a user's shell would see it: exit status,
+stdout and stderr (the tools print their one-line errors to stderr). In-process, so a test does
+not pay for a fresh interpreter and a torch import per call."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import subprocess
+from collections.abc import Callable
+
+
+def run_main(main: Callable[[list[str]], int] | str, *args: str) -> subprocess.CompletedProcess:
+    """``main``: the function, or a module path such as ``"amnet.cli.train"``."""
+    if isinstance(main, str):
+        main = importlib.import_module(main).main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse's own exits (e.g. --help)
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(list(args), int(code or 0), out.getvalue(), err.getvalue())
