@@ -4,5 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 # pytest exits 5 when it collects no test; that must fail the run, and it does (non-zero).
 exec .venv/bin/python -m pytest -q "$@"
