@@ -6,7 +6,7 @@ side by side in one run (the same model, videos and post-processing; only
 ``test_cfg.chunk_overlap`` changes), and reports average mAP, the number of windows and the
 seconds of inference + post-processing.
 
-    python benchmarks/bench_overlap.py --ckpt work/bench_train/runs/thumos14_i3d-seed0/best.pt \
+    python benchmarks/bench_overlap.py --ckpt work/bench_train/runs/thumos14_i3d-seed0/last.pt \
         --data work/bench_data --overlaps 0.25,0.125,0.0625,0 [--max-seq-len 2304]
 
 ``--max-seq-len`` shortens the windows (a multiple of the pyramid's stride) so that a set of
@@ -31,8 +31,9 @@ from amnet.postprocess import plan_chunks
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", required=True, help="a trained checkpoint (best.pt)")
+    p.add_argument("--ckpt", required=True, help="a trained checkpoint")
     p.add_argument("--data", required=True, help="the dataset folder it was trained on")
+    p.add_argument("--subset", default="test", help="the split to evaluate (default: test)")
     p.add_argument("--overlaps", default="0.25,0.125,0.0625,0", help="comma-separated, in [0, 1)")
     p.add_argument("--max-seq-len", type=int, default=None, help="window length (default: config)")
     p.add_argument("--json", action="store_true")
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     overlaps = [float(v) for v in args.overlaps.split(",") if v.strip()]
 
     model, cfg, names = load_model(args.ckpt)
+    cfg["dataset"]["val_split"] = [args.subset]
     if args.max_seq_len:
         cfg["dataset"]["max_seq_len"] = int(args.max_seq_len)
     dataset = make_dataset(cfg, args.data, "val_split", False, names)
@@ -82,4 +84,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from amnet.cli.common import run_cli
+
+    raise SystemExit(run_cli(main, None, "bench_overlap"))
