@@ -400,16 +400,25 @@ def _vote(dets: Detections, kept: np.ndarray, thresh: float, weight: str = "scor
     weights_all = np.nan_to_num(np.clip(dets.scores, 0.0, None), nan=0.0)
     kept_labels = dets.labels[kept]
     for label in np.unique(kept_labels):
-        rows = np.flatnonzero(kept_labels == label)
+        all_rows = np.flatnonzero(kept_labels == label)
         cols = np.flatnonzero(dets.labels == label)
-        iou = _tiou_matrix(voted[rows], dets.segments[cols])
-        w = np.where(iou >= thresh, weights_all[cols][None, :], 0.0)
-        if weight == "score_tiou":
-            w *= iou
-        total = w.sum(axis=1)
-        ok = total > 0  # e.g. a zero-length segment has no overlap: leave it as it is
-        voted[rows[ok]] = (w[ok] @ dets.segments[cols]) / total[ok, None]
+        segs, weights = dets.segments[cols], weights_all[cols][None, :]
+        # Rows in blocks: a long video has ~10^5 candidates of a class, and a [kept x candidates]
+        # float64 matrix per temporary would cost memory in proportion to its length.
+        block = max(1, _VOTE_BLOCK_VALUES // max(len(cols), 1))
+        for start in range(0, len(all_rows), block):
+            rows = all_rows[start : start + block]
+            iou = _tiou_matrix(voted[rows], segs)
+            w = np.where(iou >= thresh, weights, 0.0)
+            if weight == "score_tiou":
+                w *= iou
+            total = w.sum(axis=1)
+            ok = total > 0  # e.g. a zero-length segment has no overlap: leave it as it is
+            voted[rows[ok]] = (w[ok] @ segs) / total[ok, None]
     return voted
+
+
+_VOTE_BLOCK_VALUES = 1 << 20  # entries per voting block (8 MB per float64 temporary)
 
 
 def nms(dets: Detections, cfg: PostprocessConfig | None = None) -> Detections:

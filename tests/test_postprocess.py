@@ -525,3 +525,22 @@ def test_chunk_batches_pad_each_batch_to_its_longest_chunk():
     assert np.shares_memory(lone, feats) and lone_lengths.tolist() == [4]
     short = list(chunk_batches(feats[:3], max_len=4, overlap=0.25, batch_size=2))
     assert len(short) == 1 and short[0][0].shape == (1, 3, 2)
+
+
+def test_score_voting_in_row_blocks_equals_one_block(monkeypatch):
+    """Voting takes the kept detections in blocks (bounded memory on long videos); the
+    segments it returns do not depend on the block size."""
+    import amnet.postprocess as pp
+
+    rng = np.random.default_rng(3)
+    starts = rng.uniform(0, 500, 3000)
+    dets = Detections(
+        np.stack([starts, starts + rng.uniform(0.5, 20, 3000)], axis=1),
+        rng.uniform(0.001, 1, 3000),
+        rng.integers(0, 3, 3000),
+    )
+    whole = pp.nms(dets, pp.PostprocessConfig())
+    monkeypatch.setattr(pp, "_VOTE_BLOCK_VALUES", 5000)  # a handful of rows per block
+    blocked = pp.nms(dets, pp.PostprocessConfig())
+    np.testing.assert_allclose(blocked.segments, whole.segments, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(blocked.scores, whole.scores)
