@@ -78,7 +78,7 @@ DAMAGE = {
     "wrong width": lambda p: np.save(p, np.zeros((50, DIM - 1), np.float32)),
     "one-dimensional": lambda p: np.save(p, np.zeros(DIM, np.float32)),
     "integers": lambda p: np.save(p, np.ones((50, DIM), np.int32)),
-    "pickled objects": lambda p: np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True),
+    "pickled objects": lambda p: np.save(p, np.array([{"a": 1}], dtype=object)),  # np.save pickles
     "garbage": lambda p: p.write_bytes(os.urandom(300)),
     "truncated": lambda p: p.write_bytes(p.read_bytes()[:2000]),
     "empty file": lambda p: p.write_bytes(b""),
