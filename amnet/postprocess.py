@@ -27,7 +27,6 @@ import numpy as np
 
 from amnet.detections import Detections
 from amnet.errors import AMNetError
-from amnet.timebase import snippets_to_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -234,9 +233,9 @@ def run_chunked(
     max_len: int,
     overlap: float,
     batch_size: int,
-) -> list[tuple[np.ndarray, np.ndarray, int]]:
-    """The one chunk loop: raw outputs ``(scores [P, K], segments [P, 2], offset)`` per chunk
-    of a ``[T, C]`` video, ``run(x [b, L, C], lengths [b])`` called once per batch of chunks.
+) -> list[tuple[np.ndarray, np.ndarray, int, int]]:
+    """The one chunk loop: raw outputs ``(scores [P, K], segments [P, 2], offset, length)`` per
+    chunk of a ``[T, C]`` video, ``run(x [b, L, C], lengths [b])`` called once per batch.
 
     Every backend (and the PyTorch evaluation during training) goes through here, so they see
     the same windows, batches and padding. Outputs stay at the padded length: padded points
@@ -244,13 +243,15 @@ def run_chunked(
     """
     from amnet.fileio import release_rows
 
-    outputs: list[tuple[np.ndarray, np.ndarray, int]] = []
+    outputs: list[tuple[np.ndarray, np.ndarray, int, int]] = []
     step = max(max_len - round(max_len * overlap), 1)
     for x, lengths, starts in chunk_batches(features, max_len, overlap, batch_size):
         scores, segments = run(x, lengths)
         scores = np.asarray(scores, dtype=np.float32)
         segments = np.asarray(segments, dtype=np.float32)
-        outputs.extend((scores[j], segments[j], start) for j, start in enumerate(starts))
+        outputs.extend(
+            (scores[j], segments[j], start, int(lengths[j])) for j, start in enumerate(starts)
+        )
         # Later windows start at or after this one plus a step: the rows before are done (a
         # memory-mapped video then keeps only about one window resident).
         release_rows(features, starts[-1] + step)
@@ -337,8 +338,22 @@ def _group_bounds(keys: np.ndarray) -> tuple[np.ndarray, list[int], list[int]]:
     return order, lo.tolist(), (lo + np.repeat(counts, counts)).tolist()
 
 
-def _suppress(dets: Detections, cfg: PostprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+def _suppress(
+    dets: Detections,
+    cfg: PostprocessConfig,
+    *,
+    limit: int | None = None,
+    fixed: np.ndarray | None = None,
+    stop_below: float = -np.inf,
+    settle: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Greedy (soft-)NMS; returns the kept indices into ``dets`` and their final scores.
+
+    ``limit`` caps the picks (default ``cfg.max_detections``); the loop also stops once the best
+    remaining score is below ``stop_below``. ``fixed`` marks detections whose score is settled
+    (picks of an earlier round, :mod:`amnet.chunk_merge`): they are picked in score order and
+    suppress the others as usual, but are never suppressed themselves. With ``settle`` (a mask),
+    the loop stops as soon as every masked detection is picked or suppressed.
 
     Groups (classes, or everything when not multiclass) are laid out contiguously so that each
     step computes the tIoU of the pick against its own group only, as one vectorised operation.
@@ -359,16 +374,33 @@ def _suppress(dets: Detections, cfg: PostprocessConfig) -> tuple[np.ndarray, np.
     if soft:
         inv_sigma = 1.0 / cfg.sigma
 
+    live_fixed = None
+    if fixed is not None and fixed.any():
+        live_fixed = fixed[order].copy()  # fixed and not yet picked
+        settled = cur.copy()
+    limit = cfg.max_detections if limit is None else limit
+    watched = None
+    if settle is not None:
+        watched = settle[order] & (cur > -np.inf)  # not yet picked or suppressed
+        unsettled = int(watched.sum())
+        if unsettled == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+
     picked: list[int] = []
     picked_scores: list[float] = []
-    while len(picked) < cfg.max_detections:
+    while len(picked) < limit:
         i = int(cur.argmax())
         top = float(cur[i])
-        if top == -np.inf:
+        if top == -np.inf or top < stop_below:
             break
         picked.append(i)
         picked_scores.append(top)
         cur[i] = -np.inf
+        if live_fixed is not None:
+            live_fixed[i] = False
+        if watched is not None and watched[i]:
+            watched[i] = False
+            unsettled -= 1
         a, b = lo[i], hi[i]
         if b - a == 1:
             continue
@@ -389,6 +421,16 @@ def _suppress(dets: Detections, cfg: PostprocessConfig) -> tuple[np.ndarray, np.
             group[~(group >= floor)] = -np.inf
         else:
             group[iou > cfg.iou_threshold] = -np.inf
+        if live_fixed is not None:
+            keep = live_fixed[a:b]
+            group[keep] = settled[a:b][keep]
+        if watched is not None:
+            gone = watched[a:b] & (group == -np.inf)
+            if gone.any():
+                watched[a:b][gone] = False
+                unsettled -= int(gone.sum())
+            if unsettled == 0:
+                break
     return order[np.asarray(picked, dtype=np.int64)], np.asarray(picked_scores, dtype=np.float64)
 
 
@@ -456,45 +498,57 @@ def nms(dets: Detections, cfg: PostprocessConfig | None = None) -> Detections:
 
 
 def postprocess_chunks(
-    chunks: Sequence[tuple[np.ndarray, np.ndarray, int]],
+    chunks: Sequence[tuple[Any, ...]],
     duration: float,
     fps: float,
     feature_stride: int,
     num_frames: int,
     cfg: PostprocessConfig | None = None,
+    min_score: float | None = None,
 ) -> Detections:
     """Turn the raw outputs of one video's chunks into its final detections, in seconds.
 
     This is the single path every backend calls; an ordinary video is one chunk at offset 0.
+    Chunks go through :class:`amnet.chunk_merge.ChunkMerger` in order, as a stream's do, so a
+    stream of the same video gives the same detections.
 
     Args:
-        chunks: per chunk ``(scores [P, K], segments [P, 2], offset)`` with segments in snippet
-            units relative to the chunk start and ``offset`` the chunk's first snippet.
+        chunks: per chunk ``(scores [P, K], segments [P, 2], offset[, length])`` with segments in
+            snippet units relative to the chunk start, ``offset`` the chunk's first snippet and
+            ``length`` its snippet count (without it, segments are not clipped to the chunk's
+            end), in increasing ``offset``.
         duration: video length in seconds; detections are clipped to ``[0, duration]``.
         fps, feature_stride, num_frames: the feature convention (see :func:`snippets_to_seconds`).
+        min_score: report only detections scoring at least this (cheaper than filtering after).
 
     Returns:
         At most ``cfg.max_detections`` detections sorted by score descending, after one NMS over
         all chunks together (so an action seen by two overlapping chunks yields one detection).
     """
+    from amnet.chunk_merge import ChunkMerger
+
     cfg = cfg or PostprocessConfig()
     if not (math.isfinite(duration) and duration >= 0):
         raise ValueError(f"postprocess_chunks: duration must be finite and >= 0, got {duration}")
-    parts: list[Detections] = []
-    for scores, segments, offset in chunks:
-        cand = select_candidates(scores, segments, cfg)
-        if len(cand) == 0:
-            continue
-        segs = snippets_to_seconds(cand.segments + float(offset), fps, feature_stride, num_frames)
-        np.clip(segs, 0.0, duration, out=segs)
-        keep = (segs[:, 1] - segs[:, 0]) >= cfg.min_duration
-        parts.append(Detections(segs[keep], cand.scores[keep], cand.labels[keep]))
-    merged = Detections.concatenate(parts)
-    result = nms(merged, cfg)
-    logger.debug(
-        "postprocess: %d chunk(s), %d candidates -> %d detections",
-        len(chunks),
-        len(merged),
-        len(result),
+    merger = ChunkMerger(
+        cfg,
+        fps,
+        feature_stride,
+        num_frames,
+        duration=duration,
+        keep_top=cfg.max_detections,
+        min_score=min_score,
     )
+    parts: list[Detections] = []
+    last = -math.inf
+    for chunk in chunks:
+        scores, segments, offset = chunk[:3]
+        if offset < last:
+            raise ValueError("postprocess_chunks: chunks must come in increasing offset order")
+        last = offset
+        parts.append(merger.add(scores, segments, int(offset), *chunk[3:4]))
+    parts.append(merger.finish())
+    merged = Detections.concatenate(parts)
+    result = merged.take(np.argsort(-merged.scores, kind="stable")[: cfg.max_detections])
+    logger.debug("postprocess: %d chunk(s) -> %d detections", len(chunks), len(result))
     return result

@@ -9,6 +9,7 @@
         print(d.label, d.start, d.end, d.score)
     raw = detector.detect_raw(features)              # amnet.detections.Detections (arrays)
     batch = detector.detect_many([f1, f2, f3])       # list of lists
+    stream = detector.stream()                       # a live video: stream.push(block), flush()
 
 Everything but the graph comes from the model's metadata (config, class names, fps, feature
 stride, frames per snippet, ``max_seq_len``, chunk overlap, post-processing settings); fps,
@@ -41,7 +42,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -53,10 +54,14 @@ from amnet.metadata import DEFAULT_CHUNK_BATCH, chunk_batch_for
 from amnet.postprocess import (
     PostprocessConfig,
     config_from_test_cfg,
+    plan_chunks,
     postprocess_chunks,
     run_chunked,
 )
 from amnet.timebase import snippets_duration
+
+if TYPE_CHECKING:
+    from amnet.deploy.stream import StreamingDetector
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +83,16 @@ class Detection:
     @property
     def duration(self) -> float:
         return self.end - self.start
+
+
+def _score(name: str, value: Any) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.integer, np.floating))
+        or not 0.0 <= float(value) <= 1.0
+    ):
+        raise AMNetError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
 
 
 def _positive(name: str, value: Any, integer: bool = False) -> Any:
@@ -125,12 +140,7 @@ class Detector:
         intra_op_threads: int | None = None,
         batch_size: int | None = None,
     ) -> None:
-        if min_score is not None and (
-            isinstance(min_score, bool)
-            or not isinstance(min_score, (int, float, np.integer, np.floating))
-            or not 0.0 <= float(min_score) <= 1.0
-        ):
-            raise AMNetError(f"min_score must be a number in [0, 1], got {min_score!r}")
+        min_score = None if min_score is None else _score("min_score", min_score)
         top_k = _positive("top_k", top_k, integer=True)
         fps = _positive("fps", fps)
         feature_stride = _positive("feature_stride", feature_stride, integer=True)
@@ -237,13 +247,23 @@ class Detector:
         )
 
     def detect_raw(
-        self, features: Any, duration: float | None = None, fps: float | None = None
+        self,
+        features: Any,
+        duration: float | None = None,
+        fps: float | None = None,
+        *,
+        top_k: int | None = None,
+        min_score: float | None = None,
     ) -> Detections:
         """Detections of one ``[T, C]`` video as arrays (segments in seconds, sorted by score).
 
         ``fps`` overrides the frame rate for this video only (annotation files carry one per
-        video)."""
+        video); ``top_k`` and ``min_score`` override the detector's for this call."""
         fps = self.fps if fps is None else _positive("fps", fps)
+        post = self.postprocess
+        if top_k is not None:
+            post = replace(post, max_detections=_positive("top_k", top_k, integer=True))
+        min_score = self.min_score if min_score is None else _score("min_score", min_score)
         array = self.prepare(features)
         if duration is None:
             duration = snippets_duration(array.shape[0], fps, self.feature_stride, self.num_frames)
@@ -262,10 +282,11 @@ class Detector:
             fps=fps,
             feature_stride=self.feature_stride,
             num_frames=self.num_frames,
-            cfg=self.postprocess,
+            cfg=post,
+            min_score=min_score,
         )
-        if self.min_score is not None:
-            dets = dets.take(np.flatnonzero(dets.scores >= self.min_score))
+        if min_score is not None:
+            dets = dets.take(np.flatnonzero(dets.scores >= min_score))
         return dets
 
     def to_detections(self, dets: Detections) -> list[Detection]:
@@ -278,9 +299,76 @@ class Detector:
             )
         ]
 
-    def __call__(self, features: Any, duration: float | None = None) -> list[Detection]:
-        """Detections of one ``[T, C]`` video, best first."""
-        return self.to_detections(self.detect_raw(features, duration))
+    def __call__(
+        self,
+        features: Any,
+        duration: float | None = None,
+        *,
+        top_k: int | None = None,
+        min_score: float | None = None,
+    ) -> list[Detection]:
+        """Detections of one ``[T, C]`` video, best first (``top_k``/``min_score``: this call's
+        own cut)."""
+        return self.to_detections(
+            self.detect_raw(features, duration, top_k=top_k, min_score=min_score)
+        )
+
+    def detect_raw_many(
+        self,
+        videos: Sequence[np.ndarray],
+        top_k: Sequence[int | None] | None = None,
+        min_score: Sequence[float | None] | None = None,
+    ) -> list[Detections]:
+        """:meth:`detect_raw` of several prepared videos, their windows packed together into
+        backend calls of ``batch_size`` (what pays on a GPU; on a CPU it is one window per
+        call, as for one video). Each result equals that video's own :meth:`detect_raw`."""
+        n = len(videos)
+        top_k = top_k or [None] * n
+        min_score = min_score or [None] * n
+        windows = [
+            (i, start, end)
+            for i, video in enumerate(videos)
+            for start, end in plan_chunks(video.shape[0], self.max_seq_len, self.chunk_overlap)
+        ]
+        outputs: list[list[tuple[np.ndarray, np.ndarray, int, int]]] = [[] for _ in videos]
+        for b in range(0, len(windows), self.batch_size):
+            group = windows[b : b + self.batch_size]
+            longest = max(end - start for _, start, end in group)
+            if len(group) == 1:
+                i, start, end = group[0]
+                x = videos[i][None, start:end]
+            else:
+                x = np.zeros((len(group), longest, self.input_dim), np.float32)
+                for j, (i, start, end) in enumerate(group):
+                    x[j, : end - start] = videos[i][start:end]
+            lengths = np.array([end - start for _, start, end in group], dtype=np.int64)
+            scores, segments = self.backend.run(x, lengths)
+            scores = np.asarray(scores, dtype=np.float32)
+            segments = np.asarray(segments, dtype=np.float32)
+            for j, (i, start, end) in enumerate(group):
+                outputs[i].append((scores[j], segments[j], start, end - start))
+        results = []
+        for i, video in enumerate(videos):
+            post = self.postprocess
+            if top_k[i] is not None:
+                post = replace(post, max_detections=_positive("top_k", top_k[i], integer=True))
+            floor = self.min_score if min_score[i] is None else _score("min_score", min_score[i])
+            if video.shape[0] == 0:
+                results.append(Detections.empty())
+                continue
+            dets = postprocess_chunks(
+                outputs[i],
+                duration=self.duration_of(video.shape[0]),
+                fps=self.fps,
+                feature_stride=self.feature_stride,
+                num_frames=self.num_frames,
+                cfg=post,
+                min_score=floor,
+            )
+            if floor is not None:
+                dets = dets.take(np.flatnonzero(dets.scores >= floor))
+            results.append(dets)
+        return results
 
     def detect_many(
         self, videos: Sequence[Any], durations: Sequence[float | None] | None = None
@@ -289,6 +377,13 @@ class Detector:
         if durations is not None and len(durations) != len(videos):
             raise AMNetError(f"{len(durations)} durations for {len(videos)} videos")
         return [self(v, None if durations is None else durations[i]) for i, v in enumerate(videos)]
+
+    def stream(self) -> StreamingDetector:
+        """A :class:`~amnet.deploy.stream.StreamingDetector` for one live video: push feature
+        blocks, get the detections that became final (see :mod:`amnet.deploy.stream`)."""
+        from amnet.deploy.stream import StreamingDetector
+
+        return StreamingDetector(self)
 
     def close(self) -> None:
         self.backend.close()

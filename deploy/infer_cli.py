@@ -6,6 +6,9 @@
         [--min-score S] [--top-k K] [--device cpu|cuda] [--fps F] [--feature-stride N]
         [--num-frames N] [--threads N] [--plot DIR] [--skip-bad] [--quiet]
 
+    amnet-infer --engine MODEL FEATURES... --workers N [--ray-address ADDR] [--resume-from OUT]
+    amnet-infer --engine MODEL --stream --dim C [--min-score S] [...]   < raw float32 rows
+
 MODEL is a ``.onnx``, ``.plan``/``.engine`` (with its ``.plan.json``) or ``.pt`` file; FEATURES
 are ``.npy`` files ``[T, C]`` or folders of them (sorted, not recursive). The video id is the
 file stem. Output (stdout unless ``--output``, which is written atomically):
@@ -15,6 +18,18 @@ file stem. Output (stdout unless ``--output``, which is written atomically):
 - ``jsonl``: one line per video, ``{"video_id", "duration", "detections": [...]}`` (videos
   without detections included);
 - ``csv``: ``video_id,start,end,label,label_id,score``, one row per detection.
+
+``--workers N`` runs the files on a Ray cluster (the ``[scale]`` extra; a local one unless
+``--ray-address``), one Detector per worker, with the same output as one process; finished
+videos are kept in shards beside ``--output`` so that ``--resume-from OUT`` continues a killed
+job (:mod:`amnet.deploy.ray_batch`).
+
+``--stream`` follows one live video: it reads raw little-endian float32 rows of ``C`` values
+from stdin as they come (a feature extractor piping into it) and writes one JSON line per
+detection to stdout, ``{"label", "label_id", "segment": [s, e], "score"}``, as soon as it is
+final (:mod:`amnet.deploy.stream`); the rest at the end of the input. A stream has no
+per-video cap (``--top-k`` does not apply). Input that ends inside a row, NaN/Inf or a ``--dim``
+that is not the model's stops it with exit 2.
 
 Bad inputs (missing, empty, truncated or non-.npy files, pickled/object arrays, wrong rank or
 channel count, NaN/Inf, non-numeric dtypes, a folder without .npy files, duplicate video ids):
@@ -86,7 +101,29 @@ def build_parser() -> OneLineParser:
     )
     parser.add_argument("--engine", required=True, metavar="MODEL", help="model file")
     parser.add_argument(
-        "features", nargs="+", metavar="FEATURES", help=".npy files or folders of them"
+        "features", nargs="*", metavar="FEATURES", help=".npy files or folders of them"
+    )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="one live video: raw little-endian float32 rows on stdin, JSON lines of final "
+        "detections on stdout as they come",
+    )
+    parser.add_argument(
+        "--dim", type=int, metavar="C", help="--stream: values per row (the model's input_dim)"
+    )
+    parser.add_argument(
+        "--workers", type=int, metavar="N", help="run on N Ray workers (the [scale] extra)"
+    )
+    parser.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="--workers: an existing Ray cluster (default: start a local one)",
+    )
+    parser.add_argument(
+        "--resume-from",
+        metavar="OUT",
+        help="--workers: continue the killed job that was writing OUT (skips finished videos)",
     )
     parser.add_argument(
         "--output", "-o", metavar="FILE", help="write here (default, or '-': stdout)"
@@ -216,11 +253,25 @@ def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     _check_options(args)
+    if args.stream:
+        return _run_stream(args)
+    if args.dim is not None:
+        raise AMNetError("--dim goes with --stream (feature files carry their shape)")
+    if not args.features:
+        raise AMNetError("no FEATURES given (.npy files or folders; or --stream for stdin)")
+    if args.workers is None and (args.ray_address or args.resume_from):
+        raise AMNetError("--ray-address and --resume-from go with --workers N")
     output: Path | None = None
     files = expand_inputs(args.features)
+    if args.resume_from:
+        if args.output not in (None, args.resume_from):
+            raise AMNetError("--resume-from OUT writes OUT; give no other --output")
+        args.output = args.resume_from
     if args.output and args.output != "-":
         # Before any work, and never onto an input: a feature file or the model itself.
         output = check_out_path(args.output, [f.path for f in files] + [args.engine])
+    if args.workers is not None:
+        return _run_workers(args, files, output)
     plot_dir = Path(args.plot) if args.plot else None
     if plot_dir is not None:
         from amnet.viz import check_matplotlib
@@ -340,6 +391,208 @@ def _run(argv: list[str] | None) -> int:
             file=sys.stderr,
         )
         return EXIT_SKIPPED
+    return 0
+
+
+def _run_workers(args: Any, files: list[FeatureFile], output: Path | None) -> int:
+    """``--workers N``: the files on a Ray cluster, shards for resuming, one atomic output."""
+    import shutil
+
+    from tqdm import tqdm
+
+    from amnet.console import bar_disabled
+    from amnet.deploy import ray_batch
+    from amnet.deploy.detector import Detector
+
+    if args.workers < 1:
+        raise AMNetError(f"--workers must be >= 1, got {args.workers}")
+    if args.plot:
+        raise AMNetError("--plot does not apply to --workers")
+    if args.resume_from and output is None:
+        raise AMNetError("--resume-from needs a file to write (not stdout)")
+    ray_batch.import_ray()  # a missing extra is one line, before any work
+    options = {
+        "device": args.device,
+        "min_score": args.min_score,
+        "top_k": args.top_k,
+        "fps": args.fps,
+        "feature_stride": args.feature_stride,
+        "num_frames": args.num_frames,
+        "intra_op_threads": args.threads or 1,
+    }
+    with Detector(args.engine, **options) as detector:  # the model, checked here once
+        class_names = detector.class_names
+        settings = {
+            "min_score": args.min_score,
+            "top_k": detector.postprocess.max_detections,
+            "fps": detector.fps,
+            "feature_stride": detector.feature_stride,
+            "num_frames": detector.num_frames,
+        }
+    engine = str(Path(args.engine).resolve())
+    items = [(str(f.path.resolve()), f.video_id) for f in files]
+
+    results: dict[str, tuple[Detections, float, int]] = {}
+    shards: ray_batch.ShardWriter | None = None
+    if output is not None:
+        folder = ray_batch.parts_dir(output)
+        header = ray_batch.shard_header(engine, settings)
+        if args.resume_from:
+            known = {f.video_id for f in files}
+            results = {k: v for k, v in ray_batch.read_shards(folder, header).items() if k in known}
+            logger.info("resuming: %d of %d videos done already", len(results), len(files))
+        elif folder.exists():
+            raise AMNetError(
+                f"{folder} holds the shards of an unfinished run: --resume-from {output} "
+                "continues it; remove the folder to start over"
+            )
+        shards = ray_batch.ShardWriter(folder, header)
+
+    pending = [item for item in items if item[1] not in results]
+    bad: list[tuple[Path, str]] = []
+    bar = tqdm(
+        total=len(pending),
+        desc=PROG,
+        unit="video",
+        file=sys.stderr,
+        disable=args.quiet or len(pending) < 2 or bar_disabled(),
+        leave=False,
+    )
+    paths = {video_id: Path(path) for path, video_id in items}
+
+    def on_result(video_id: str, result: Any) -> None:
+        bar.update(1)
+        if isinstance(result, str):
+            bad.append((paths[video_id], result))
+            return
+        dets, duration, snippets = result
+        if snippets == 0:
+            logger.warning("%s: no snippets (zero-length video); no detections", paths[video_id])
+        results[video_id] = result
+        if shards is not None:
+            shards.add(video_id, dets, duration, snippets)
+
+    start = time.perf_counter()
+    try:
+        if pending:
+            ray_batch.run_on_ray(
+                engine, options, pending, args.workers, args.ray_address, on_result
+            )
+    finally:
+        bar.close()
+        if shards is not None:
+            shards.close()
+    kept = f"; finished videos are kept in {ray_batch.parts_dir(output)}" if output else ""
+    if bad and not args.skip_bad:
+        raise AMNetError(
+            f"{len(bad)} of {len(files)} feature files are bad; no output written{kept} "
+            f"(--skip-bad writes the others):\n{_bad_list(bad)}"
+        )
+    if not results:
+        raise AMNetError(f"none of the {len(files)} feature files is usable:\n{_bad_list(bad)}")
+    ordered = [f.video_id for f in files if f.video_id in results]
+    text = format_output(
+        args.format,
+        {v: results[v][0] for v in ordered},
+        {v: results[v][1] for v in ordered},
+        class_names,
+    )
+    if output is not None:
+        atomic_write_text(output, text)
+        shutil.rmtree(ray_batch.parts_dir(output))
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    if not args.quiet:
+        logger.info(
+            "%d video(s), %d snippets in %.2f s on %d Ray worker(s)%s",
+            len(results),
+            sum(results[v][2] for v in ordered),
+            time.perf_counter() - start,
+            args.workers,
+            f" -> {output}" if output else "",
+        )
+    if bad:
+        print(
+            f"{PROG}: skipped {len(bad)} of {len(files)} feature files:\n{_bad_list(bad)}",
+            file=sys.stderr,
+        )
+        return EXIT_SKIPPED
+    return 0
+
+
+def _run_stream(args: Any) -> int:
+    """``--stream``: raw float32 rows from stdin, JSON lines of final detections to stdout."""
+    if args.features:
+        raise AMNetError("--stream reads stdin; give no FEATURES files")
+    for flag, value in (
+        ("--output", args.output),
+        ("--plot", args.plot),
+        ("--top-k", args.top_k),
+    ):
+        if value is not None:
+            raise AMNetError(f"{flag} does not apply to --stream (JSON lines go to stdout)")
+    if args.format != "activitynet" or args.skip_bad:
+        raise AMNetError("--format and --skip-bad do not apply to --stream")
+    if args.dim is None or args.dim < 1:
+        raise AMNetError("--stream needs --dim C, the number of float32 values per row")
+
+    from amnet.deploy.detector import Detector
+
+    detector = Detector(
+        args.engine,
+        args.device,
+        min_score=args.min_score,
+        fps=args.fps,
+        feature_stride=args.feature_stride,
+        num_frames=args.num_frames,
+        intra_op_threads=args.threads,
+    )
+    if args.dim != detector.input_dim:
+        raise AMNetError(f"--dim {args.dim}, but the model expects {detector.input_dim} values")
+    stream = detector.stream()
+    row_bytes = 4 * args.dim
+    source = sys.stdin.buffer
+    pending = bytearray()
+    emitted = 0
+    began = time.perf_counter()
+
+    def write(found: list[Any]) -> None:
+        nonlocal emitted
+        for d in found:
+            line = {"label": d.label, "label_id": d.label_id, "segment": [d.start, d.end],
+                    "score": d.score}  # fmt: skip
+            sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
+        emitted += len(found)
+
+    while True:
+        data = source.read1(max(row_bytes, 1 << 16))
+        if not data:
+            break
+        pending += data
+        rows = len(pending) // row_bytes
+        if rows == 0:
+            continue
+        block = np.frombuffer(bytes(pending[: rows * row_bytes]), dtype="<f4").reshape(rows, -1)
+        del pending[: rows * row_bytes]
+        first = stream.fed
+        write(stream.push(detector.prepare(block, name=f"stdin rows {first}-{first + rows - 1}")))
+    if pending:
+        raise AMNetError(
+            f"stdin ended inside a row: {len(pending)} bytes left over "
+            f"(a row is {args.dim} float32 values, {row_bytes} bytes)"
+        )
+    write(stream.flush())
+    if not args.quiet:
+        logger.info(
+            "stream: %d snippets, %d detections in %.2f s with %s on %s",
+            stream.fed,
+            emitted,
+            time.perf_counter() - began,
+            detector.backend_name,
+            detector.device,
+        )
     return 0
 
 

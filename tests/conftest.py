@@ -45,3 +45,43 @@ def tiny_model(tmp_path_factory) -> dict[str, Path]:
         ckpt, config=cfg, class_names=preset_class_names("tiny"), model=net.state_dict(), ema=None
     )
     return {"pt": ckpt, "onnx": export_onnx(ckpt, base / "tiny.onnx", parity=False).path}
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """A tiny AMNet trained for 2 epochs on 6 synthetic videos: its checkpoint and ONNX export."""
+    import torch
+
+    from amnet.config import load_config
+    from amnet.export.to_onnx import export_onnx
+    from amnet.synth import draw_layout, preset_class_names, write_dataset
+    from amnet.train import train
+
+    base = tmp_path_factory.mktemp("deploy_models")
+    data = base / "data"
+    write_dataset(data, draw_layout("tiny", videos=6, seed=3), preset_class_names("tiny"), progress=False)  # fmt: skip
+    cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml")
+    cfg["train_cfg"]["eval_every"] = 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(cfg, data, base / "run", epochs=2, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    ckpt = base / "run" / "last.pt"
+    onnx = export_onnx(ckpt, base / "model.onnx").path
+    return {"pt": ckpt, "onnx": onnx, "data": data}
+
+
+@pytest.fixture(scope="session")
+def onnx_detector(models):
+    from amnet.deploy import Detector
+
+    return Detector(models["onnx"], intra_op_threads=1)
+
+
+@pytest.fixture(scope="session")
+def torch_detector(models):
+    from amnet.deploy import Detector
+
+    return Detector(models["pt"])

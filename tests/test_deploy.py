@@ -1,7 +1,7 @@
 """The runtime (amnet.deploy): backends, the Detector API, and amnet-bench at a tiny scale.
 
-One tiny model is trained for a couple of epochs and exported once per session; every test runs
-real ONNX Runtime and PyTorch on real files.
+The tiny trained model (``models`` in conftest) is trained and exported once per session; every
+test runs real ONNX Runtime and PyTorch on real files.
 """
 
 from __future__ import annotations
@@ -23,42 +23,6 @@ from amnet.errors import AMNetError
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
 DIM = 2048
-
-
-@pytest.fixture(scope="session")
-def models(tmp_path_factory) -> dict[str, Path]:
-    """A tiny AMNet trained for 2 epochs on 6 synthetic videos: its checkpoint and ONNX export."""
-    import torch
-
-    from amnet.config import load_config
-    from amnet.export.to_onnx import export_onnx
-    from amnet.synth import draw_layout, preset_class_names, write_dataset
-    from amnet.train import train
-
-    base = tmp_path_factory.mktemp("deploy_models")
-    data = base / "data"
-    write_dataset(data, draw_layout("tiny", videos=6, seed=3), preset_class_names("tiny"), progress=False)  # fmt: skip
-    cfg = load_config(TINY)
-    cfg["train_cfg"]["eval_every"] = 0
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(cfg, data, base / "run", epochs=2, progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    ckpt = base / "run" / "last.pt"
-    onnx = export_onnx(ckpt, base / "model.onnx").path
-    return {"pt": ckpt, "onnx": onnx, "data": data}
-
-
-@pytest.fixture(scope="session")
-def onnx_detector(models) -> Detector:
-    return Detector(models["onnx"], intra_op_threads=1)
-
-
-@pytest.fixture(scope="session")
-def torch_detector(models) -> Detector:
-    return Detector(models["pt"])
 
 
 def video(length: int, seed: int = 0) -> np.ndarray:
@@ -116,7 +80,7 @@ def test_long_video_runs_in_chunks(onnx_detector):
     chunks = onnx_detector.run_chunks(feats)
     windows = plan_chunks(700, onnx_detector.max_seq_len, onnx_detector.chunk_overlap)
     assert len(windows) > 1
-    assert [offset for _, _, offset in chunks] == [s for s, _ in windows]
+    assert [(offset, offset + length) for _, _, offset, length in chunks] == windows
 
 
 def test_metadata_and_interface(onnx_detector, torch_detector):
@@ -448,3 +412,19 @@ def test_bench_takes_relative_paths_and_fails_when_a_backend_fails(
     assert bench_main(["--engine", "broken.onnx", *args]) == 2
     assert "failed" in capsys.readouterr().err
     assert bench_main(["--engine", "broken.onnx", *args, "--keep-going"]) == 2  # nothing measured
+
+
+def test_windows_of_several_videos_packed_into_shared_calls(models, onnx_detector):
+    """``detect_raw_many`` packs the windows of several videos into backend calls of
+    ``batch_size`` (what a GPU server batches); each video gets its own detections."""
+    packed = Detector(models["onnx"], batch_size=3, intra_op_threads=1)
+    videos = [video(n, seed=30 + n) for n in (0, 50, 700, 256, 1000)]
+    options = [(None, None), (3, None), (None, 0.02), (None, None), (10, 0.01)]
+    got = packed.detect_raw_many([packed.prepare(v) for v in videos],
+                                 [k for k, _ in options], [m for _, m in options])  # fmt: skip
+    for v, (k, m), dets in zip(videos, options, got, strict=True):
+        want = onnx_detector.detect_raw(v, top_k=k, min_score=m)
+        assert len(dets) == len(want)
+        np.testing.assert_array_equal(dets.labels, want.labels)
+        np.testing.assert_allclose(dets.scores, want.scores, atol=1e-5)
+        np.testing.assert_allclose(dets.segments, want.segments, atol=1e-4)

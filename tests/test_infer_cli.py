@@ -311,13 +311,13 @@ def test_help_documents_the_policy():
     assert "--skip-bad" in text and "exit status is 3" in text and "exit 2" in text
 
 
-def test_onnx_run_imports_neither_torch_nor_matplotlib(model, good_dir, tmp_path):
+def test_onnx_run_imports_neither_torch_nor_matplotlib_nor_ray(model, good_dir, tmp_path):
     code = (
         "import sys\n"
         "from amnet.deploy.infer_cli import main\n"
         f"rc = main(['--engine', {str(model['onnx'])!r}, {str(good_dir)!r}, '-q', "
         f"'-o', {str(tmp_path / 'out.json')!r}])\n"
-        "print(rc, sorted(m for m in ('torch', 'matplotlib', 'onnx') if m in sys.modules))\n"
+        "print(rc, sorted(m for m in ('torch', 'matplotlib', 'onnx', 'ray') if m in sys.modules))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False

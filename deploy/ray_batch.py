@@ -1,0 +1,201 @@
+"""``amnet-infer --workers N``: feature files spread over a Ray cluster, one Detector per worker.
+
+Ray (the ``[scale]`` extra) is imported only here, so the thin runtime never loads it. The
+driver hands files to workers as they become free (dynamic balance: long videos do not hold up
+a queue), writes each finished video to a *shard* file beside the output as it arrives, and at
+the end writes the output atomically, in input order, exactly as a single-process run would.
+
+Shards (``<output>.parts/*.jsonl``) make a large job resumable: ``--resume-from OUT`` reads
+them, skips the videos already done and finishes the rest. Each shard starts with a header
+naming the model (sha256) and the settings that change results; shards of other settings are
+refused. A line cut short by a killed job is ignored. The folder is removed once the output is
+written.
+
+On a cluster: start Ray on every node (``ray start --head`` on one, ``ray start
+--address=HEAD:6379`` on the others), with amnet installed and the model and feature files at
+the same paths on every node (a shared file system), then ``amnet-infer ... --workers N
+--ray-address HEAD:6379``. Without ``--ray-address`` a local Ray instance is started for the
+run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amnet.detections import Detections
+from amnet.errors import AMNetError
+
+logger = logging.getLogger("amnet.deploy.infer")
+
+SHARD_VERSION = 1
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise AMNetError(
+            "--workers needs Ray: pip install 'amnet[scale]' (or pip install 'ray[serve]')"
+        ) from None
+    return ray
+
+
+# -- shards ---------------------------------------------------------------------------------
+
+
+def parts_dir(output: Path) -> Path:
+    return output.with_name(output.name + ".parts")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shard_header(model: str | os.PathLike, settings: dict[str, Any]) -> dict[str, Any]:
+    return {"amnet_shard": SHARD_VERSION, "model_sha256": file_sha256(model), "settings": settings}
+
+
+def read_shards(folder: Path, header: dict[str, Any]) -> dict[str, tuple[Detections, float, int]]:
+    """The videos done in earlier runs: ``{video_id: (detections, duration, snippets)}``."""
+    done: dict[str, tuple[Detections, float, int]] = {}
+    if not folder.is_dir():
+        return done
+    for shard in sorted(folder.glob("*.jsonl")):
+        with open(shard, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+        if not lines or not lines[0]:
+            continue  # killed before its header was complete
+        try:
+            head = json.loads(lines[0])
+        except json.JSONDecodeError:
+            raise AMNetError(f"{shard}: not an amnet-infer shard") from None
+        if head != header:
+            raise AMNetError(
+                f"{folder}: made with another model or other settings; use those, or remove "
+                "the folder to start over"
+            )
+        for line in lines[1:]:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the last line of a killed run (or the empty tail)
+            dets = Detections(
+                np.asarray(entry["segments"], dtype=np.float64).reshape(-1, 2),
+                entry["scores"],
+                entry["labels"],
+            )
+            done[str(entry["video_id"])] = (dets, float(entry["duration"]), int(entry["snippets"]))
+    return done
+
+
+class ShardWriter:
+    """Appends finished videos to a new shard file (one JSON line each, flushed at once)."""
+
+    def __init__(self, folder: Path, header: dict[str, Any]) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"shard-{uuid.uuid4().hex[:12]}.jsonl"
+        self._file = open(self.path, "x", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._write(header)
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        self._file.write(json.dumps(entry) + "\n")
+        self._file.flush()
+
+    def add(self, video_id: str, dets: Detections, duration: float, snippets: int) -> None:
+        self._write(
+            {
+                "video_id": video_id,
+                "duration": duration,
+                "snippets": snippets,
+                "segments": dets.segments.tolist(),
+                "scores": dets.scores.tolist(),
+                "labels": dets.labels.tolist(),
+            }
+        )
+
+    def close(self) -> None:
+        self._file.close()
+
+
+# -- workers --------------------------------------------------------------------------------
+
+
+class _Worker:
+    """One Detector in a Ray actor; runs one feature file per call."""
+
+    def __init__(self, model: str, options: dict[str, Any]) -> None:
+        from amnet.deploy.detector import Detector
+
+        self.detector = Detector(model, **options)
+
+    def detect(self, path: str, video_id: str) -> tuple[str, Any]:
+        from amnet.fileio import read_features
+
+        try:
+            array = read_features(path, self.detector.input_dim, mmap=True)
+            dets = self.detector.detect_raw(array)
+        except AMNetError as exc:
+            return video_id, str(exc)
+        return video_id, (dets, self.detector.duration_of(array.shape[0]), int(array.shape[0]))
+
+
+def run_on_ray(
+    model: str,
+    options: dict[str, Any],
+    files: Sequence[tuple[str, str]],
+    workers: int,
+    address: str | None,
+    on_result: Callable[[str, Any], None],
+) -> None:
+    """Run ``files`` (``(path, video_id)``) on ``workers`` Ray actors, calling ``on_result(id,
+    result)`` in the driver as each finishes (``result``: ``(detections, duration, snippets)``
+    or an error message)."""
+    ray = import_ray()
+    from ray.util import ActorPool
+
+    started = not ray.is_initialized()
+    if started:
+        try:
+            if address:
+                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            else:
+                ray.init(
+                    num_cpus=workers,
+                    include_dashboard=False,
+                    logging_level=logging.WARNING,
+                    log_to_driver=False,
+                )
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError ...
+            where = f"at {address}" if address else "locally"
+            raise AMNetError(f"cannot start or reach a Ray cluster {where}: {exc}") from None
+    try:
+        threads = options.get("intra_op_threads") or 1
+        actor = ray.remote(num_cpus=threads)(_Worker)
+        pool = ActorPool([actor.remote(model, options) for _ in range(workers)])
+        for video_id, result in pool.map_unordered(
+            lambda a, item: a.detect.remote(*item), list(files)
+        ):
+            on_result(video_id, result)
+    except ray.exceptions.RayActorError as exc:
+        raise AMNetError(f"a Ray worker died: {_first_line(exc)}") from None
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,368 @@
+"""``amnet-serve``: detections over HTTP, on Ray Serve (the ``[scale]`` extra).
+
+::
+
+    amnet-serve --engine MODEL [--host 127.0.0.1] [--port 8000] [--replicas N]
+        [--max-body-mb 64] [--max-batch N] [--batch-wait-ms 10] [--threads N] [--device cpu]
+
+Routes:
+
+- ``GET /healthz``: 200 ``ok`` once a replica has loaded the model.
+- ``GET /v1/model``: the model's metadata (classes, fps, feature stride, window, ...).
+- ``POST /v1/detect``: the body is one video's ``[T, C]`` features, either a ``.npy`` file
+  (``Content-Type: application/octet-stream``) or a JSON array (``application/json``);
+  query parameters ``top_k`` and ``min_score``. Answers ``{"detections": [{"label",
+  "label_id", "segment": [s, e], "score"}, ...]}``, best first: what ``Detector(MODEL)(features,
+  top_k=..., min_score=...)`` gives.
+
+Bad requests get a 4xx status and a one-line JSON ``{"error": ...}``: 400 for a body that is not
+an array of the model's shape or holds NaN/Inf or for bad query parameters, 404/405 for other
+routes and methods, 413 past ``--max-body-mb``, 415 for other content types. The service keeps
+serving.
+
+Requests that arrive together are batched (Ray Serve's ``@serve.batch``, up to ``--max-batch``
+within ``--batch-wait-ms``): their windows are packed into shared backend calls
+(:meth:`Detector.detect_raw_many`), which pays on a GPU. On a CPU one window per call is
+fastest, so the default there is no batching (docs/BENCHMARKS.md). Replicas scale across a
+cluster (``--replicas``, ``--ray-address``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import logging
+import math
+import signal
+import socket
+import sys
+import threading
+from typing import Any
+
+import numpy as np
+
+from amnet import __version__
+from amnet.cli.common import OneLineParser, run_cli, setup_logging
+from amnet.errors import AMNetError
+
+logger = logging.getLogger("amnet.deploy.serve")
+
+PROG = "amnet-serve"
+DEFAULT_MAX_BODY_MB = 64.0
+_QUERY = ("top_k", "min_score")
+
+
+class RequestError(Exception):
+    """A bad request: its HTTP status and a one-line message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# -- the service (plain Python; Ray Serve wraps it) -------------------------------------------
+
+
+class DetectionService:
+    """Parses requests, runs the detector, formats answers. Framework-free, so that it can be
+    tested and reused under another server."""
+
+    def __init__(self, model: str, options: dict[str, Any], max_body_bytes: int = 64 << 20) -> None:
+        from amnet.deploy.detector import Detector
+
+        self.detector = Detector(model, **options)
+        self.max_body_bytes = int(max_body_bytes)
+
+    def model_info(self) -> dict[str, Any]:
+        d = self.detector
+        return {
+            "model": d.path.name,
+            "backend": d.backend_name,
+            "device": d.device,
+            "class_names": d.class_names,
+            "num_classes": d.num_classes,
+            "input_dim": d.input_dim,
+            "fps": d.fps,
+            "feature_stride": d.feature_stride,
+            "num_frames": d.num_frames,
+            "max_seq_len": d.max_seq_len,
+            "chunk_overlap": d.chunk_overlap,
+            "max_detections": d.postprocess.max_detections,
+            "max_body_bytes": self.max_body_bytes,
+            "amnet_version": __version__,
+        }
+
+    def parse_query(self, query: dict[str, str]) -> tuple[int | None, float | None]:
+        unknown = sorted(set(query) - set(_QUERY))
+        if unknown:
+            raise RequestError(400, f"unknown query parameter(s): {', '.join(unknown)}")
+        top_k = min_score = None
+        if "top_k" in query:
+            try:
+                top_k = int(query["top_k"])
+            except ValueError:
+                top_k = 0
+            if top_k < 1:
+                raise RequestError(400, f"top_k must be an integer >= 1, got {query['top_k']!r}")
+        if "min_score" in query:
+            try:
+                min_score = float(query["min_score"])
+            except ValueError:
+                min_score = math.nan
+            if not 0.0 <= min_score <= 1.0:
+                raise RequestError(
+                    400, f"min_score must be a number in [0, 1], got {query['min_score']!r}"
+                )
+        return top_k, min_score
+
+    def parse_body(self, body: bytes, content_type: str) -> np.ndarray:
+        """The request's features as a prepared float32 ``[T, C]`` array."""
+        kind = content_type.split(";")[0].strip().lower()
+        if kind == "application/octet-stream":
+            try:
+                array = np.lib.format.read_array(io.BytesIO(body), allow_pickle=False)
+            except Exception as exc:  # numpy raises ValueError, EOFError, OSError, ...
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise RequestError(400, f"body is not a .npy array ({reason})") from None
+        elif kind == "application/json":
+            try:
+                value = json.loads(body)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise RequestError(400, f"body is not JSON ({exc})") from None
+            if not isinstance(value, list):
+                raise RequestError(400, "JSON body must be an array of rows [[...], ...]")
+            try:
+                array = np.asarray(value, dtype=np.float64)
+            except (TypeError, ValueError, OverflowError):
+                raise RequestError(400, "JSON body must be a [T, C] array of numbers") from None
+        else:
+            raise RequestError(
+                415,
+                f"Content-Type {kind or 'none'!r}: send application/octet-stream (.npy) or "
+                "application/json",
+            )
+        try:
+            return self.detector.prepare(array, name="body")
+        except AMNetError as exc:
+            raise RequestError(400, str(exc)) from None
+
+    def detect(self, items: list[tuple[np.ndarray, int | None, float | None]]) -> list[dict]:
+        """Detections of several prepared videos (one batch), as response bodies."""
+        found = self.detector.detect_raw_many(
+            [a for a, _, _ in items], [k for _, k, _ in items], [m for _, _, m in items]
+        )
+        out = []
+        for dets in found:
+            out.append(
+                {
+                    "detections": [
+                        {
+                            "label": d.label,
+                            "label_id": d.label_id,
+                            "segment": [d.start, d.end],
+                            "score": d.score,
+                        }
+                        for d in self.detector.to_detections(dets)
+                    ]
+                }
+            )
+        return out
+
+
+# -- Ray Serve --------------------------------------------------------------------------------
+
+
+def import_serve() -> tuple[Any, Any]:
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        raise AMNetError(
+            "amnet-serve needs Ray Serve: pip install 'amnet[scale]' (or 'ray[serve]')"
+        ) from None
+    return ray, serve
+
+
+def make_app(
+    model: str,
+    options: dict[str, Any],
+    max_body_bytes: int,
+    replicas: int,
+    max_batch: int,
+    batch_wait_s: float,
+) -> Any:
+    """The Ray Serve application: ``replicas`` copies of the service behind one HTTP route."""
+    _, serve = import_serve()
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @serve.deployment(
+        num_replicas=replicas,
+        ray_actor_options={"num_cpus": options.get("intra_op_threads") or 1},
+        max_ongoing_requests=max(2 * max_batch, 8),
+    )
+    class AMNetDeployment:
+        def __init__(self) -> None:
+            self.service = DetectionService(model, options, max_body_bytes)
+            self.detect_batch.set_max_batch_size(max_batch)
+            self.detect_batch.set_batch_wait_timeout_s(batch_wait_s)
+
+        @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+        async def detect_batch(self, items: list[tuple]) -> list[dict]:
+            # In a thread: the event loop keeps reading requests while the model runs.
+            return await asyncio.to_thread(self.service.detect, items)
+
+        async def __call__(self, request: Request) -> Any:
+            path, method = request.url.path.rstrip("/") or "/", request.method
+            routes = {"/healthz": "GET", "/v1/model": "GET", "/v1/detect": "POST"}
+            if path not in routes:
+                return error(404, f"no route {path}; try /v1/detect, /v1/model, /healthz")
+            if method != routes[path]:
+                return error(405, f"{path} takes {routes[path]}, not {method}")
+            if path == "/healthz":
+                return PlainTextResponse("ok")
+            if path == "/v1/model":
+                return JSONResponse(self.service.model_info())
+            try:
+                query = self.service.parse_query(dict(request.query_params))
+                body = await self._read_body(request)
+                array = self.service.parse_body(body, request.headers.get("content-type", ""))
+            except RequestError as exc:
+                return error(exc.status, str(exc))
+            return JSONResponse(await self.detect_batch((array, *query)))
+
+        async def _read_body(self, request: Request) -> bytes:
+            limit = self.service.max_body_bytes
+            declared = request.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                raise RequestError(413, f"body of {int(declared)} bytes > limit {limit}")
+            body = bytearray()
+            async for part in request.stream():
+                body += part
+                if len(body) > limit:
+                    raise RequestError(413, f"body larger than the limit of {limit} bytes")
+            return bytes(body)
+
+    return AMNetDeployment.bind()
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(
+        prog=PROG,
+        description="Serve AMNet detections over HTTP (Ray Serve): POST /v1/detect with a .npy "
+        "or JSON [T, C] body; GET /v1/model, /healthz.",
+    )
+    parser.add_argument("--engine", required=True, metavar="MODEL", help=".onnx, .plan or .pt")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="port (%(default)s)")
+    parser.add_argument("--replicas", type=int, default=1, help="model replicas (%(default)s)")
+    parser.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster")
+    parser.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=DEFAULT_MAX_BODY_MB,
+        help="largest request body in MiB (%(default)s)",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        help="requests batched together (default: 1 on a CPU, 8 on a GPU)",
+    )
+    parser.add_argument(
+        "--batch-wait-ms", type=float, default=10.0, help="wait to fill a batch (%(default)s ms)"
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: the backend's own")
+    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads per replica")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def _check(args: argparse.Namespace) -> None:
+    for flag, value in (("--replicas", args.replicas), ("--threads", args.threads or 1)):
+        if value < 1:
+            raise AMNetError(f"{flag} must be >= 1, got {value}")
+    if args.max_batch is not None and args.max_batch < 1:
+        raise AMNetError(f"--max-batch must be >= 1, got {args.max_batch}")
+    if not (math.isfinite(args.max_body_mb) and args.max_body_mb > 0):
+        raise AMNetError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
+    if not (math.isfinite(args.batch_wait_ms) and args.batch_wait_ms >= 0):
+        raise AMNetError(f"--batch-wait-ms must be >= 0, got {args.batch_wait_ms}")
+    if not 0 < args.port < 65536:
+        raise AMNetError(f"--port must be in 1-65535, got {args.port}")
+
+
+def _port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise AMNetError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+
+
+def _run(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    _check(args)
+    ray, serve = import_serve()
+    from amnet.deploy.detector import Detector
+
+    options = {"device": args.device, "intra_op_threads": args.threads or 1}
+    with Detector(args.engine, **options) as probe:  # the model, checked here in one line
+        on_gpu = probe.device != "cpu"
+    max_batch = args.max_batch or (8 if on_gpu else 1)
+    _port_free(args.host, args.port)
+    if args.ray_address:
+        ray.init(address=args.ray_address, logging_level=logging.WARNING, log_to_driver=False)
+    else:
+        ray.init(
+            num_cpus=args.replicas * (args.threads or 1),
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve.start(
+            http_options={"host": args.host, "port": args.port},
+            logging_config={"log_level": "WARNING"},
+        )
+        app = make_app(
+            str(args.engine),
+            options,
+            int(args.max_body_mb * (1 << 20)),
+            args.replicas,
+            max_batch,
+            args.batch_wait_ms / 1000.0,
+        )
+        serve.run(app, route_prefix="/", name="amnet")
+        if not args.quiet:
+            print(
+                f"{PROG}: serving {args.engine} on http://{args.host}:{args.port} "
+                f"({args.replicas} replica(s), batches of up to {max_batch}); Ctrl-C stops",
+                file=sys.stderr,
+                flush=True,
+            )
+        stop.wait()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_run, argv, PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""``amnet-infer --workers N``: feature files on a local Ray cluster, as users run it (the console
+script in a separate process), with the same output as one process and resumable shards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray", reason="the [scale] extra (Ray) is not installed")
+
+DIM = 2048
+
+
+def infer(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    script = shutil.which("amnet-infer", path=str(Path(sys.executable).parent))
+    assert script, "amnet-infer is not installed next to this interpreter"
+    return subprocess.run(
+        [script, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """Seven videos of 60-900 snippets (some longer than the 256-snippet window)."""
+    folder = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    for i, length in enumerate((60, 900, 130, 400, 256, 75, 610)):
+        x = np.abs(rng.normal(0.0, 0.2, (length, DIM))).astype(np.float32)
+        for start in rng.integers(0, length - 20, size=max(length // 60, 1)):
+            x[start : start + 15, : DIM // 8] += 0.6
+        np.save(folder / f"video_{i}.npy", x)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(models, corpus, tmp_path_factory) -> str:
+    # One thread, as each worker has: ONNX Runtime's thread count moves the last bits.
+    out = tmp_path_factory.mktemp("reference") / "one_process.json"
+    proc = infer("--engine", str(models["onnx"]), str(corpus), "--threads", "1", "-q",
+                 "-o", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return out.read_text()
+
+
+def test_workers_give_the_single_process_output(models, corpus, reference, tmp_path):
+    out = tmp_path / "ray.json"
+    proc = infer("--engine", str(models["onnx"]), str(corpus), "--workers", "2", "-q",
+                 "-o", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == reference  # byte for byte, in input order
+    assert not (tmp_path / "ray.json.parts").exists()  # shards removed once the output is in
+
+
+def test_a_stopped_job_resumes_where_it_stopped(models, corpus, reference, tmp_path):
+    files = tmp_path / "files"
+    shutil.copytree(corpus, files)
+    broken = files / "video_3.npy"
+    good = broken.read_bytes()
+    broken.write_bytes(good[: len(good) // 2])  # truncated: the run stops, writes no output
+    out = tmp_path / "out.json"
+    args = ["--engine", str(models["onnx"]), str(files), "--workers", "2"]
+    proc = infer(*args, "-q", "-o", str(out))
+    assert proc.returncode == 2 and "video_3.npy" in proc.stderr
+    assert not out.exists()
+    shards = list((tmp_path / "out.json.parts").glob("*.jsonl"))
+    assert len(shards) == 1
+    assert len(shards[0].read_text().splitlines()) == 1 + 6  # header + the six good videos
+    with open(shards[0], "a") as f:
+        f.write('{"video_id": "video_9", "dura')  # a line cut short by a kill
+
+    # Starting over without --resume-from is refused: it would throw the shards away.
+    proc = infer(*args, "-q", "-o", str(out))
+    assert proc.returncode == 2 and "--resume-from" in proc.stderr
+    # Other settings cannot reuse them.
+    proc = infer(*args, "--min-score", "0.02", "-q", "--resume-from", str(out))
+    assert proc.returncode == 2 and "other settings" in proc.stderr
+
+    broken.write_bytes(good)
+    proc = infer(*args, "-v", "--resume-from", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming: 6 of 7 videos done already" in proc.stderr
+    assert out.read_text() == reference
+    assert not (tmp_path / "out.json.parts").exists()
+
+
+def test_skip_bad_and_formats_on_workers(models, corpus, tmp_path):
+    files = tmp_path / "files"
+    shutil.copytree(corpus, files)
+    (files / "video_5.npy").write_bytes(b"not a numpy file")
+    out = tmp_path / "out.jsonl"
+    proc = infer("--engine", str(models["onnx"]), str(files), "--workers", "2", "--skip-bad",
+                 "--format", "jsonl", "-q", "-o", str(out))  # fmt: skip
+    assert proc.returncode == 3 and "video_5.npy" in proc.stderr
+    ids = [json.loads(line)["video_id"] for line in out.read_text().splitlines()]
+    assert ids == [f"video_{i}" for i in (0, 1, 2, 3, 4, 6)]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--resume-from", "x.json"], "go with --workers"),
+        (["--ray-address", "127.0.0.1:1"], "go with --workers"),
+        (["--workers", "0"], "--workers must be >= 1"),
+        (["--workers", "2", "--plot", "pics"], "--plot does not apply"),
+    ],
+)
+def test_bad_worker_options(models, corpus, extra, message):
+    from clitools import run_main
+
+    result = run_main("amnet.deploy.infer_cli", "--engine", str(models["onnx"]), str(corpus),
+                      "-q", *extra)  # fmt: skip
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
