@@ -1,4 +1,4 @@
-"""The thin runtime: AMNet inference with numpy plus ONNX Runtime, TensorRT or PyTorch.
+"""The thin runtime: AMNet inference with numpy plus ONNX Runtime, OpenVINO, TensorRT or PyTorch.
 
 ::
 
@@ -10,7 +10,8 @@ Only the backend a model needs is imported (an ``.onnx`` model never imports tor
 - :mod:`~amnet.deploy.detector`: :class:`Detector`, :class:`Detection`.
 - :mod:`~amnet.deploy.stream`: :class:`StreamingDetector` (``detector.stream()``), one live video.
 - :mod:`~amnet.deploy.backends`: the :class:`Backend` interface and :func:`open_backend`;
-  implementations in ``backend_onnx``, ``backend_tensorrt``, ``backend_torch``.
+  implementations in ``backend_onnx``, ``backend_openvino``, ``backend_tensorrt``,
+  ``backend_torch``.
 - :mod:`~amnet.deploy.infer_cli` (``amnet-infer``).
 
 Benchmarking (``amnet-bench``, :mod:`amnet.cli.bench`) and plotting (``amnet-viz`` and

@@ -3,7 +3,8 @@
 The only module of the runtime that imports torch. It computes what the exported graph computes
 (``AMNet.predict``), with the checkpoint's EMA weights when it has them (as the exporter does).
 ``run`` holds no state between calls and runs under ``torch.inference_mode``, so several
-threads may call it at once.
+threads may call it at once. ``precision="bf16"`` runs it under bfloat16 autocast (CPUs with
+AVX-512 BF16 or AMX, and CUDA GPUs that have bf16); outputs come back as float32.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class TorchBackend:
         device: str | None = None,
         intra_op_threads: int | None = None,
         use_ema: bool | None = None,
+        precision: str = "fp32",
     ) -> None:
         import torch
 
@@ -61,6 +63,14 @@ class TorchBackend:
                 "device cuda asked for, but PyTorch sees no CUDA GPU "
                 f"(torch {torch.__version__}); use device cpu"
             )
+        if precision not in PRECISIONS:
+            raise AMNetError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision == "bf16" and not _has_bf16(torch, self.device):
+            raise AMNetError(
+                f"precision bf16 asked for, but this {self.device.upper()} has no bfloat16 "
+                "arithmetic; use fp32"
+            )
+        self.precision = precision
         if intra_op_threads:
             torch.set_num_threads(int(intra_op_threads))
         self._torch = torch
@@ -73,7 +83,11 @@ class TorchBackend:
     def run(self, features: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
         features, lengths = check_batch(features, lengths, self._input_dim)
-        with torch.inference_mode():
+        bf16 = self.precision == "bf16"
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device, dtype=torch.bfloat16, enabled=bf16),
+        ):
             x = torch.from_numpy(features).to(self.device)
             n = torch.from_numpy(lengths).to(self.device)
             scores, segments = self.model.predict(x, n)
@@ -86,4 +100,17 @@ class TorchBackend:
         self.model = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"TorchBackend({str(self.path)!r}, device={self.device!r})"
+        return (
+            f"TorchBackend({str(self.path)!r}, device={self.device!r}, "
+            f"precision={self.precision!r})"
+        )
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def _has_bf16(torch: Any, device: str) -> bool:
+    """Whether ``device`` does bfloat16 arithmetic natively (emulation would be slower)."""
+    if device == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -134,6 +134,8 @@ def open_backend(
     path: str | os.PathLike,
     device: str | None = None,
     intra_op_threads: int | None = None,
+    precision: str = "fp32",
+    runtime: str | None = None,
 ) -> Backend:
     """Open ``path`` with the backend its suffix names (see the module docstring).
 
@@ -141,9 +143,25 @@ def open_backend(
     Asking for a device the backend or the machine cannot provide is an AMNetError, never a
     silent fallback. ``intra_op_threads`` bounds the CPU threads of one inference call (ONNX
     Runtime's session option; for PyTorch, ``torch.set_num_threads``, which is process-wide).
+    ``runtime="openvino"`` runs an ``.onnx`` model on OpenVINO. ``precision="bf16"`` is for
+    ``.pt`` models (bfloat16 autocast) and OpenVINO; ONNX Runtime and TensorRT run a model as it
+    was exported (an INT8 ONNX model, an engine built with ``--fp16``).
     """
     path = Path(path)
     name = backend_name_for(path)
+    if runtime not in (None, name):
+        if runtime != "openvino" or name != "onnxruntime":
+            raise AMNetError(
+                f"runtime {runtime!r} cannot run {path.name}: .onnx models run on onnxruntime "
+                "or openvino; .plan on tensorrt; .pt on torch"
+            )
+        name = "openvino"
+    if precision != "fp32" and name not in ("torch", "openvino"):
+        raise AMNetError(
+            f"precision {precision} applies to .pt models and the openvino runtime; "
+            f"{path.name} runs as exported on {name} (use an INT8 ONNX model or a TensorRT "
+            "engine built with --fp16)"
+        )
     if not path.exists():
         raise AMNetError(f"{path}: model file not found")
     if not path.is_file():
@@ -158,6 +176,10 @@ def open_backend(
         from amnet.deploy.backend_onnx import OnnxRuntimeBackend
 
         backend: Backend = OnnxRuntimeBackend(path, device, intra_op_threads)
+    elif name == "openvino":
+        from amnet.deploy.backend_openvino import OpenVinoBackend
+
+        backend = OpenVinoBackend(path, device, intra_op_threads, precision=precision)
     elif name == "tensorrt":
         from amnet.deploy.backend_tensorrt import TensorRTBackend
 
@@ -165,6 +187,6 @@ def open_backend(
     else:
         from amnet.deploy.backend_torch import TorchBackend
 
-        backend = TorchBackend(path, device, intra_op_threads)
+        backend = TorchBackend(path, device, intra_op_threads, precision=precision)
     logger.debug("opened %s with %s on %s", path, backend.name, backend.device)
     return backend

@@ -122,6 +122,10 @@ class Detector:
         intra_op_threads: CPU threads per inference call (ONNX Runtime, PyTorch).
         batch_size: chunks per backend call for long videos (bounded by TensorRT's profile);
             default 1 on a CPU, 4 on a GPU.
+        precision: ``"fp32"`` or ``"bf16"`` (``.pt`` models under bfloat16 autocast, or the
+            OpenVINO runtime in bf16; on hardware with bf16 arithmetic).
+        runtime: ``"openvino"`` runs an ``.onnx`` model on OpenVINO instead of ONNX Runtime
+            (the ``[openvino]`` extra; CPU only).
 
     Raises:
         AMNetError: a missing, unreadable or unknown model, or bad settings (one line).
@@ -139,6 +143,8 @@ class Detector:
         num_frames: int | None = None,
         intra_op_threads: int | None = None,
         batch_size: int | None = None,
+        precision: str = "fp32",
+        runtime: str | None = None,
     ) -> None:
         min_score = None if min_score is None else _score("min_score", min_score)
         top_k = _positive("top_k", top_k, integer=True)
@@ -147,7 +153,7 @@ class Detector:
         num_frames = _positive("num_frames", num_frames, integer=True)
         batch_size = _positive("batch_size", batch_size, integer=True)
 
-        self.backend: Backend = open_backend(path, device, intra_op_threads)
+        self.backend: Backend = open_backend(path, device, intra_op_threads, precision, runtime)
         meta = self.backend.metadata
         self.path = Path(path)
         self.metadata: dict[str, Any] = dict(meta)

@@ -4,7 +4,8 @@
 
     amnet-infer --engine MODEL FEATURES... [--output FILE] [--format activitynet|jsonl|csv]
         [--min-score S] [--top-k K] [--device cpu|cuda] [--fps F] [--feature-stride N]
-        [--num-frames N] [--threads N] [--plot DIR] [--skip-bad] [--quiet]
+        [--num-frames N] [--threads N] [--precision fp32|bf16] [--runtime openvino]
+        [--plot DIR] [--skip-bad] [--quiet]
 
     amnet-infer --engine MODEL FEATURES... --workers N [--ray-address ADDR] [--resume-from OUT]
     amnet-infer --engine MODEL --stream --dim C [--min-score S] [...]   < raw float32 rows
@@ -149,6 +150,18 @@ def build_parser() -> OneLineParser:
         "--num-frames", type=int, metavar="N", help="override the frames per snippet"
     )
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads per inference call")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help=".pt models and --runtime openvino: bf16 on hardware with bfloat16 "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=("onnxruntime", "openvino"),
+        help=".onnx models: ONNX Runtime (default) or OpenVINO (the [openvino] extra)",
+    )
     parser.add_argument(
         "--plot", metavar="DIR", help="also write a timeline PNG per video here (matplotlib)"
     )
@@ -299,6 +312,8 @@ def _run(argv: list[str] | None) -> int:
         feature_stride=args.feature_stride,
         num_frames=args.num_frames,
         intra_op_threads=args.threads,
+        precision=args.precision,
+        runtime=args.runtime,
     )
 
     # Checking pass: every file is read and validated before any inference.
@@ -419,6 +434,8 @@ def _run_workers(args: Any, files: list[FeatureFile], output: Path | None) -> in
         "feature_stride": args.feature_stride,
         "num_frames": args.num_frames,
         "intra_op_threads": args.threads or 1,
+        "precision": args.precision,
+        "runtime": args.runtime,
     }
     with Detector(args.engine, **options) as detector:  # the model, checked here once
         class_names = detector.class_names
@@ -428,6 +445,8 @@ def _run_workers(args: Any, files: list[FeatureFile], output: Path | None) -> in
             "fps": detector.fps,
             "feature_stride": detector.feature_stride,
             "num_frames": detector.num_frames,
+            "precision": args.precision,
+            "runtime": args.runtime,
         }
     engine = str(Path(args.engine).resolve())
     items = [(str(f.path.resolve()), f.video_id) for f in files]
@@ -547,6 +566,8 @@ def _run_stream(args: Any) -> int:
         feature_stride=args.feature_stride,
         num_frames=args.num_frames,
         intra_op_threads=args.threads,
+        precision=args.precision,
+        runtime=args.runtime,
     )
     if args.dim != detector.input_dim:
         raise AMNetError(f"--dim {args.dim}, but the model expects {detector.input_dim} values")

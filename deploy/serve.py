@@ -4,6 +4,7 @@
 
     amnet-serve --engine MODEL [--host 127.0.0.1] [--port 8000] [--replicas N]
         [--max-body-mb 64] [--max-batch N] [--batch-wait-ms 10] [--threads N] [--device cpu]
+        [--runtime openvino] [--precision bf16]
 
 Routes:
 
@@ -281,6 +282,12 @@ def build_parser() -> OneLineParser:
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: the backend's own")
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads per replica")
+    parser.add_argument(
+        "--runtime", choices=("onnxruntime", "openvino"), help=".onnx models: the CPU runtime"
+    )
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="(default: %(default)s)"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
@@ -315,7 +322,12 @@ def _run(argv: list[str] | None) -> int:
     ray, serve = import_serve()
     from amnet.deploy.detector import Detector
 
-    options = {"device": args.device, "intra_op_threads": args.threads or 1}
+    options = {
+        "device": args.device,
+        "intra_op_threads": args.threads or 1,
+        "precision": args.precision,
+        "runtime": args.runtime,
+    }
     with Detector(args.engine, **options) as probe:  # the model, checked here in one line
         on_gpu = probe.device != "cpu"
     max_batch = args.max_batch or (8 if on_gpu else 1)

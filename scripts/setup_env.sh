@@ -13,6 +13,6 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/python -m pip install --quiet "torch==2.13.0"
-  .venv/bin/python -m pip install --quiet -e ".[train,triton,viz,dev,scale]"
+  .venv/bin/python -m pip install --quiet -e ".[train,triton,viz,dev,scale,openvino]"
   echo "$want" > "$stamp"
 fi

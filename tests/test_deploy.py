@@ -342,7 +342,8 @@ def test_bench_json_tiny(tmp_path, models):
         [
             sys.executable, "-m", "amnet.cli.bench",
             "--engine", str(models["pt"]), "--preset", "tiny", "--videos", "2",
-            "--backends", "torch,onnxruntime,tensorrt", "--latency", "100", "--repeats", "1",
+            "--backends", "torch,onnxruntime,openvino-bf16,tensorrt", "--latency", "100",
+            "--repeats", "1",
             "--threads", "1", "--work", str(work), "--json", "--quiet",
         ],
         capture_output=True, text=True, timeout=300, check=False,
@@ -350,16 +351,20 @@ def test_bench_json_tiny(tmp_path, models):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     rows = {r["backend"]: r for r in report["results"]}
-    assert set(rows) == {"torch", "onnxruntime"}
+    skipped = [s["backend"] for s in report["skipped"]]
+    # OpenVINO in bf16 runs where it can (the extra installed, a CPU with bf16), else is skipped.
+    vino = ["openvino-bf16"] if "openvino-bf16" in rows else []
+    assert set(rows) == {"torch", "onnxruntime", *vino}
+    assert skipped == ["tensorrt"] if vino else skipped == ["openvino-bf16", "tensorrt"]
     for row in rows.values():
         assert row["videos"] == 2 and row["snippets"] > 0
         assert row["seconds"] > 0 and row["snippets_per_s"] > 0 and row["peak_rss_mb"] > 0
         assert set(row) >= {"backend", "videos", "snippets", "seconds", "snippets_per_s", "peak_rss_mb"}  # fmt: skip
     assert rows["onnxruntime"]["agree_top10"] > 0.9
-    assert [s["backend"] for s in report["skipped"]] == ["tensorrt"]
     assert {(r["backend"], r["snippets"]) for r in report["latency"]} == {
         ("torch", 100),
         ("onnxruntime", 100),
+        *((name, 100) for name in vino),
     }
     startup = {r["backend"]: r for r in report["startup"]}
     assert startup["onnxruntime"]["torch_imported"] is False
@@ -428,3 +433,88 @@ def test_windows_of_several_videos_packed_into_shared_calls(models, onnx_detecto
         np.testing.assert_array_equal(dets.labels, want.labels)
         np.testing.assert_allclose(dets.scores, want.scores, atol=1e-5)
         np.testing.assert_allclose(dets.segments, want.segments, atol=1e-4)
+
+
+def _cpu_has_bf16() -> bool:
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def test_bf16_precision_on_the_pytorch_backend(models, torch_detector):
+    if not _cpu_has_bf16():
+        with pytest.raises(AMNetError, match="no bfloat16"):
+            Detector(models["pt"], precision="bf16")
+        pytest.skip("this CPU has no bfloat16 arithmetic")
+    bf16 = Detector(models["pt"], precision="bf16")
+    features = video(700, seed=8)
+    a, b = torch_detector.detect_raw(features), bf16.detect_raw(features)
+    # bfloat16 keeps 8 bits of mantissa: scores move by about 1e-3, detections stay put
+    assert len(a) == len(b)
+    np.testing.assert_allclose(a.scores[:20], b.scores[:20], atol=3e-3)
+    x = features[None, :256]
+    lengths = np.array([256])
+    scores_a = torch_detector.backend.run(x, lengths)[0]
+    scores_b = bf16.backend.run(x, lengths)[0]
+    assert scores_b.dtype == np.float32 and 0 < np.abs(scores_a - scores_b).max() < 1e-2
+
+
+def test_precision_is_checked(models):
+    with pytest.raises(AMNetError, match=r"applies to \.pt models"):
+        Detector(models["onnx"], precision="bf16")
+    with pytest.raises(AMNetError, match="precision must be one of"):
+        Detector(models["pt"], precision="fp8")
+
+
+def test_openvino_runtime_matches_onnx_runtime(models, onnx_detector):
+    pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
+    vino = Detector(models["onnx"], runtime="openvino", intra_op_threads=1)
+    assert vino.backend_name == "openvino" and vino.class_names == onnx_detector.class_names
+    x, lengths = video(256, seed=12)[None], np.array([200])
+    a, b = onnx_detector.backend.run(x, lengths), vino.backend.run(x, lengths)
+    np.testing.assert_allclose(b[0], a[0], atol=1e-5)
+    np.testing.assert_allclose(b[1], a[1], atol=1e-3)
+    features = video(700, seed=13)
+    assert_same(vino.detect_raw(features), onnx_detector.detect_raw(features))
+    # One compiled model, an infer request per thread: threads may share the detector.
+    results: list = [None] * 4
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, vino.detect_raw(features)))
+        for i in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results:
+        assert_same(r, onnx_detector.detect_raw(features))
+
+
+def test_openvino_bf16_and_bad_runtime_choices(models):
+    pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
+    import openvino
+
+    if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        vino = Detector(models["onnx"], runtime="openvino", precision="bf16")
+        x, lengths = video(256, seed=14)[None], np.array([256])
+        scores = vino.backend.run(x, lengths)[0]
+        reference = Detector(models["onnx"]).backend.run(x, lengths)[0]
+        assert 0 < np.abs(scores - reference).max() < 1e-2
+    with pytest.raises(AMNetError, match="cannot run"):
+        Detector(models["pt"], runtime="openvino")
+    with pytest.raises(AMNetError, match="cannot run"):
+        Detector(models["onnx"], runtime="tensorrt")
+    with pytest.raises(AMNetError, match="runs on cpu, not cuda"):
+        Detector(models["onnx"], runtime="openvino", device="cuda")
+
+
+def test_openvino_is_refused_when_it_disagrees_with_onnx_runtime(models, monkeypatch):
+    """The load-time check compares OpenVINO with ONNX Runtime on one window: outputs beyond
+    the tolerance (here made zero, so the real last-bit differences exceed it) refuse the
+    model in one line instead of answering wrongly."""
+    pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
+    from amnet.deploy import backend_openvino
+
+    monkeypatch.setitem(backend_openvino.PARITY_TOLERANCE, "fp32", (0.0, 0.0))
+    with pytest.raises(AMNetError, match="disagrees with ONNX Runtime"):
+        Detector(models["onnx"], runtime="openvino")

@@ -4,7 +4,7 @@
 
     amnet-bench (--config CFG | --engine MODEL)
         [--layout ANNOTATIONS.json [--subset test] | --preset thumos14|tiny] [--videos N]
-        [--seed S] [--backends torch,onnxruntime,onnxruntime-int8,tensorrt] [--device cpu|cuda]
+        [--seed S] [--backends torch,onnxruntime,onnxruntime-int8,openvino-bf16,tensorrt] [--device cpu|cuda]
         [--threads N] [--rounds 2] [--latency 256,2304,12551] [--repeats 3] [--work DIR]
         [--json] [--keep-going]
 
@@ -71,7 +71,11 @@ from amnet.layouts import layout_path
 logger = logging.getLogger("amnet.deploy.bench")
 
 PROG = "amnet-bench"
-BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "openvino-bf16", "tensorrt")
+# Detector options of the backends that are a runtime choice on a shared model file.
+BACKEND_OPTIONS: dict[str, dict[str, str]] = {
+    "openvino-bf16": {"runtime": "openvino", "precision": "bf16"},
+}
 PRESETS = ("thumos14", "tiny")
 WARMUP_SNIPPETS = 64
 _WORKER_TIMEOUT_S = 3 * 3600
@@ -165,7 +169,9 @@ def _worker_throughput(spec: Mapping[str, Any]) -> dict[str, Any]:
     from amnet.results import results_to_json
 
     began = time.perf_counter()
-    detector = Detector(spec["model"], spec["device"], intra_op_threads=spec["threads"])
+    detector = Detector(
+        spec["model"], spec["device"], intra_op_threads=spec["threads"], **spec["options"]
+    )
     load_s = time.perf_counter() - began
     files = [Path(p) for p in spec["features"]]
     first = read_features(files[0], detector.input_dim)
@@ -194,7 +200,9 @@ def _worker_throughput(spec: Mapping[str, Any]) -> dict[str, Any]:
 def _worker_latency(spec: Mapping[str, Any]) -> dict[str, Any]:
     from amnet.deploy.detector import Detector
 
-    detector = Detector(spec["model"], spec["device"], intra_op_threads=spec["threads"])
+    detector = Detector(
+        spec["model"], spec["device"], intra_op_threads=spec["threads"], **spec["options"]
+    )
     rows = []
     for path in spec["latency"]:
         feats = np.load(path, allow_pickle=False)
@@ -220,7 +228,7 @@ import json, sys, time
 t0 = time.perf_counter()
 import amnet.deploy
 t1 = time.perf_counter()
-det = amnet.deploy.Detector(sys.argv[1], sys.argv[2], intra_op_threads={threads})
+det = amnet.deploy.Detector(sys.argv[1], sys.argv[2], intra_op_threads={threads}, **{options})
 t2 = time.perf_counter()
 torch_imported = "torch" in sys.modules
 rss = None
@@ -236,7 +244,7 @@ print(json.dumps({{"import_s": t1 - t0, "construct_s": t2 - t1, "rss_mb": rss,
 def _run_worker(spec: Mapping[str, Any], work: Path, name: str) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter; its last stdout line is the JSON answer."""
     if spec["mode"] == "startup":
-        code = _STARTUP_CODE.format(threads=repr(spec["threads"]))
+        code = _STARTUP_CODE.format(threads=repr(spec["threads"]), options=repr(spec["options"]))
         cmd = [sys.executable, "-c", code, str(spec["model"]), spec["device"]]
     else:
         spec_path = work / f"worker_{name}_{spec['mode']}.json"
@@ -453,7 +461,7 @@ def _models(
     if (
         onnx is None
         and ckpt is not None
-        and {"onnxruntime", "onnxruntime-int8", "tensorrt"} & set(wanted)
+        and {"onnxruntime", "onnxruntime-int8", "openvino-bf16", "tensorrt"} & set(wanted)
     ):
         from amnet.export.to_onnx import export_onnx
 
@@ -463,6 +471,11 @@ def _models(
         ).path
     if onnx is not None:
         models["onnxruntime"] = onnx
+        reason = _openvino_bf16_missing() if "openvino-bf16" in wanted else None
+        if reason:
+            skipped["openvino-bf16"] = reason
+        else:
+            models["openvino-bf16"] = onnx
         if "onnxruntime-int8" in wanted:
             from amnet.export.quantize import int8_path_for, quantize_int8
 
@@ -471,7 +484,7 @@ def _models(
                 int8 = quantize_int8(onnx, work / int8.name)
             models["onnxruntime-int8"] = int8
     else:
-        for name in ("onnxruntime", "onnxruntime-int8"):
+        for name in ("onnxruntime", "onnxruntime-int8", "openvino-bf16"):
             skipped[name] = "needs an ONNX model (--config, --engine CKPT.pt or MODEL.onnx)"
     if plan is not None:
         models["tensorrt"] = plan
@@ -490,6 +503,17 @@ def _models(
         {k: v for k, v in models.items() if k in wanted},
         {k: v for k, v in skipped.items() if k in wanted},
     )
+
+
+def _openvino_bf16_missing() -> str | None:
+    """Why OpenVINO cannot run in bf16 here (None: it can)."""
+    try:
+        import openvino
+    except ImportError:
+        return "needs OpenVINO (the [openvino] extra)"
+    if "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        return "this CPU has no bfloat16 arithmetic"
+    return None
 
 
 def _agreement(reference: Path, other: Path, top: int = 10) -> float:
@@ -597,6 +621,7 @@ def _bench(args: Any, wanted: list[str], lengths: list[int], work: Path) -> int:
             "model": str(Path(models[name]).resolve()),
             "device": "cuda" if name == "tensorrt" else args.device,
             "threads": args.threads,
+            "options": BACKEND_OPTIONS.get(name, {}),
         }
 
     # Throughput in rounds, the backends taking turns (A B C, A B C, ...), so that a change in

@@ -1,0 +1,104 @@
+"""Every CPU runtime on a trained model: seconds and average mAP, side by side.
+
+One trained checkpoint and its exports, over a test split, video by video in turn (so a busy
+machine slows all alike), scored with the ActivityNet metric:
+
+- PyTorch fp32 and bf16 (autocast) on the ``.pt`` checkpoint,
+- ONNX Runtime fp32 on ``--onnx`` and INT8 on ``--int8``,
+- OpenVINO f32 and bf16 on ``--onnx`` (when OpenVINO is installed).
+
+    amnet-export onnx --ckpt work/bench_train/runs/thumos14_i3d-seed0/last.pt \
+        --out work/runtimes/model.onnx --int8
+    python benchmarks/bench_cpu_runtimes.py --ckpt work/bench_train/runs/thumos14_i3d-seed0/last.pt \
+        --onnx work/runtimes/model.onnx --int8 work/runtimes/model.int8.onnx \
+        --data work/bench_data --threads 2
+
+bf16 rows need a CPU with AVX-512 BF16 or AMX; they are left out elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+
+import numpy as np
+
+from amnet.checkpoint import load_model
+from amnet.data import make_dataset
+from amnet.deploy import Detector
+from amnet.errors import AMNetError
+from amnet.metrics import evaluate_detection
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--onnx", default=None)
+    p.add_argument("--int8", default=None)
+    p.add_argument("--data", required=True)
+    p.add_argument("--subset", default="test")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+
+    _, cfg, names = load_model(args.ckpt)
+    cfg["dataset"]["val_split"] = [args.subset]
+    dataset = make_dataset(cfg, args.data, "val_split", False, names)
+    plans = [("PyTorch fp32", args.ckpt, {}), ("PyTorch bf16", args.ckpt, {"precision": "bf16"})]
+    if args.onnx:
+        plans.append(("ONNX Runtime fp32", args.onnx, {}))
+    if args.int8:
+        plans.append(("ONNX Runtime INT8", args.int8, {}))
+    if args.onnx and importlib.util.find_spec("openvino"):
+        plans += [
+            ("OpenVINO f32", args.onnx, {"runtime": "openvino"}),
+            ("OpenVINO bf16", args.onnx, {"runtime": "openvino", "precision": "bf16"}),
+        ]
+    detectors = {}
+    for name, path, options in plans:
+        try:
+            detectors[name] = Detector(path, intra_op_threads=args.threads, **options)
+        except AMNetError as exc:
+            print(f"{name}: left out ({exc})")
+    found: dict[str, dict] = {name: {} for name in detectors}
+    seconds = dict.fromkeys(detectors, 0.0)
+    worst = dict.fromkeys(detectors, 0.0)
+    snippets = 0
+    for i in range(len(dataset)):
+        item = dataset[i]
+        feats = item["feats"].numpy()
+        snippets += feats.shape[0]
+        window = feats[None, : cfg["dataset"]["max_seq_len"]]
+        lengths = np.array([window.shape[1]])
+        reference = None
+        for name, detector in detectors.items():
+            began = time.perf_counter()
+            found[name][item["video_id"]] = detector.detect_raw(
+                feats, item["duration"], item["fps"]
+            )
+            seconds[name] += time.perf_counter() - began
+            scores = detector.backend.run(window, lengths)[0]
+            reference = scores if reference is None else reference
+            worst[name] = max(worst[name], float(np.abs(scores - reference).max()))
+
+    gt = {v.video_id: v for v in dataset.videos}
+    first = next(iter(detectors))
+    print(f"{len(dataset)} videos, {snippets} snippets, windows of {cfg['dataset']['max_seq_len']}, "
+          f"{args.threads or 'default'} threads")  # fmt: skip
+    print()
+    print("| runtime | seconds | snippets/s | × PyTorch fp32 | avg mAP | Δ mAP | "
+          "max score Δ on a window |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    base_map = None
+    for name in detectors:
+        r = evaluate_detection(gt, found[name], names, cfg["test_cfg"]["tiou_thresholds"])
+        avg = 100 * r.average_mAP
+        base_map = avg if base_map is None else base_map
+        print(f"| {name} | {seconds[name]:.1f} | {snippets / seconds[name]:.0f} | "
+              f"{seconds[first] / seconds[name]:.2f} | {avg:.2f} | {avg - base_map:+.2f} | "
+              f"{worst[name]:.1e} |")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
