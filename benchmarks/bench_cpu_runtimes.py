@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", required=True)
     p.add_argument("--onnx", default=None)
-    p.add_argument("--int8", default=None)
+    p.add_argument("--int8", action="append", default=[], help="INT8 models (repeat)")
     p.add_argument("--data", required=True)
     p.add_argument("--subset", default="test")
     p.add_argument("--threads", type=int, default=None)
@@ -47,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     plans = [("PyTorch fp32", args.ckpt, {}), ("PyTorch bf16", args.ckpt, {"precision": "bf16"})]
     if args.onnx:
         plans.append(("ONNX Runtime fp32", args.onnx, {}))
-    if args.int8:
-        plans.append(("ONNX Runtime INT8", args.int8, {}))
+    for path in args.int8:
+        plans.append((f"ONNX Runtime INT8 ({Path(path).name})", path, {}))
     if args.onnx and importlib.util.find_spec("openvino"):
         plans += [
             ("OpenVINO f32", args.onnx, {"runtime": "openvino"}),

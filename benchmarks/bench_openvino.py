@@ -6,7 +6,7 @@ where the CPU has it), in interleaved rounds on the same input, and reports the 
 milliseconds per window and the largest score difference from ONNX Runtime fp32.
 
     python benchmarks/bench_openvino.py --onnx work/mem/paper.onnx \
-        [--int8 model.int8.onnx] [--length 2304] [--rounds 5] [--threads 2]
+        [--int8 model.int8.onnx ...] [--length 2304] [--rounds 5] [--threads 2]
 
 OpenVINO is not a dependency of the project (``pip install openvino`` to run this).
 """
@@ -17,6 +17,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -24,7 +25,9 @@ import numpy as np
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--onnx", required=True)
-    p.add_argument("--int8", default=None, help="the INT8 model of the same export")
+    p.add_argument(
+        "--int8", action="append", default=[], help="an INT8 model of the same export (repeat)"
+    )
     p.add_argument("--length", type=int, default=2304)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
@@ -48,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     runners: dict[str, Callable[[], list[np.ndarray]]] = {
         "ONNX Runtime fp32": lambda: session.run(None, feeds)
     }
-    if args.int8:
-        int8 = open_session(args.int8, "cpu", args.threads)
-        runners["ONNX Runtime INT8"] = lambda: int8.run(None, feeds)
+    for path in args.int8:
+        int8 = open_session(path, "cpu", args.threads)
+        runners[f"ONNX Runtime INT8 ({Path(path).name})"] = lambda s=int8: s.run(None, feeds)
     core = ov.Core()
     model = core.read_model(args.onnx)
     hints = ["f32"]

@@ -14,8 +14,10 @@ timings on an AVX-512 VNNI CPU, one thread):
   Pad -> k shifted Slices -> Concat -> MatMul (the im2col form), whose MatMul then quantizes
   like the others.
 
-The attention products (activation x activation) stay float. The result is for CPUs only:
-TensorRT does not import ``DynamicQuantizeLinear``/``MatMulInteger``.
+The attention products (activation x activation) stay float by default; ``attention=True``
+quantizes them too, each input on the fly (measured in docs/BENCHMARKS.md on a trained model:
+accuracy kept, no gain end to end at the deployment window, so not the default). The result is for CPUs only: TensorRT does not
+import ``DynamicQuantizeLinear``/``MatMulInteger``.
 """
 
 from __future__ import annotations
@@ -170,9 +172,13 @@ def quantize_int8(
     op_types: Sequence[str] = DEFAULT_OP_TYPES,
     per_channel: bool = False,
     conv_as_matmul: bool = True,
+    attention: bool = False,
 ) -> Path:
     """Write the dynamically quantized ``src`` to ``dst`` atomically; metadata is kept and
-    ``quantization`` records what was done. Returns ``dst``."""
+    ``quantization`` records what was done. Returns ``dst``.
+
+    ``attention`` also quantizes the MatMuls whose both inputs are activations (the attention
+    products), each input on the fly."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -189,6 +195,7 @@ def quantize_int8(
                 op_types_to_quantize=list(op_types),
                 per_channel=per_channel,
                 weight_type=QuantType.QInt8,
+                extra_options={"MatMulConstBOnly": not attention},
             )
         del source
         model = onnx.load(str(tmp))
@@ -196,6 +203,7 @@ def quantize_int8(
             f"dynamic int8 weights ({'per-channel' if per_channel else 'per-tensor'}), "
             f"ops: {','.join(op_types)}"
             + (f"; {rewritten} Conv rewritten as MatMul first" if rewritten else "")
+            + ("; attention products too" if attention else "")
         )
         del model.metadata_props[:]
         for key, value in props.items():

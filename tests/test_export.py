@@ -246,6 +246,21 @@ def test_int8_model_keeps_metadata_and_stays_close(exported):
     assert any("MatMulInteger" in p for p in check_tensorrt_compatibility(int8))
 
 
+def test_int8_attention_products_quantized_on_request(exported, tmp_path):
+    from amnet.export.quantize import quantize_int8
+
+    out = exported[0]
+    int8 = quantize_int8(out, tmp_path / "attn.int8.onnx", attention=True)
+    ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
+    assert "MatMul" not in ops and "MatMulInteger" in ops  # activation x activation too
+    assert "attention products too" in read_onnx_metadata(int8)["quantization"]
+    feats = np.random.default_rng(1).gamma(1.0, 0.15, size=(1, 120, 2048)).astype(np.float32)
+    feeds = {"features": feats, "lengths": np.array([120], dtype=np.int64)}
+    ref = open_session(out).run(None, feeds)
+    got = open_session(int8).run(None, feeds)
+    assert np.abs(ref[0] - got[0]).max() < 0.05
+
+
 def test_conv_rewrite_is_exact_in_fp32(exported, tmp_path):
     model = onnx.load(str(exported[0]))
     convs = sum(n.op_type == "Conv" for n in model.graph.node)
