@@ -7,6 +7,7 @@ ONNX Runtime and PyTorch.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import threading
 
@@ -67,16 +68,21 @@ def stream_all(detector: Detector, features: np.ndarray, sizes) -> tuple[list, l
 
 @pytest.fixture(scope="module")
 def uncapped(models) -> dict[str, Detector]:
-    return {
+    detectors = {
         "onnx": Detector(models["onnx"], top_k=NO_CAP, intra_op_threads=1),
         "pt": Detector(models["pt"], top_k=NO_CAP),
     }
+    if importlib.util.find_spec("openvino"):
+        detectors["openvino"] = Detector(
+            models["onnx"], top_k=NO_CAP, intra_op_threads=1, runtime="openvino"
+        )
+    return detectors
 
 
 # --------------------------------------------------------------------------- exactness
 
 
-@pytest.mark.parametrize("backend", ["onnx", "pt"])
+@pytest.mark.parametrize("backend", ["onnx", "pt", "openvino"])
 @pytest.mark.parametrize(
     "length",
     [
@@ -88,6 +94,8 @@ def uncapped(models) -> dict[str, Detector]:
     ],
 )
 def test_stream_equals_whole_video(uncapped, backend, length):
+    if backend not in uncapped:
+        pytest.skip("the [openvino] extra is not installed")
     detector = uncapped[backend]
     features = video(length, seed=length)
     whole = detector(features)
