@@ -1,18 +1,19 @@
 """Post-processing shared by every backend: model outputs -> detections in seconds.
 
-The PyTorch model, the ONNX Runtime session and the TensorRT engine all hand their raw per-chunk
-outputs (``scores [P, K]`` sigmoid probabilities and ``segments [P, 2]`` decoded boundaries in
-snippet units relative to the chunk start) to :func:`postprocess_chunks`, so that the three
-backends produce the same detections from the same numbers. Everything here is numpy only.
+Every backend (PyTorch, ONNX Runtime, OpenVINO, TensorRT) hands its raw per-chunk outputs
+(``scores [P, K]`` sigmoid probabilities and ``segments [P, 2]`` decoded boundaries in snippet
+units relative to the chunk start) to :func:`postprocess_chunks`, so that all produce the same
+detections from the same numbers. Everything here is numpy only.
 
-Pipeline (see DESIGN.md §4.6 and §4.8):
+Pipeline (see DESIGN §6.3 and §6.5):
 
 1. :func:`select_candidates` - per chunk, keep scores above ``score_thresh`` and the top
    ``pre_nms_topk`` (point, class) pairs.
-2. shift by the chunk offset, convert to seconds (:func:`snippets_to_seconds`), clip to the video,
-   drop detections shorter than ``min_duration``.
-3. :func:`nms` - one (soft-)NMS over all chunks together, so an action seen by two overlapping
-   chunks merges into one detection, then score voting and the ``max_detections`` cut.
+2. shift by the chunk offset, convert to seconds, clip to the time the chunk saw and to the
+   video, drop detections shorter than ``min_duration``.
+3. (soft-)NMS over all chunks, merged chunk by chunk (:mod:`amnet.chunk_merge`, as a stream
+   merges them), so an action seen by two overlapping chunks becomes one detection; then score
+   voting and the ``max_detections`` cut. :func:`nms` is the NMS of one set of candidates.
 """
 
 from __future__ import annotations
@@ -401,6 +402,8 @@ def _suppress(
         if watched is not None and watched[i]:
             watched[i] = False
             unsettled -= 1
+            if unsettled == 0:
+                break
         a, b = lo[i], hi[i]
         if b - a == 1:
             continue
