@@ -40,7 +40,7 @@ def video(length: int, seed: int = 0) -> np.ndarray:
 
 def npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=True)
+    np.save(buffer, array)  # an object array is pickled (np.save allows it by default)
     return buffer.getvalue()
 
 
