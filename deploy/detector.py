@@ -282,9 +282,19 @@ class Detector:
             raise AMNetError(f"duration must be a finite number >= 0, got {duration!r}")
         if array.shape[0] == 0:
             return Detections.empty()
+        return self._postprocess(self.run_chunks(array), float(duration), fps, post, min_score)
+
+    def _postprocess(
+        self,
+        chunks: list[tuple[np.ndarray, np.ndarray, int, int]],
+        duration: float,
+        fps: float,
+        post: PostprocessConfig,
+        min_score: float | None,
+    ) -> Detections:
         dets = postprocess_chunks(
-            self.run_chunks(array),
-            duration=float(duration),
+            chunks,
+            duration=duration,
             fps=fps,
             feature_stride=self.feature_stride,
             num_frames=self.num_frames,
@@ -362,18 +372,8 @@ class Detector:
             if video.shape[0] == 0:
                 results.append(Detections.empty())
                 continue
-            dets = postprocess_chunks(
-                outputs[i],
-                duration=self.duration_of(video.shape[0]),
-                fps=self.fps,
-                feature_stride=self.feature_stride,
-                num_frames=self.num_frames,
-                cfg=post,
-                min_score=floor,
-            )
-            if floor is not None:
-                dets = dets.take(np.flatnonzero(dets.scores >= floor))
-            results.append(dets)
+            duration = self.duration_of(video.shape[0])
+            results.append(self._postprocess(outputs[i], duration, self.fps, post, floor))
         return results
 
     def detect_many(

@@ -262,6 +262,21 @@ def _check_options(args: Any) -> None:
 # -- main -----------------------------------------------------------------------------------
 
 
+def detector_options(args: Any) -> dict[str, Any]:
+    """The :class:`Detector` settings the command line gives (every mode uses these)."""
+    return {
+        "device": args.device,
+        "min_score": args.min_score,
+        "top_k": args.top_k,
+        "fps": args.fps,
+        "feature_stride": args.feature_stride,
+        "num_frames": args.num_frames,
+        "intra_op_threads": args.threads,
+        "precision": args.precision,
+        "runtime": args.runtime,
+    }
+
+
 def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
@@ -303,18 +318,7 @@ def _run(argv: list[str] | None) -> int:
     from amnet.deploy.detector import Detector
 
     start = time.perf_counter()
-    detector = Detector(
-        args.engine,
-        args.device,
-        min_score=args.min_score,
-        top_k=args.top_k,
-        fps=args.fps,
-        feature_stride=args.feature_stride,
-        num_frames=args.num_frames,
-        intra_op_threads=args.threads,
-        precision=args.precision,
-        runtime=args.runtime,
-    )
+    detector = Detector(args.engine, **detector_options(args))
 
     # Checking pass: every file is read and validated before any inference.
     cache: dict[str, np.ndarray] = {}
@@ -426,17 +430,7 @@ def _run_workers(args: Any, files: list[FeatureFile], output: Path | None) -> in
     if args.resume_from and output is None:
         raise AMNetError("--resume-from needs a file to write (not stdout)")
     ray_batch.import_ray()  # a missing extra is one line, before any work
-    options = {
-        "device": args.device,
-        "min_score": args.min_score,
-        "top_k": args.top_k,
-        "fps": args.fps,
-        "feature_stride": args.feature_stride,
-        "num_frames": args.num_frames,
-        "intra_op_threads": args.threads or 1,
-        "precision": args.precision,
-        "runtime": args.runtime,
-    }
+    options = {**detector_options(args), "intra_op_threads": args.threads or 1}
     with Detector(args.engine, **options) as detector:  # the model, checked here once
         class_names = detector.class_names
         settings = {
@@ -558,17 +552,7 @@ def _run_stream(args: Any) -> int:
 
     from amnet.deploy.detector import Detector
 
-    detector = Detector(
-        args.engine,
-        args.device,
-        min_score=args.min_score,
-        fps=args.fps,
-        feature_stride=args.feature_stride,
-        num_frames=args.num_frames,
-        intra_op_threads=args.threads,
-        precision=args.precision,
-        runtime=args.runtime,
-    )
+    detector = Detector(args.engine, **detector_options(args))
     if args.dim != detector.input_dim:
         raise AMNetError(f"--dim {args.dim}, but the model expects {detector.input_dim} values")
     stream = detector.stream()

@@ -20,7 +20,6 @@ run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ import numpy as np
 
 from amnet.detections import Detections
 from amnet.errors import AMNetError
+from amnet.fileio import file_sha256
 
 logger = logging.getLogger("amnet.deploy.infer")
 
@@ -54,14 +54,6 @@ def import_ray() -> Any:
 
 def parts_dir(output: Path) -> Path:
     return output.with_name(output.name + ".parts")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shard_header(model: str | os.PathLike, settings: dict[str, Any]) -> dict[str, Any]:

@@ -18,8 +18,8 @@ Routes:
 
 Bad requests get a 4xx status and a one-line JSON ``{"error": ...}``: 400 for a body that is not
 an array of the model's shape or holds NaN/Inf or for bad query parameters, 404/405 for other
-routes and methods, 413 past ``--max-body-mb``, 415 for other content types. The service keeps
-serving.
+routes and methods, 413 past ``--max-body-mb`` (the body is not kept: it is read and dropped
+so that the client gets the answer), 415 for other content types. The service keeps serving.
 
 Requests that arrive together are batched (Ray Serve's ``@serve.batch``, up to ``--max-batch``
 within ``--batch-wait-ms``): their windows are packed into shared backend calls
@@ -53,6 +53,8 @@ logger = logging.getLogger("amnet.deploy.serve")
 PROG = "amnet-serve"
 DEFAULT_MAX_BODY_MB = 64.0
 _QUERY = ("top_k", "min_score")
+# An oversized body is read (and dropped) up to this many times the limit before answering 413.
+_DRAIN_FACTOR = 8
 
 
 class RequestError(Exception):
@@ -239,14 +241,18 @@ def make_app(
 
         async def _read_body(self, request: Request) -> bytes:
             limit = self.service.max_body_bytes
-            declared = request.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > limit:
-                raise RequestError(413, f"body of {int(declared)} bytes > limit {limit}")
             body = bytearray()
+            seen = 0
             async for part in request.stream():
-                body += part
-                if len(body) > limit:
-                    raise RequestError(413, f"body larger than the limit of {limit} bytes")
+                seen += len(part)
+                if seen <= limit:
+                    body += part
+                elif seen > _DRAIN_FACTOR * limit:
+                    break  # stop reading a flood; the connection may drop before the answer
+            if seen > limit:
+                # The rest was read and dropped (not kept), so that the client, still sending,
+                # gets the answer instead of a broken pipe.
+                raise RequestError(413, f"body of {seen}+ bytes, larger than the limit {limit}")
             return bytes(body)
 
     return AMNetDeployment.bind()

@@ -16,22 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from videos import DIM, video
 
 from amnet.deploy import Backend, Detection, Detector, snippets_duration
 from amnet.errors import AMNetError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
-DIM = 2048
-
-
-def video(length: int, seed: int = 0) -> np.ndarray:
-    """Non-negative, temporally smooth features with a few bumps (something to detect)."""
-    rng = np.random.default_rng(seed)
-    base = np.abs(rng.normal(0.0, 0.2, (length, DIM))).astype(np.float32)
-    for start in rng.integers(0, max(length - 20, 1), size=max(length // 60, 1)):
-        base[start : start + 15, : DIM // 8] += 0.6
-    return base
 
 
 def real_video(models, index: int = 0) -> np.ndarray:

@@ -25,17 +25,9 @@ import pytest
 
 pytest.importorskip("ray.serve", reason="the [scale] extra (Ray Serve) is not installed")
 
+from videos import DIM, video
+
 from amnet.deploy import Detector
-
-DIM = 2048
-
-
-def video(length: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    base = np.abs(rng.normal(0.0, 0.2, (length, DIM))).astype(np.float32)
-    for start in rng.integers(0, max(length - 20, 1), size=max(length // 60, 1)):
-        base[start : start + 15, : DIM // 8] += 0.6
-    return base
 
 
 def npy(array: np.ndarray) -> bytes:

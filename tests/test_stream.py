@@ -13,6 +13,7 @@ import threading
 
 import numpy as np
 import pytest
+from videos import DIM, video
 
 from amnet.chunk_merge import ChunkMerger
 from amnet.deploy import Detector
@@ -20,17 +21,7 @@ from amnet.detections import Detections
 from amnet.errors import AMNetError
 from amnet.postprocess import PostprocessConfig, postprocess_chunks
 
-DIM = 2048
 NO_CAP = 10**6
-
-
-def video(length: int, seed: int = 0) -> np.ndarray:
-    """Smooth non-negative features with bumps every ~60 snippets (something to detect)."""
-    rng = np.random.default_rng(seed)
-    base = np.abs(rng.normal(0.0, 0.2, (length, DIM))).astype(np.float32)
-    for start in rng.integers(0, max(length - 20, 1), size=max(length // 60, 1)):
-        base[start : start + 15, : DIM // 8] += 0.6
-    return base
 
 
 def canonical(dets) -> tuple[np.ndarray, np.ndarray]:
