@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from amnet.deploy.backend_onnx import _first_line
 from amnet.deploy.backends import check_batch, check_device, check_metadata
 from amnet.errors import AMNetError
 from amnet.metadata import INPUT_NAMES, OUTPUT_NAMES
@@ -41,10 +42,6 @@ def import_openvino() -> Any:
     except ImportError:
         raise AMNetError("runtime openvino needs OpenVINO: pip install 'amnet[openvino]'") from None
     return openvino
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
 
 
 class OpenVinoBackend:

@@ -203,6 +203,17 @@ def expand_inputs(items: Sequence[str]) -> list[FeatureFile]:
     return files
 
 
+def _exit_status(bad: Sequence[tuple[Path, str]], files: Sequence[FeatureFile]) -> int:
+    """0, or (files were skipped with --skip-bad) list them on stderr and return 3."""
+    if not bad:
+        return 0
+    print(
+        f"{PROG}: skipped {len(bad)} of {len(files)} feature files:\n{_bad_list(bad)}",
+        file=sys.stderr,
+    )
+    return EXIT_SKIPPED
+
+
 def _bad_list(bad: Sequence[tuple[Path, str]]) -> str:
     lines = [f"  {msg}" for _, msg in bad[:_MAX_LISTED]]
     if len(bad) > _MAX_LISTED:
@@ -404,13 +415,7 @@ def _run(argv: list[str] | None) -> int:
             detector.device,
             f" -> {output}" if output else "",
         )
-    if bad:
-        print(
-            f"{PROG}: skipped {len(bad)} of {len(files)} feature files:\n{_bad_list(bad)}",
-            file=sys.stderr,
-        )
-        return EXIT_SKIPPED
-    return 0
+    return _exit_status(bad, files)
 
 
 def _run_workers(args: Any, files: list[FeatureFile], output: Path | None) -> int:
@@ -525,13 +530,7 @@ def _run_workers(args: Any, files: list[FeatureFile], output: Path | None) -> in
             args.workers,
             f" -> {output}" if output else "",
         )
-    if bad:
-        print(
-            f"{PROG}: skipped {len(bad)} of {len(files)} feature files:\n{_bad_list(bad)}",
-            file=sys.stderr,
-        )
-        return EXIT_SKIPPED
-    return 0
+    return _exit_status(bad, files)
 
 
 def _run_stream(args: Any) -> int:
