@@ -4,8 +4,9 @@ One trained checkpoint and its exports, over a test split, video by video in tur
 machine slows all alike), scored with the ActivityNet metric:
 
 - PyTorch fp32 and bf16 (autocast) on the ``.pt`` checkpoint,
-- ONNX Runtime fp32 on ``--onnx`` and INT8 on ``--int8``,
-- OpenVINO f32 and bf16 on ``--onnx`` (when OpenVINO is installed).
+- ONNX Runtime fp32 on ``--onnx`` and INT8 on ``--int8`` (dynamic or static),
+- OpenVINO f32 and bf16 on ``--onnx``, and on every static (QDQ) INT8 model (when OpenVINO is
+  installed).
 
     amnet-export onnx --ckpt work/bench_train/runs/thumos14_i3d-seed0/last.pt \
         --out work/runtimes/model.onnx --int8
@@ -29,7 +30,14 @@ from amnet.checkpoint import load_model
 from amnet.data import make_dataset
 from amnet.deploy import Detector
 from amnet.errors import AMNetError
+from amnet.metadata import read_onnx_metadata
 from amnet.metrics import evaluate_detection
+
+
+def label(path: str) -> str:
+    """A model's row label: its scheme (dynamic/static) and file name."""
+    scheme = read_onnx_metadata(path).get("quantization", "").split(" ", 1)[0]
+    return f"{scheme} {Path(path).name}".strip()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,21 +48,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True)
     p.add_argument("--subset", default="test")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-pytorch", action="store_true", help="leave the PyTorch rows out")
     args = p.parse_args(argv)
 
     _, cfg, names = load_model(args.ckpt)
     cfg["dataset"]["val_split"] = [args.subset]
     dataset = make_dataset(cfg, args.data, "val_split", False, names)
-    plans = [("PyTorch fp32", args.ckpt, {}), ("PyTorch bf16", args.ckpt, {"precision": "bf16"})]
+    plans = [] if args.no_pytorch else [
+        ("PyTorch fp32", args.ckpt, {}),
+        ("PyTorch bf16", args.ckpt, {"precision": "bf16"}),
+    ]
     if args.onnx:
         plans.append(("ONNX Runtime fp32", args.onnx, {}))
     for path in args.int8:
-        plans.append((f"ONNX Runtime INT8 ({Path(path).name})", path, {}))
-    if args.onnx and importlib.util.find_spec("openvino"):
-        plans += [
-            ("OpenVINO f32", args.onnx, {"runtime": "openvino"}),
-            ("OpenVINO bf16", args.onnx, {"runtime": "openvino", "precision": "bf16"}),
-        ]
+        plans.append((f"ONNX Runtime INT8 ({label(path)})", path, {}))
+    if importlib.util.find_spec("openvino"):
+        if args.onnx:
+            plans += [
+                ("OpenVINO f32", args.onnx, {"runtime": "openvino"}),
+                ("OpenVINO bf16", args.onnx, {"runtime": "openvino", "precision": "bf16"}),
+            ]
+        for path in args.int8:
+            if read_onnx_metadata(path).get("quantization", "").startswith("static"):
+                plans.append((f"OpenVINO INT8 ({label(path)})", path, {"runtime": "openvino"}))
     detectors = {}
     for name, path, options in plans:
         try:
@@ -87,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(dataset)} videos, {snippets} snippets, windows of {cfg['dataset']['max_seq_len']}, "
           f"{args.threads or 'default'} threads")  # fmt: skip
     print()
-    print("| runtime | seconds | snippets/s | × PyTorch fp32 | avg mAP | Δ mAP | "
+    print(f"| runtime | seconds | snippets/s | × {first} | avg mAP | Δ mAP | "
           "max score Δ on a window |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- |")
     base_map = None

@@ -4,8 +4,9 @@ Chosen with ``Detector(path, runtime="openvino", precision="bf16")`` or ``amnet-
 openvino --precision bf16`` (the ``[openvino]`` extra). On CPUs with bfloat16 arithmetic
 (AVX-512 BF16, AMX) the bf16 graph runs about twice as fast as ONNX Runtime fp32 and faster than
 ONNX Runtime's INT8 model (docs/BENCHMARKS.md); ``precision="fp32"`` (the default) is f32
-inference. Every model is checked against ONNX Runtime on one window when it is opened: the
-f32 path has been measured wrong on the paper-size model, and a wrong runtime must be an error.
+inference (with OpenVINO's generated kernels switched off: they computed this graph wrongly in
+f32). Every model is checked against ONNX Runtime on one window when it is opened: a wrong
+runtime must be an error, never a silent wrong answer.
 The compiled model is shared; each thread gets its own infer request, so several threads may
 call ``run`` at once.
 """
@@ -31,9 +32,11 @@ __all__ = ["OpenVinoBackend"]
 PRECISIONS = ("fp32", "bf16")
 # The load-time check against ONNX Runtime: one window of this many snippets, and the largest
 # score and segment (snippets) differences accepted per precision. bf16 keeps 8 bits of
-# mantissa: measured 3e-4 / 0.08 on a trained paper-size model.
+# mantissa: measured 3e-4 / 0.08 on a trained paper-size model. A statically quantized (QDQ)
+# model runs its int8 operators as integers here and as float emulation in the reference:
+# measured 1e-2 / 1.0 (rounding differences); the broken f32 path differed by 0.16 / 37.
 PARITY_WINDOW = 288
-PARITY_TOLERANCE = {"fp32": (1e-4, 1e-2), "bf16": (1e-2, 0.5)}
+PARITY_TOLERANCE = {"fp32": (1e-4, 1e-2), "bf16": (1e-2, 0.5), "int8": (5e-2, 2.0)}
 
 
 def import_openvino() -> Any:
@@ -89,6 +92,12 @@ class OpenVinoBackend:
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"
         }
+        if precision == "fp32":
+            # OpenVINO's generated ("snippets") kernels give wrong f32 results on this graph
+            # with dynamic T (scores off by 0.06, segments by snippets; measured with OpenVINO
+            # 2026.4); without them f32 matches ONNX Runtime to 1e-6 at the same speed. bf16
+            # is right either way and faster with them.
+            config["SNIPPETS_MODE"] = "DISABLE"
         if intra_op_threads:
             config["INFERENCE_NUM_THREADS"] = int(intra_op_threads)
         try:
@@ -101,6 +110,8 @@ class OpenVinoBackend:
         if not set(OUTPUT_NAMES) <= names:
             raise AMNetError(f"{self.path}: not an AMNet chunk graph (outputs {sorted(names)})")
         self._input_dim = int(self.metadata["input_dim"])
+        # A QDQ model (export/quantize.py, static) carries its scheme in the metadata.
+        self.quantized = "quantization" in self.metadata
         self._local = threading.local()
         self._check_against(session)
 
@@ -108,8 +119,8 @@ class OpenVinoBackend:
         """Refuse the model when OpenVINO's outputs are not ONNX Runtime's on one window.
 
         OpenVINO's f32 CPU path has been measured to give wrong results on the paper-size
-        model (segments off by snippets, mAP 7.8 points lower) while bf16 was right; a wrong
-        runtime must be an error, never a silent wrong answer.
+        model (segments off by snippets, mAP 7.8 points lower; its generated kernels, now
+        switched off for f32); a wrong runtime must be an error, never a silent wrong answer.
         """
         length = min(int(self.metadata["max_seq_len"]), PARITY_WINDOW)
         rng = np.random.default_rng(0)
@@ -117,7 +128,7 @@ class OpenVinoBackend:
         lengths = np.array([length], dtype=np.int64)
         reference = session.run(list(OUTPUT_NAMES), {INPUT_NAMES[0]: x, INPUT_NAMES[1]: lengths})
         scores, segments = self.run(x, lengths)
-        score_tol, segment_tol = PARITY_TOLERANCE[self.precision]
+        score_tol, segment_tol = PARITY_TOLERANCE["int8" if self.quantized else self.precision]
         score_diff = float(np.abs(scores - reference[0]).max())
         segment_diff = float(np.abs(segments - reference[1]).max())
         if not (score_diff <= score_tol and segment_diff <= segment_tol):

@@ -16,8 +16,16 @@ timings on an AVX-512 VNNI CPU, one thread):
 
 The attention products (activation x activation) stay float by default; ``attention=True``
 quantizes them too, each input on the fly (measured in docs/BENCHMARKS.md on a trained model:
-accuracy kept, no gain end to end at the deployment window, so not the default). The result is for CPUs only: TensorRT does not
-import ``DynamicQuantizeLinear``/``MatMulInteger``.
+accuracy kept, no gain end to end at the deployment window, so not the default). The result is
+for CPUs only: TensorRT does not import ``DynamicQuantizeLinear``/``MatMulInteger``.
+
+:func:`quantize_int8_static` writes the other scheme: static INT8 in QDQ form
+(``QuantizeLinear``/``DequantizeLinear`` pairs around every MatMul and Conv, the attention
+products included), int8 weights per output channel and symmetric int8 activations whose
+ranges are calibrated on training features (:func:`calibration_windows`). On ONNX Runtime it is
+no faster than the dynamic model; OpenVINO runs it with integer kernels and is then the
+fastest CPU path measured (docs/BENCHMARKS.md). Its ranges hold for features like the
+calibration set's: calibrate on the features the model will see.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +43,21 @@ from amnet.fileio import publish, temp_beside
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_OP_TYPES", "conv1d_as_matmul", "int8_path_for", "quantize_int8"]
+__all__ = [
+    "DEFAULT_OP_TYPES",
+    "STATIC_OP_TYPES",
+    "calibration_windows",
+    "conv1d_as_matmul",
+    "int8_path_for",
+    "quantize_int8",
+    "quantize_int8_static",
+]
 
 DEFAULT_OP_TYPES: tuple[str, ...] = ("MatMul",)
+# Conv stays Conv in the static scheme: OpenVINO's int8 convolution beats the im2col rewrite
+# (383 vs 441 ms on one 2,304-snippet window, docs/BENCHMARKS.md).
+STATIC_OP_TYPES: tuple[str, ...] = ("MatMul", "Conv")
+DEFAULT_CALIBRATION_WINDOWS = 16
 _INT64_MAX = np.iinfo(np.int64).max
 
 
@@ -166,6 +186,37 @@ def conv1d_as_matmul(model: Any) -> int:
     return count
 
 
+def _write_quantized(src: Path, dst: Path, quantize: Any, scheme: str) -> Path:
+    """Run ``quantize(model, tmp_path)`` on the loaded ``src`` and publish the result at ``dst``
+    atomically, with ``src``'s metadata, ``quantization`` = ``scheme`` and ``source_sha256``
+    (the float model it came from)."""
+    import onnx
+
+    from amnet.fileio import file_sha256
+
+    tmp = temp_beside(dst)
+    try:
+        source = onnx.load(str(src))
+        props = {p.key: p.value for p in source.metadata_props}
+        with _quiet_root_logger():
+            scheme = quantize(source, tmp) or scheme
+        del source
+        model = onnx.load(str(tmp))
+        props["quantization"] = scheme
+        props["source_sha256"] = file_sha256(src)
+        del model.metadata_props[:]
+        for key, value in props.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(model, str(tmp))
+        publish(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    log.info("wrote %s (%s)", dst, scheme)
+    return dst
+
+
 def quantize_int8(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -179,40 +230,134 @@ def quantize_int8(
 
     ``attention`` also quantizes the MatMuls whose both inputs are activations (the attention
     products), each input on the fly."""
-    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    src, dst = Path(src), Path(dst)
-    tmp = temp_beside(dst)
-    try:
-        source = onnx.load(str(src))
-        props = {p.key: p.value for p in source.metadata_props}
-        rewritten = conv1d_as_matmul(source) if conv_as_matmul else 0
-        with _quiet_root_logger():
-            quantize_dynamic(
-                model_input=source,
-                model_output=str(tmp),
-                op_types_to_quantize=list(op_types),
-                per_channel=per_channel,
-                weight_type=QuantType.QInt8,
-                extra_options={"MatMulConstBOnly": not attention},
-            )
-        del source
-        model = onnx.load(str(tmp))
-        props["quantization"] = (
+    def run(model: Any, tmp: Path) -> str:
+        rewritten = conv1d_as_matmul(model) if conv_as_matmul else 0
+        quantize_dynamic(
+            model_input=model,
+            model_output=str(tmp),
+            op_types_to_quantize=list(op_types),
+            per_channel=per_channel,
+            weight_type=QuantType.QInt8,
+            extra_options={"MatMulConstBOnly": not attention},
+        )
+        return (
             f"dynamic int8 weights ({'per-channel' if per_channel else 'per-tensor'}), "
             f"ops: {','.join(op_types)}"
             + (f"; {rewritten} Conv rewritten as MatMul first" if rewritten else "")
             + ("; attention products too" if attention else "")
         )
-        del model.metadata_props[:]
-        for key, value in props.items():
-            entry = model.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.save(model, str(tmp))
-        publish(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    log.info("wrote %s (%s)", dst, props["quantization"])
-    return dst
+
+    return _write_quantized(Path(src), Path(dst), run, "dynamic int8")
+
+
+def attention_products(model: Any) -> list[str]:
+    """Names of the MatMuls of ``model`` whose both inputs are activations (the attention
+    products ``q k^T`` and ``p v``), as opposed to a Linear layer's activation x weight."""
+    graph = model.graph
+    constants = {t.name for t in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    return [
+        n.name
+        for n in graph.node
+        if n.op_type == "MatMul" and not any(i in constants for i in n.input)
+    ]
+
+
+def calibration_windows(
+    videos: Iterable[np.ndarray], max_len: int, overlap: float, count: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Up to ``count`` model inputs ``(features [1, L, C] float32, lengths [1] int64)`` cut
+    from ``videos`` (``[T, C]`` arrays) in the windows inference uses (one per video when it
+    fits, else windows of ``max_len``; :func:`amnet.postprocess.plan_chunks`), taken from the
+    videos in turn so that a long first video does not fill the set alone."""
+    from amnet.postprocess import plan_chunks
+
+    if count < 1:
+        raise ValueError(f"calibration needs at least one window, got {count}")
+    queues = []
+    for video in videos:
+        if len(video) == 0:
+            continue
+        plan = plan_chunks(len(video), max_len, overlap)
+        queues.append([video[start:end] for start, end in plan])
+        if len(queues) >= count:  # one window from each of `count` videos is enough
+            break
+    windows: list[tuple[np.ndarray, np.ndarray]] = []
+    while queues and len(windows) < count:
+        for queue in list(queues):
+            if len(windows) == count:
+                break
+            window = queue.pop(0)
+            windows.append(
+                (
+                    np.ascontiguousarray(window, dtype=np.float32)[None],
+                    np.array([len(window)], dtype=np.int64),
+                )
+            )
+            if not queue:
+                queues.remove(queue)
+    if not windows:
+        raise ValueError("calibration needs at least one non-empty video")
+    return windows
+
+
+def quantize_int8_static(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    windows: Sequence[tuple[np.ndarray, np.ndarray]],
+    op_types: Sequence[str] = STATIC_OP_TYPES,
+    attention: bool = False,
+) -> Path:
+    """Write ``src`` statically quantized (QDQ) to ``dst`` atomically, activation ranges
+    calibrated (min/max) on ``windows`` of :func:`calibration_windows`. Weights int8 per output
+    channel, activations symmetric int8 (OpenVINO's integer kernels want zero points of 0).
+    Metadata is kept and ``quantization`` records the scheme. Returns ``dst``."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    from amnet.metadata import INPUT_NAMES
+
+    if not windows:
+        raise ValueError("static quantization needs at least one calibration window")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._items = iter(windows)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            item = next(self._items, None)
+            return None if item is None else dict(zip(INPUT_NAMES, item, strict=True))
+
+    def run(model: Any, tmp: Path) -> str:
+        excluded = [] if attention else attention_products(model)
+        # The calibrator keeps its augmented model in a temporary folder of its own.
+        quantize_static(
+            model,
+            str(tmp),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(op_types),
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=excluded,
+            extra_options={"ActivationSymmetric": True},
+            calibration_providers=["CPUExecutionProvider"],
+        )
+        frames = sum(int(lengths[0]) for _, lengths in windows)
+        return (
+            f"static int8 QDQ (per-channel weights, symmetric activations), ops: "
+            f"{','.join(op_types)}"
+            + (f"; {len(excluded)} attention products kept float" if excluded else "")
+            + f"; calibrated on {len(windows)} windows, {frames} snippets"
+        )
+
+    return _write_quantized(Path(src), Path(dst), run, "static int8")

@@ -231,17 +231,21 @@ def export_onnx(
     out: str | os.PathLike | None = None,
     opset: int = DEFAULT_OPSET,
     use_ema: bool | None = None,
-    int8: bool = False,
+    int8: bool | str = False,
     scores_atol: float = SCORES_ATOL,
     segments_atol: float = SEGMENTS_ATOL,
     parity: bool = True,
+    calibration: str | os.PathLike | None = None,
+    calibration_windows: int | None = None,
 ) -> ExportResult:
     """Export ``ckpt`` to ``out`` (default: the checkpoint path with ``.onnx``) and verify it.
 
     Raises AMNetError (one line) on bad input or a failed export, ParityError when ONNX Runtime
     and PyTorch disagree beyond the tolerances; in both cases no output file is left behind.
-    With ``int8``, also writes ``<out stem>.int8.onnx`` (dynamic INT8 for CPUs, see
-    :mod:`amnet.export.quantize`) whose parity is reported, not enforced.
+    With ``int8`` (True or ``"dynamic"``), also writes ``<out stem>.int8.onnx`` (dynamic INT8
+    for CPUs, see :mod:`amnet.export.quantize`) whose parity is reported, not enforced; with
+    ``"static"``, that file is static INT8 (QDQ) calibrated on ``calibration_windows`` windows of
+    the training split of ``calibration`` (a data folder in the checkpoint config's layout).
     """
     from amnet.export.trt_compat import check_opset
     from amnet.fileio import check_out_path, publish, temp_beside
@@ -257,10 +261,20 @@ def export_onnx(
         raise AMNetError(f"{ckpt}: checkpoint not found")
     if out.resolve() == ckpt.resolve():
         raise AMNetError(f"{out}: the output would overwrite the checkpoint")
-    if int8:
+    scheme = {False: None, True: "dynamic"}.get(int8, int8) if isinstance(int8, bool) else int8
+    if scheme not in (None, "dynamic", "static"):
+        raise AMNetError(f"int8 must be dynamic or static, got {int8!r}")
+    if (calibration is not None or calibration_windows is not None) and scheme != "static":
+        raise AMNetError("a calibration set is for static INT8 only (--int8 static)")
+    if scheme:
         from amnet.export.quantize import int8_path_for
 
         check_out_path(int8_path_for(out), [ckpt])
+    windows = None
+    if scheme == "static":
+        if calibration is None:
+            raise AMNetError("static INT8 needs calibration features: --calibration DATA_DIR")
+        windows = _calibration_set(ckpt, calibration, calibration_windows)
     tmp = temp_beside(out)
     try:
         result = _export_checked(
@@ -270,12 +284,15 @@ def export_onnx(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if int8:
-        from amnet.export.quantize import int8_path_for, quantize_int8
+    if scheme:
+        from amnet.export.quantize import int8_path_for, quantize_int8, quantize_int8_static
 
         result.int8_path = int8_path_for(out)
         try:
-            quantize_int8(out, result.int8_path)
+            if windows is not None:
+                quantize_int8_static(out, result.int8_path, windows)
+            else:
+                quantize_int8(out, result.int8_path)
         except (RuntimeError, ValueError, OSError) as exc:  # ORT's quantizer raises plain errors
             raise AMNetError(
                 f"{out} written, but INT8 quantization failed: {_first_line(exc)}"
@@ -295,6 +312,30 @@ def export_onnx(
             )
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _calibration_set(
+    ckpt: Path, data_dir: str | os.PathLike, count: int | None
+) -> list[tuple[Any, Any]]:
+    """Calibration windows for static INT8 from the training split (the config's
+    ``train_split``) of ``data_dir``, cut as inference cuts them."""
+    from amnet.checkpoint import read_checkpoint
+    from amnet.config import config_from_dict
+    from amnet.data import make_dataset
+    from amnet.export.quantize import DEFAULT_CALIBRATION_WINDOWS, calibration_windows
+    from amnet.fileio import load_features
+
+    count = DEFAULT_CALIBRATION_WINDOWS if count is None else count
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise AMNetError(f"--calibration-windows must be a positive integer, got {count!r}")
+    fields = read_checkpoint(ckpt)
+    cfg = config_from_dict(fields["config"], f"{ckpt} (config)")
+    data = make_dataset(cfg, data_dir, "train_split", False, fields["class_names"])
+    if not data.videos:
+        raise AMNetError(f"{data_dir}: the training split has no videos to calibrate on")
+    d = cfg["dataset"]
+    videos = (load_features(data.feature_path(v.video_id), d["input_dim"]) for v in data.videos)
+    return calibration_windows(videos, d["max_seq_len"], cfg["test_cfg"]["chunk_overlap"], count)
 
 
 def _export_checked(
@@ -391,7 +432,23 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint's validation chose, EMA when it names none)",
     )
     parser.add_argument(
-        "--int8", action="store_true", help="also write <out>.int8.onnx (dynamic INT8, CPU)"
+        "--int8",
+        nargs="?",
+        const="dynamic",
+        choices=("dynamic", "static"),
+        help="also write <out>.int8.onnx: dynamic INT8 (the default, no data needed) or static "
+        "INT8 (QDQ, calibrated with --calibration; fastest on --runtime openvino)",
+    )
+    parser.add_argument(
+        "--calibration",
+        metavar="DATA_DIR",
+        help="features whose training split calibrates static INT8 (the config's layout)",
+    )
+    parser.add_argument(
+        "--calibration-windows",
+        type=int,
+        metavar="N",
+        help="how many inference windows to calibrate on (default 16)",
     )
     parser.add_argument("--scores-atol", type=float, default=SCORES_ATOL, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -415,9 +472,11 @@ def _main(argv: list[str] | None) -> int:
             args.out,
             opset=args.opset,
             use_ema=args.ema,
-            int8=args.int8,
+            int8=args.int8 or False,
             scores_atol=args.scores_atol,
             segments_atol=args.segments_atol,
+            calibration=args.calibration,
+            calibration_windows=args.calibration_windows,
         )
     except ParityError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -438,7 +497,7 @@ def _main(argv: list[str] | None) -> int:
         print("TensorRT 10 compatibility: ok (opset in range, all operators supported)")
     print(format_parity(result.parity, "parity, ONNX Runtime (CPU) vs PyTorch, fp32:"))
     if result.int8_path is not None:
-        print(f"wrote {result.int8_path} (dynamic INT8 for CPUs)")
+        print(f"wrote {result.int8_path} ({args.int8} INT8 for CPUs)")
         if result.int8_parity:
             print(
                 format_parity(result.int8_parity, "INT8 vs PyTorch fp32 (informational):")

@@ -20,6 +20,7 @@ from videos import DIM, video
 
 from amnet.deploy import Backend, Detection, Detector, snippets_duration
 from amnet.errors import AMNetError
+from amnet.metadata import read_onnx_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
@@ -226,7 +227,7 @@ def test_cuda_without_cuda_provider_is_an_error(models):
 
 
 def test_tensorrt_backend_without_tensorrt(tmp_path, models):
-    from amnet.metadata import read_onnx_metadata, write_plan_metadata
+    from amnet.metadata import write_plan_metadata
 
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"\x00" * 64)
@@ -333,7 +334,8 @@ def test_bench_json_tiny(tmp_path, models):
         [
             sys.executable, "-m", "amnet.cli.bench",
             "--engine", str(models["pt"]), "--preset", "tiny", "--videos", "2",
-            "--backends", "torch,onnxruntime,openvino-bf16,tensorrt", "--latency", "100",
+            "--backends", "torch,onnxruntime,openvino-bf16,openvino-int8,tensorrt",
+            "--latency", "100",
             "--repeats", "1",
             "--threads", "1", "--work", str(work), "--json", "--quiet",
         ],
@@ -343,10 +345,18 @@ def test_bench_json_tiny(tmp_path, models):
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     rows = {r["backend"]: r for r in report["results"]}
     skipped = [s["backend"] for s in report["skipped"]]
-    # OpenVINO in bf16 runs where it can (the extra installed, a CPU with bf16), else is skipped.
-    vino = ["openvino-bf16"] if "openvino-bf16" in rows else []
+    # OpenVINO runs where it can (the extra installed; bf16 also needs a CPU with bf16), else
+    # is skipped; static INT8 is quantized here, calibrated on the benchmark's features.
+    has_openvino = importlib.util.find_spec("openvino") is not None
+    vino = [n for n in ("openvino-bf16", "openvino-int8") if n in rows]
+    assert ("openvino-int8" in rows) == has_openvino
     assert set(rows) == {"torch", "onnxruntime", *vino}
-    assert skipped == ["tensorrt"] if vino else skipped == ["openvino-bf16", "tensorrt"]
+    assert skipped == [n for n in ("openvino-bf16", "openvino-int8") if n not in rows] + [
+        "tensorrt"
+    ]
+    if has_openvino:
+        static = next(work.glob("*.static-int8.onnx"))
+        assert read_onnx_metadata(static)["quantization"].startswith("static int8 QDQ")
     for row in rows.values():
         assert row["videos"] == 2 and row["snippets"] > 0
         assert row["seconds"] > 0 and row["snippets_per_s"] > 0 and row["peak_rss_mb"] > 0

@@ -4,7 +4,8 @@
 
     amnet-bench (--config CFG | --engine MODEL)
         [--layout ANNOTATIONS.json [--subset test] | --preset thumos14|tiny] [--videos N]
-        [--seed S] [--backends torch,onnxruntime,onnxruntime-int8,openvino-bf16,tensorrt] [--device cpu|cuda]
+        [--seed S] [--backends torch,onnxruntime,onnxruntime-int8,openvino-bf16,openvino-int8,tensorrt]
+        [--device cpu|cuda]
         [--threads N] [--rounds 2] [--latency 256,2304,12551] [--repeats 3] [--work DIR]
         [--json] [--keep-going]
 
@@ -71,10 +72,23 @@ from amnet.layouts import layout_path
 logger = logging.getLogger("amnet.deploy.bench")
 
 PROG = "amnet-bench"
-BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "openvino-bf16", "tensorrt")
+BACKENDS = (
+    "torch",
+    "onnxruntime",
+    "onnxruntime-int8",
+    "openvino-bf16",
+    "openvino-int8",
+    "tensorrt",
+)
+ONNX_BACKENDS = ("onnxruntime", "onnxruntime-int8", "openvino-bf16", "openvino-int8")
+# Static INT8 for openvino-int8: calibrated on this many windows of the benchmark's own
+# features (the benchmark measures speed; static INT8's accuracy is measured on a trained
+# model by benchmarks/bench_cpu_runtimes.py).
+BENCH_CALIBRATION_WINDOWS = 16
 # Detector options of the backends that are a runtime choice on a shared model file.
 BACKEND_OPTIONS: dict[str, dict[str, str]] = {
     "openvino-bf16": {"runtime": "openvino", "precision": "bf16"},
+    "openvino-int8": {"runtime": "openvino"},
 }
 PRESETS = ("thumos14", "tiny")
 WARMUP_SNIPPETS = 64
@@ -444,7 +458,12 @@ def _model_dim(path: Path) -> int:
 
 
 def _models(
-    args: Any, wanted: Sequence[str], work: Path, ckpt: Path | None, onnx: Path | None
+    args: Any,
+    wanted: Sequence[str],
+    work: Path,
+    ckpt: Path | None,
+    onnx: Path | None,
+    features: Sequence[str] = (),
 ) -> tuple[dict[str, Path], dict[str, str]]:
     """Model file per backend, and the reason for each backend that cannot run."""
     models: dict[str, Path] = {}
@@ -458,11 +477,7 @@ def _models(
         models["torch"] = ckpt
     else:
         skipped["torch"] = "needs a .pt checkpoint (--config or --engine CKPT.pt)"
-    if (
-        onnx is None
-        and ckpt is not None
-        and {"onnxruntime", "onnxruntime-int8", "openvino-bf16", "tensorrt"} & set(wanted)
-    ):
+    if onnx is None and ckpt is not None and {*ONNX_BACKENDS, "tensorrt"} & set(wanted):
         from amnet.export.to_onnx import export_onnx
 
         logger.info("exporting %s to ONNX", ckpt)
@@ -483,8 +498,14 @@ def _models(
             if not int8.is_file():
                 int8 = quantize_int8(onnx, work / int8.name)
             models["onnxruntime-int8"] = int8
+        if "openvino-int8" in wanted:
+            reason = _openvino_missing()
+            if reason:
+                skipped["openvino-int8"] = reason
+            else:
+                models["openvino-int8"] = _static_int8(onnx, work, features)
     else:
-        for name in ("onnxruntime", "onnxruntime-int8", "openvino-bf16"):
+        for name in ONNX_BACKENDS:
             skipped[name] = "needs an ONNX model (--config, --engine CKPT.pt or MODEL.onnx)"
     if plan is not None:
         models["tensorrt"] = plan
@@ -505,12 +526,46 @@ def _models(
     )
 
 
-def _openvino_bf16_missing() -> str | None:
-    """Why OpenVINO cannot run in bf16 here (None: it can)."""
+def _static_int8(onnx: Path, work: Path, features: Sequence[str]) -> Path:
+    """The static INT8 (QDQ) model of ``onnx``: its sibling when that one is static, else
+    quantized here, calibrated on the benchmark's features."""
+    from amnet.export.quantize import calibration_windows, int8_path_for, quantize_int8_static
+    from amnet.fileio import file_sha256, load_features
+    from amnet.metadata import read_onnx_metadata
+
+    sibling = int8_path_for(onnx)
+    if sibling.is_file() and read_onnx_metadata(sibling).get("quantization", "").startswith(
+        "static"
+    ):
+        return sibling
+    meta = read_onnx_metadata(onnx)
+    out = work / f"{onnx.name[: -len('.onnx')]}.static-int8.onnx"
+    if out.is_file() and read_onnx_metadata(out).get("source_sha256") == file_sha256(onnx):
+        return out
+    videos = (load_features(path, meta["input_dim"]) for path in features)
+    windows = calibration_windows(
+        videos, meta["max_seq_len"], meta["chunk_overlap"], BENCH_CALIBRATION_WINDOWS
+    )
+    logger.info("quantizing %s statically (%d calibration windows)", onnx, len(windows))
+    return quantize_int8_static(onnx, out, windows)
+
+
+def _openvino_missing() -> str | None:
+    """Why OpenVINO cannot run here (None: it can)."""
     try:
-        import openvino
+        import openvino  # noqa: F401
     except ImportError:
         return "needs OpenVINO (the [openvino] extra)"
+    return None
+
+
+def _openvino_bf16_missing() -> str | None:
+    """Why OpenVINO cannot run in bf16 here (None: it can)."""
+    reason = _openvino_missing()
+    if reason:
+        return reason
+    import openvino
+
     if "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         return "this CPU has no bfloat16 arithmetic"
     return None
@@ -606,7 +661,7 @@ def _bench(args: Any, wanted: list[str], lengths: list[int], work: Path) -> int:
         ckpt = engine
     elif engine is not None and engine.suffix.lower() == ".onnx":
         onnx = engine
-    models, skipped = _models(args, wanted, work, ckpt, onnx)
+    models, skipped = _models(args, wanted, work, ckpt, onnx, features)
     latency_paths = [str(p) for p in _latency_files(work, lengths, dim, args.seed)]
 
     latency: list[dict[str, Any]] = []
