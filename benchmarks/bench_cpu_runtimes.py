@@ -54,10 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     _, cfg, names = load_model(args.ckpt)
     cfg["dataset"]["val_split"] = [args.subset]
     dataset = make_dataset(cfg, args.data, "val_split", False, names)
-    plans = [] if args.no_pytorch else [
-        ("PyTorch fp32", args.ckpt, {}),
-        ("PyTorch bf16", args.ckpt, {"precision": "bf16"}),
-    ]
+    plans = (
+        []
+        if args.no_pytorch
+        else [
+            ("PyTorch fp32", args.ckpt, {}),
+            ("PyTorch bf16", args.ckpt, {"precision": "bf16"}),
+        ]
+    )
     if args.onnx:
         plans.append(("ONNX Runtime fp32", args.onnx, {}))
     for path in args.int8:

@@ -6,4 +6,5 @@ bash scripts/setup_env.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 # pytest exits 5 when it collects no test; that must fail the run, and it does (non-zero).
-exec .venv/bin/python -m pytest -q "$@"
+# One worker per core (pytest-xdist); the Ray tests share one worker (their xdist_group).
+exec .venv/bin/python -m pytest -q -n auto --dist loadgroup "$@"

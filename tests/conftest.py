@@ -4,6 +4,10 @@ so that the kernels run on this CPU."""
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One pytest worker per core (scripts/test.sh runs ``-n auto``): one math thread each, set
+    # before torch is imported; an oversubscribed torch thread pool is many times slower.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path
 

@@ -23,6 +23,9 @@ from amnet.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
+# The module's trained model takes most of a minute: its tests share one pytest worker so that
+# it is trained once (scripts/test.sh runs ``-n auto --dist loadgroup``).
+pytestmark = pytest.mark.xdist_group("learning")
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("ray", reason="the [scale] extra (Ray) is not installed")
+# Each Ray test starts a local cluster: run them on one pytest worker, one after another.
+pytestmark = pytest.mark.xdist_group("ray")
 
 DIM = 2048
 

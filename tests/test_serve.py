@@ -24,10 +24,12 @@ import numpy as np
 import pytest
 
 pytest.importorskip("ray.serve", reason="the [scale] extra (Ray Serve) is not installed")
-
 from videos import DIM, video
 
 from amnet.deploy import Detector
+
+# Each Ray test starts a local cluster: run them on one pytest worker, one after another.
+pytestmark = pytest.mark.xdist_group("ray")
 
 
 def npy(array: np.ndarray) -> bytes:
