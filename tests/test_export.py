@@ -41,6 +41,9 @@ from amnet.synth import draw_layout, preset_class_names, write_dataset  # noqa: 
 from amnet.train import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+# One pytest worker runs this module (scripts/test.sh runs -n auto), so that
+# its exported and trained models are made once.
+pytestmark = pytest.mark.xdist_group("test_export")
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
 CLASSES = ["a", "b", "c", "d", "e"]
 # Subprocesses get one math thread each: the test machine's cores are shared, and torch's

@@ -26,6 +26,10 @@ from amnet.fileio import load_features  # noqa: E402
 from amnet.metadata import read_onnx_metadata  # noqa: E402
 from amnet.postprocess import plan_chunks  # noqa: E402
 
+# One pytest worker runs this module (scripts/test.sh runs -n auto), so that
+# its model is quantized once.
+pytestmark = pytest.mark.xdist_group("test_quantize_static")
+
 needs_openvino = pytest.mark.skipif(
     importlib.util.find_spec("openvino") is None, reason="needs the [openvino] extra"
 )

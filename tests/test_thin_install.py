@@ -21,6 +21,9 @@ import pytest
 from amnet.synth import preset_class_names
 
 ROOT = Path(__file__).resolve().parents[1]
+# One pytest worker runs this module (scripts/test.sh runs -n auto), so that
+# its virtual environment is built once.
+pytestmark = pytest.mark.xdist_group("test_thin_install")
 
 
 @pytest.fixture(scope="module")
