@@ -20,12 +20,13 @@ accuracy kept, no gain end to end at the deployment window, so not the default).
 for CPUs only: TensorRT does not import ``DynamicQuantizeLinear``/``MatMulInteger``.
 
 :func:`quantize_int8_static` writes the other scheme: static INT8 in QDQ form
-(``QuantizeLinear``/``DequantizeLinear`` pairs around every MatMul and Conv, the attention
-products included), int8 weights per output channel and symmetric int8 activations whose
-ranges are calibrated on training features (:func:`calibration_windows`). On ONNX Runtime it is
-no faster than the dynamic model; OpenVINO runs it with integer kernels and is then the
-fastest CPU path measured (docs/BENCHMARKS.md). Its ranges hold for features like the
-calibration set's: calibrate on the features the model will see.
+(``QuantizeLinear``/``DequantizeLinear`` pairs around the Linear MatMuls and the convolutions),
+int8 weights per output channel and symmetric int8 activations whose ranges are calibrated on
+training features (:func:`calibration_windows`). The attention products stay float unless
+``attention=True``: quantizing the softmax probabilities cost 1.3-1.5 points of average mAP on
+a trained model. Measured there (docs/BENCHMARKS.md): accuracy kept, but no faster than the
+dynamic model on ONNX Runtime nor than OpenVINO bf16, so it is an option. Its ranges hold for
+features like the calibration set's: calibrate on the features the model will see.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ __all__ = [
 ]
 
 DEFAULT_OP_TYPES: tuple[str, ...] = ("MatMul",)
-# Conv stays Conv in the static scheme: OpenVINO's int8 convolution beats the im2col rewrite
-# (383 vs 441 ms on one 2,304-snippet window, docs/BENCHMARKS.md).
+# Conv stays Conv in the static scheme: OpenVINO's int8 convolution beat the im2col rewrite
+# (383 vs 441 ms on one 2,304-snippet window, everything else alike).
 STATIC_OP_TYPES: tuple[str, ...] = ("MatMul", "Conv")
 DEFAULT_CALIBRATION_WINDOWS = 16
 _INT64_MAX = np.iinfo(np.int64).max

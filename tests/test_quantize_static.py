@@ -140,6 +140,21 @@ def test_openvino_refuses_a_static_model_it_computes_differently(static_model, m
         Detector(static_model[1], runtime="openvino")
 
 
+def test_static_parity_is_reported_on_training_windows_it_was_not_calibrated_on(models, tmp_path):
+    from amnet.export.to_onnx import export_onnx
+
+    result = export_onnx(
+        models["pt"], tmp_path / "m.onnx", int8="static", calibration=models["data"],
+        calibration_windows=2,
+    )  # fmt: skip
+    held_out = calibration_windows(training_videos(models), 256, 0.25, 4)[2:]
+    assert [row.lengths for row in result.int8_parity] == [
+        [int(lengths[0])] for _, lengths in held_out
+    ]
+    assert all(row.scores_diff < 0.05 for row in result.int8_parity)
+    assert "calibrated on 2 windows" in read_onnx_metadata(result.int8_path)["quantization"]
+
+
 def test_attention_products_are_quantized_on_request(models, static_model, tmp_path):
     fp32 = static_model[0]
     windows = calibration_windows(training_videos(models), 256, 0.25, 3)
