@@ -48,9 +48,8 @@ step() {
   printf '| %s | %s | %s |\n' "$name" "$rc" "$((SECONDS - start))" >>"$summary"
 }
 
-# amnet maps kernels/, export/ and deploy/ into its namespace (setuptools package-dir), so a
-# plain PYTHONPATH is not enough: install the copy in editable mode; if that fails, link the
-# folders into amnet/ in this (disposable) copy and put it on PYTHONPATH.
+# Install the copy in editable mode; if that fails (no pip, no network for build deps), the
+# src layout makes PYTHONPATH=src enough.
 setup() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   "$PY" -c "import sys, torch, triton; print(sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
@@ -58,9 +57,8 @@ setup() {
     && (cd /tmp && "$PY" -c "import amnet.kernels"); then
     echo "amnet: editable install"
   else
-    echo "amnet: editable install failed; linking kernels/ export/ deploy/ into amnet/"
-    for d in kernels export deploy; do [ -e "amnet/$d" ] || ln -s "../$d" "amnet/$d"; done
-    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    echo "amnet: editable install failed; using PYTHONPATH=src"
+    export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
   fi
   (cd /tmp && "$PY" -c "import amnet.kernels as k; print('amnet.kernels from', k.__file__)")
 }

@@ -283,7 +283,9 @@ def test_conv_rewrite_is_exact_in_fp32(exported, tmp_path):
 
 
 def test_no_module_in_export_shadows_an_installed_package():
-    names = [p.stem for p in (ROOT / "export").glob("*.py") if p.stem != "__init__"]
+    names = [
+        p.stem for p in (ROOT / "src" / "amnet" / "export").glob("*.py") if p.stem != "__init__"
+    ]
     assert {"onnx", "tensorrt", "triton"}.isdisjoint(names)
     for name in names:
         # export/ is not on sys.path here, so any hit is a real top-level module of that name.

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # One pytest worker runs this module (scripts/test.sh runs -n auto), so that
 # its virtual environment is built once.
 pytestmark = pytest.mark.xdist_group("test_thin_install")
+BACKEND_WARNING = re.compile(r"[A-Za-z]+Warning\b|^\s*!!\s*$", re.MULTILINE)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +56,30 @@ def thin_env(tmp_path_factory) -> Path:
     if proc.returncode != 0 and "Could not find a version" in proc.stderr:
         pytest.skip(f"package index unreachable: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # The project's own packaging builds without warnings: pip relays the build backend's as
+    # "...Warning" classes in a "!!" banner (pip's own "WARNING:" lines are about the machine).
+    assert not BACKEND_WARNING.search(proc.stderr), proc.stderr[-3000:]
     return env_dir / "bin"
+
+
+def test_an_editable_build_prints_nothing(tmp_path):
+    """``pip install -e .`` (the set-up script's install) builds through setuptools'
+    ``build_editable``; with the src layout it is a plain ``.pth`` entry and no notice."""
+    source = tmp_path / "copy"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "work", "build", "*.egg-info", "__pycache__", ".pytest_cache", "tests"))  # fmt: skip
+    build = "import sys, setuptools.build_meta as b; print(b.build_editable(sys.argv[1]))"
+    proc = subprocess.run(
+        [sys.executable, "-c", build, str(tmp_path / "wheel")],
+        cwd=source, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not BACKEND_WARNING.search(proc.stderr), proc.stderr[-3000:]
+    assert "Editable installation" not in proc.stderr, proc.stderr[-3000:]
+    wheel = tmp_path / "wheel" / proc.stdout.strip().splitlines()[-1]
+    with zipfile.ZipFile(wheel) as archive:
+        pth = [n for n in archive.namelist() if n.endswith(".pth")]
+        assert len(pth) == 1 and archive.read(pth[0]).decode().strip().endswith("src")
 
 
 def run(bin_dir: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -110,7 +110,7 @@ class OpenVinoBackend:
         if not set(OUTPUT_NAMES) <= names:
             raise AMNetError(f"{self.path}: not an AMNet chunk graph (outputs {sorted(names)})")
         self._input_dim = int(self.metadata["input_dim"])
-        # A QDQ model (export/quantize.py, static) carries its scheme in the metadata.
+        # A QDQ model (amnet.export.quantize, static) carries its scheme in the metadata.
         self.quantized = "quantization" in self.metadata
         self._local = threading.local()
         self._check_against(session)

@@ -1,0 +1,533 @@
+"""Export an AMNet checkpoint to ONNX (one chunk), with metadata and a parity check.
+
+    python export/to_onnx.py --ckpt ckpt.pt --out model.onnx [--opset 17] [--ema|--no-ema] [--int8]
+    python -m amnet.export.to_onnx ...            (same thing, as a module)
+
+The graph computes ``AMNet.predict`` for one chunk: inputs ``features [B, T, C] float32`` and
+``lengths [B] int64``, outputs ``scores [B, P, K]`` and ``segments [B, P, 2]``, with B and T
+dynamic (1 <= T <= max_seq_len; P follows T). After export: ``onnx.checker``, the metadata
+(:mod:`amnet.metadata`), a static TensorRT 10 compatibility check (warnings only here;
+``to_tensorrt`` refuses), then ONNX Runtime against PyTorch at several lengths and batch sizes.
+The output file appears only when every check passed (written to a temporary file, then renamed).
+
+Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)`` with ``dynamic_axes``.
+The torch.export-based exporter cannot keep T dynamic for this model: the pyramid's point
+layout (``padded // 2**l`` points per level) and the pooled tensors' lengths
+(``(n - 1) // 2 + 1``) are equal only because ``padded`` is a multiple of ``2**(levels-1)``,
+which its symbolic shapes cannot prove, so it specialises T to the example's length.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__" and not __package__:
+    # Run as a script (the file itself): Python put this folder first on sys.path. Drop it so
+    # that every import resolves to installed packages (`python export/to_onnx.py` at the top
+    # of the repository is the launcher users run).
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+
+import argparse
+import contextlib
+import logging
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amnet import __version__
+from amnet.errors import AMNetError
+from amnet.metadata import INPUT_NAMES, OUTPUT_NAMES
+
+log = logging.getLogger("amnet.export.to_onnx")
+
+PROG = "to_onnx"
+# Opset 17 is the first with a native LayerNormalization (one TensorRT layer instead of a
+# decomposition, better in fp16) and below opset 20, from which the exporter emits Gelu, an
+# operator older TensorRT 10 parsers lack. 17..20 all pass the parity checks here.
+DEFAULT_OPSET = 17
+SCORES_ATOL = 1e-4  # absolute, on probabilities
+SEGMENTS_ATOL = 1e-3  # snippets, on valid points only
+HELD_OUT_WINDOWS = 2  # training windows that static INT8's parity is reported on
+
+
+class ParityError(AMNetError):
+    """ONNX Runtime disagrees with PyTorch beyond the tolerances."""
+
+
+@dataclass
+class ParityRow:
+    batch: int
+    seq_len: int
+    lengths: list[int]
+    scores_diff: float
+    segments_diff: float
+    ok: bool
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    opset: int
+    metadata: dict[str, Any]
+    parity: list[ParityRow] = field(default_factory=list)
+    trt_problems: list[str] = field(default_factory=list)
+    int8_path: Path | None = None
+    int8_parity: list[ParityRow] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def parity_cases(max_seq_len: int) -> list[list[int]]:
+    """Per case the valid lengths of a batch (its T is the longest): single videos of length 1,
+    37 (not a multiple of the pyramid's 32), 256 and max_seq_len, and two batches of 3 mixed
+    lengths."""
+    singles = sorted({t for t in (1, 37, 256, max_seq_len) if t <= max_seq_len})
+    short = min(37, max_seq_len)
+    cases = [[t] for t in singles]
+    cases.append([short, max(1, short * 2 // 3), 1])
+    cases.append([max_seq_len, max(1, (max_seq_len * 3) // 5), max(1, max_seq_len // 4 + 1)])
+    return cases
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:240]
+
+
+def _chunk_module(model: Any) -> Any:
+    from torch import nn
+
+    class ChunkGraph(nn.Module):
+        """What the graph computes: ``AMNet.predict`` on one chunk."""
+
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, features: Any, lengths: Any) -> Any:
+            return self.inner.predict(features, lengths)
+
+    return ChunkGraph(model).eval()
+
+
+@contextlib.contextmanager
+def _silenced_stdout() -> Iterator[None]:
+    """Discard what is written to file descriptor 1 meanwhile. On a failure the TorchScript
+    exporter dumps its whole IR graph (megabytes) to stdout from C++, which Python's
+    ``redirect_stdout`` cannot catch; the error itself still surfaces as an exception."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no usable stdout: nothing to protect
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _export_graph(model: Any, input_dim: int, max_seq_len: int, opset: int, path: Path) -> None:
+    import torch
+
+    # Example shapes only seed the trace: T is dynamic. A T that is not a multiple of the
+    # pyramid's padding and two different lengths keep the trace from baking in either.
+    t = max(2, min(max_seq_len, 100))
+    features = torch.rand(2, t, input_dim)
+    lengths = torch.tensor([t, t // 2 + 1], dtype=torch.int64)
+    dynamic_axes = {
+        INPUT_NAMES[0]: {0: "batch", 1: "time"},
+        INPUT_NAMES[1]: {0: "batch"},
+        "scores": {0: "batch", 1: "points"},
+        "segments": {0: "batch", 1: "points"},
+    }
+    with warnings.catch_warnings(), torch.no_grad(), _silenced_stdout():
+        # The TorchScript exporter warns about its deprecation and about the shape checks
+        # inside the attention entry point, which are skipped while exporting.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _chunk_module(model),
+            (features, lengths),
+            str(path),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            opset_version=opset,
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def _batch(lengths: Sequence[int], input_dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    t = max(lengths)
+    # Non-negative, I3D-like values; padding beyond each length is left random on purpose:
+    # the model must ignore it.
+    feats = rng.gamma(1.0, 0.15, size=(len(lengths), t, input_dim)).astype(np.float32)
+    return feats, np.asarray(lengths, dtype=np.int64)
+
+
+def compare_outputs(
+    ref: tuple[np.ndarray, np.ndarray], got: tuple[np.ndarray, np.ndarray]
+) -> tuple[float, float]:
+    """Max |Δ| of scores (everywhere) and of segments (valid points: reference score > 0)."""
+    ref_scores, ref_segments = ref
+    got_scores, got_segments = got
+    if ref_scores.shape != got_scores.shape or ref_segments.shape != got_segments.shape:
+        return float("inf"), float("inf")
+    scores_diff = float(np.max(np.abs(ref_scores - got_scores), initial=0.0))
+    valid = ref_scores.max(axis=-1) > 0
+    seg = np.abs(ref_segments - got_segments)[valid]
+    return scores_diff, float(np.max(seg, initial=0.0))
+
+
+def check_parity(
+    session: Any,
+    model: Any,
+    input_dim: int,
+    cases: Sequence[Sequence[int]],
+    scores_atol: float = SCORES_ATOL,
+    segments_atol: float = SEGMENTS_ATOL,
+    batches: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+) -> list[ParityRow]:
+    """Run ``session`` (ONNX Runtime) and ``model.predict`` (PyTorch) on the same inputs:
+    ``batches`` (features, lengths) when given, else random batches of ``cases``' lengths."""
+    import torch
+
+    if not batches:
+        batches = [_batch(lengths, input_dim, seed=i) for i, lengths in enumerate(cases)]
+    rows = []
+    for feats, lens in batches:
+        lengths = [int(n) for n in lens]
+        with torch.no_grad():
+            ref = model.predict(torch.from_numpy(feats), torch.from_numpy(lens))
+        ref_np = (ref[0].float().numpy(), ref[1].float().numpy())
+        got = session.run(list(OUTPUT_NAMES), {INPUT_NAMES[0]: feats, INPUT_NAMES[1]: lens})
+        s_diff, g_diff = compare_outputs(ref_np, (got[0], got[1]))
+        ok = s_diff <= scores_atol and g_diff <= segments_atol
+        rows.append(ParityRow(len(lengths), max(lengths), list(lengths), s_diff, g_diff, ok))
+    return rows
+
+
+def format_parity(rows: Sequence[ParityRow], title: str) -> str:
+    lines = [
+        title,
+        "| B | T | lengths | max |Δ scores| | max |Δ segments| | ok |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.batch} | {r.seq_len} | {','.join(map(str, r.lengths))} | {r.scores_diff:.3g} "
+        f"| {r.segments_diff:.3g} | {'yes' if r.ok else 'NO'} |"
+        for r in rows
+    ]
+    return "\n".join(lines)
+
+
+def export_onnx(
+    ckpt: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    opset: int = DEFAULT_OPSET,
+    use_ema: bool | None = None,
+    int8: bool | str = False,
+    scores_atol: float = SCORES_ATOL,
+    segments_atol: float = SEGMENTS_ATOL,
+    parity: bool = True,
+    calibration: str | os.PathLike | None = None,
+    calibration_windows: int | None = None,
+) -> ExportResult:
+    """Export ``ckpt`` to ``out`` (default: the checkpoint path with ``.onnx``) and verify it.
+
+    Raises AMNetError (one line) on bad input or a failed export, ParityError when ONNX Runtime
+    and PyTorch disagree beyond the tolerances; in both cases no output file is left behind.
+    With ``int8`` (True or ``"dynamic"``), also writes ``<out stem>.int8.onnx`` (dynamic INT8
+    for CPUs, see :mod:`amnet.export.quantize`) whose parity is reported, not enforced; with
+    ``"static"``, that file is static INT8 (QDQ) calibrated on ``calibration_windows`` windows of
+    the training split of ``calibration`` (a data folder in the checkpoint config's layout).
+    """
+    from amnet.export.trt_compat import check_opset
+    from amnet.fileio import check_out_path, publish, temp_beside
+
+    start = time.perf_counter()
+    ckpt = Path(ckpt)
+    out = Path(out) if out is not None else ckpt.with_suffix(".onnx")
+    reason = check_opset(int(opset))
+    if reason:
+        raise AMNetError(f"--opset {opset}: {reason}")
+    check_out_path(out, [ckpt])  # never onto the checkpoint: symlinks and hard links too
+    if not ckpt.is_file():
+        raise AMNetError(f"{ckpt}: checkpoint not found")
+    if out.resolve() == ckpt.resolve():
+        raise AMNetError(f"{out}: the output would overwrite the checkpoint")
+    scheme = ("dynamic" if int8 else None) if isinstance(int8, bool) else int8
+    if scheme not in (None, "dynamic", "static"):
+        raise AMNetError(f"int8 must be dynamic or static, got {int8!r}")
+    if (calibration is not None or calibration_windows is not None) and scheme != "static":
+        raise AMNetError("a calibration set is for static INT8 only (--int8 static)")
+    if scheme:
+        from amnet.export.quantize import int8_path_for
+
+        check_out_path(int8_path_for(out), [ckpt])
+    windows = held_out = None
+    if scheme == "static":
+        if calibration is None:
+            raise AMNetError("static INT8 needs calibration features: --calibration DATA_DIR")
+        windows, held_out = _calibration_set(ckpt, calibration, calibration_windows)
+    tmp = temp_beside(out)
+    try:
+        result = _export_checked(
+            ckpt, out, tmp, int(opset), use_ema, scores_atol, segments_atol, parity
+        )
+        publish(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if scheme:
+        from amnet.export.quantize import int8_path_for, quantize_int8, quantize_int8_static
+
+        result.int8_path = int8_path_for(out)
+        try:
+            if windows is not None:
+                quantize_int8_static(out, result.int8_path, windows)
+            else:
+                quantize_int8(out, result.int8_path)
+        except (RuntimeError, ValueError, OSError) as exc:  # ORT's quantizer raises plain errors
+            raise AMNetError(
+                f"{out} written, but INT8 quantization failed: {_first_line(exc)}"
+            ) from None
+        if parity:
+            from amnet.checkpoint import load_model
+            from amnet.deploy.backend_onnx import open_session
+
+            model, _, _ = load_model(ckpt, use_ema=use_ema)
+            # Static ranges hold for features like the calibration set's, not for random
+            # inputs: its parity is reported on training windows it was not calibrated on.
+            result.int8_parity = check_parity(
+                open_session(result.int8_path),
+                model,
+                result.metadata["input_dim"],
+                parity_cases(result.metadata["max_seq_len"]),
+                scores_atol,
+                segments_atol,
+                batches=held_out or windows or (),
+            )
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _calibration_set(
+    ckpt: Path, data_dir: str | os.PathLike, count: int | None
+) -> tuple[list[tuple[Any, Any]], list[tuple[Any, Any]]]:
+    """``count`` calibration windows for static INT8 from the training split (the config's
+    ``train_split``) of ``data_dir``, cut as inference cuts them, and up to
+    :data:`HELD_OUT_WINDOWS` more from the same split to report its parity on."""
+    from amnet.checkpoint import read_checkpoint
+    from amnet.config import config_from_dict
+    from amnet.data import make_dataset
+    from amnet.export.quantize import DEFAULT_CALIBRATION_WINDOWS, calibration_windows
+    from amnet.fileio import load_features
+
+    count = DEFAULT_CALIBRATION_WINDOWS if count is None else count
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise AMNetError(f"--calibration-windows must be a positive integer, got {count!r}")
+    fields = read_checkpoint(ckpt)
+    cfg = config_from_dict(fields["config"], f"{ckpt} (config)")
+    data = make_dataset(cfg, data_dir, "train_split", False, fields["class_names"])
+    if not data.videos:
+        raise AMNetError(f"{data_dir}: the training split has no videos to calibrate on")
+    d = cfg["dataset"]
+    videos = (load_features(data.feature_path(v.video_id), d["input_dim"]) for v in data.videos)
+    windows = calibration_windows(
+        videos, d["max_seq_len"], cfg["test_cfg"]["chunk_overlap"], count + HELD_OUT_WINDOWS
+    )
+    return windows[:count], windows[count:]
+
+
+def _export_checked(
+    ckpt: Path,
+    out: Path,
+    tmp: Path,
+    opset: int,
+    use_ema: bool | None,
+    scores_atol: float,
+    segments_atol: float,
+    parity: bool,
+) -> ExportResult:
+    import onnx
+
+    from amnet.checkpoint import chosen_weights, load_model, read_checkpoint
+    from amnet.deploy.backend_onnx import open_session
+    from amnet.export.trt_compat import check_tensorrt_compatibility
+    from amnet.fileio import file_sha256
+    from amnet.metadata import build_metadata, write_onnx_metadata
+
+    try:
+        raw = read_checkpoint(ckpt)
+    except AMNetError:
+        raise
+    except Exception as exc:  # on garbage, the unpickler raises IndexError, KeyError and more
+        raise AMNetError(
+            f"{ckpt}: not a readable checkpoint ({type(exc).__name__}: {_first_line(exc)})"
+        ) from None
+    weights = "ema" if chosen_weights(raw, use_ema) is raw.get("ema") else "model"
+    del raw
+    model, cfg, class_names = load_model(ckpt, use_ema=use_ema)
+    meta = build_metadata(
+        cfg,
+        class_names,
+        checkpoint_sha256=file_sha256(ckpt),
+        opset=opset,
+        weights=weights,
+        amnet_version=__version__,
+    )
+    input_dim, max_seq_len = meta["input_dim"], meta["max_seq_len"]
+    log.debug("exporting %s (%s weights) at opset %d", ckpt, weights, opset)
+    try:
+        _export_graph(model, input_dim, max_seq_len, opset, tmp)
+    except (RuntimeError, ValueError, TypeError, NotImplementedError) as exc:
+        raise AMNetError(f"ONNX export at opset {opset} failed: {_first_line(exc)}") from None
+
+    graph = onnx.load(str(tmp))
+    write_onnx_metadata(graph, meta)
+    graph.producer_name, graph.producer_version = "amnet", __version__
+    graph.doc_string = "AMNet chunk graph: features [B,T,C], lengths [B] -> scores, segments"
+    try:
+        onnx.checker.check_model(graph)
+    except onnx.checker.ValidationError as exc:
+        raise AMNetError(f"exported graph fails onnx.checker: {_first_line(exc)}") from None
+    onnx.save(graph, str(tmp))
+    result = ExportResult(path=out, opset=opset, metadata=meta)
+    result.trt_problems = check_tensorrt_compatibility(graph)
+    for problem in result.trt_problems:
+        log.warning("TensorRT compatibility: %s", problem)
+    del graph
+    if parity:
+        session = open_session(tmp)
+        result.parity = check_parity(
+            session, model, input_dim, parity_cases(max_seq_len), scores_atol, segments_atol
+        )
+        failed = [r for r in result.parity if not r.ok]
+        if failed:
+            worst = max(failed, key=lambda r: r.scores_diff / scores_atol)
+            raise ParityError(
+                f"ONNX Runtime differs from PyTorch (B={worst.batch}, T={worst.seq_len}: max "
+                f"|Δ scores| {worst.scores_diff:.3g} > {scores_atol:g} or |Δ segments| "
+                f"{worst.segments_diff:.3g} > {segments_atol:g}); {out} not written"
+            )
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from amnet.cli.common import OneLineParser
+
+    parser = OneLineParser(prog=PROG, description="Export an AMNet checkpoint to ONNX with checks.")
+    parser.add_argument("--ckpt", required=True, help="AMNet checkpoint (.pt)")
+    parser.add_argument("--out", help="output .onnx (default: the checkpoint path with .onnx)")
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset, 9..20 (default {DEFAULT_OPSET})",
+    )
+    parser.add_argument(
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="export the EMA (--ema) or raw (--no-ema) weights (default: the set the "
+        "checkpoint's validation chose, EMA when it names none)",
+    )
+    parser.add_argument(
+        "--int8",
+        nargs="?",
+        const="dynamic",
+        choices=("dynamic", "static"),
+        help="also write <out>.int8.onnx: dynamic INT8 (the default, no data needed) or static "
+        "INT8 (QDQ, calibrated on the training split of --calibration)",
+    )
+    parser.add_argument(
+        "--calibration",
+        metavar="DATA_DIR",
+        help="features whose training split calibrates static INT8 (the config's layout)",
+    )
+    parser.add_argument(
+        "--calibration-windows",
+        type=int,
+        metavar="N",
+        help="how many inference windows to calibrate on (default 16)",
+    )
+    parser.add_argument("--scores-atol", type=float, default=SCORES_ATOL, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--segments-atol", type=float, default=SEGMENTS_ATOL, help=argparse.SUPPRESS
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def _main(argv: list[str] | None) -> int:
+    from amnet.cli.common import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging(verbose=args.verbose)
+    for name in ("scores_atol", "segments_atol"):
+        if not getattr(args, name) >= 0:
+            raise AMNetError(f"--{name.replace('_', '-')} must be >= 0")
+    try:
+        result = export_onnx(
+            args.ckpt,
+            args.out,
+            opset=args.opset,
+            use_ema=args.ema,
+            int8=args.int8 or False,
+            scores_atol=args.scores_atol,
+            segments_atol=args.segments_atol,
+            calibration=args.calibration,
+            calibration_windows=args.calibration_windows,
+        )
+    except ParityError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    meta = result.metadata
+    size_mb = result.path.stat().st_size / 2**20
+    print(
+        f"wrote {result.path} ({size_mb:.1f} MiB, opset {result.opset}, {meta['weights']} "
+        f"weights, {meta['num_classes']} classes, T <= {meta['max_seq_len']}) "
+        f"in {result.seconds:.1f} s"
+    )
+    print("onnx.checker: ok")
+    if result.trt_problems:
+        print("TensorRT 10 compatibility: PROBLEMS")
+        for problem in result.trt_problems:
+            print(f"  - {problem}")
+    else:
+        print("TensorRT 10 compatibility: ok (opset in range, all operators supported)")
+    print(format_parity(result.parity, "parity, ONNX Runtime (CPU) vs PyTorch, fp32:"))
+    if result.int8_path is not None:
+        print(f"wrote {result.int8_path} ({args.int8} INT8 for CPUs)")
+        if result.int8_parity:
+            where = "training windows" if args.int8 == "static" else "random inputs"
+            print(
+                format_parity(
+                    result.int8_parity, f"INT8 vs PyTorch fp32 on {where} (informational):"
+                )
+                .replace("| yes |", "| - |")
+                .replace("| NO |", "| - |")
+            )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from amnet.cli.common import run_cli
+
+    return run_cli(_main, argv, PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
