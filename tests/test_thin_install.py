@@ -29,13 +29,18 @@ pytestmark = pytest.mark.xdist_group("test_thin_install")
 BACKEND_WARNING = re.compile(r"[A-Za-z]+Warning\b|^\s*!!\s*$", re.MULTILINE)
 
 
+def copy_project(dest: Path) -> None:
+    """The project's sources without the checkout's build state, venv and tests: builds run in
+    a copy, since pip builds in the source tree and would leave build/ in the checkout."""
+    shutil.copytree(ROOT, dest, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "work", "build", "*.egg-info", "__pycache__", ".pytest_cache", "tests"))  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def thin_env(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("thin")
-    # Build from a copy: pip builds in the source tree and would leave build/ in the checkout.
     source = base / "src"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "work", "build", "*.egg-info", "__pycache__", ".pytest_cache", "tests"))  # fmt: skip
+    copy_project(source)
     env_dir = base / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
@@ -66,8 +71,7 @@ def test_an_editable_build_prints_nothing(tmp_path):
     """``pip install -e .`` (the set-up script's install) builds through setuptools'
     ``build_editable``; with the src layout it is a plain ``.pth`` entry and no notice."""
     source = tmp_path / "copy"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "work", "build", "*.egg-info", "__pycache__", ".pytest_cache", "tests"))  # fmt: skip
+    copy_project(source)
     build = "import sys, setuptools.build_meta as b; print(b.build_editable(sys.argv[1]))"
     proc = subprocess.run(
         [sys.executable, "-c", build, str(tmp_path / "wheel")],
