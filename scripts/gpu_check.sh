@@ -3,10 +3,11 @@
 # the group-attention kernel's CUDA parity tests (fp32, fp16, bf16) and its benchmark.
 #
 #   OUT=/path/to/results bash scripts/gpu_check.sh      # from the repository root
+#   STEPS="bench e2e" OUT=... bash scripts/gpu_check.sh  # only these steps (a rerun)
 #
-# Budget: about 6 minutes on an H100 in all. Each step runs under its own timeout and a failed
+# Budget: about 7 minutes on an H100 in all. Each step runs under its own timeout and a failed
 # step does not stop the next; the exit status is non-zero if any step failed. Results in $OUT
-# (at most 8 files come back from a lent machine; this script writes 8 with TensorRT):
+# (a lent machine returns at most 8 files: bundle them, e.g. tar, when there are more):
 #   summary.md            one row per step: exit status, seconds
 #   setup.log             GPU, versions, how amnet was made importable
 #   kernel_tests.log      pytest tests/test_kernel.py on CUDA (interpreter-only tests skip)
@@ -14,6 +15,10 @@
 #   attention_bench.json  benchmark results (rewritten after every measurement)
 #   attention_bench.md    the same as a markdown table
 #   train_memory.log/.json  training-step time and peak CUDA memory (D 512, D 1024, 8 heads)
+#   tune.log, attention_tuning.json/.md  (opt-in step "tune") candidate kernel tile sizes:
+#                         parity and speed next to SDPA, the table default_block_sizes follows
+#   e2e.log               the 212-video THUMOS14-shaped test set end to end on CUDA, PyTorch
+#                         fp32 and bf16: one JSON line per measurement
 #   tensorrt.json         TensorRT fp32/fp16 engines vs ONNX Runtime (only with tensorrt installed)
 set -uo pipefail
 : "${OUT:?set OUT to the results folder}"
@@ -29,6 +34,9 @@ export TRITON_INTERPRET=0
 export PYTHONUNBUFFERED=1
 unset AMNET_ATTENTION
 
+STEPS=" ${STEPS:-kernel_tests bench train_memory e2e tensorrt} "
+wanted() { [[ $STEPS == *" $1 "* ]]; }
+
 summary="$OUT/summary.md"
 printf '| step | exit | seconds |\n|---|---|---|\n' >"$summary"
 failed=0
@@ -37,6 +45,7 @@ failed=0
 step() {
   local name=$1 limit=$2
   shift 2
+  wanted "$name" || return 0
   local start=$SECONDS rc
   echo "=== $name (limit ${limit}s)"
   timeout --kill-after=15 "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
@@ -77,14 +86,27 @@ step bench 150 "$PY" benchmarks/bench_attention.py --out "$OUT" --dtypes fp16 --
 # One training step of configs/thumos14_i3d.yaml (batch 2 x 2304, AMP, Triton attention) at the
 # paper's size and at the seed's out-of-memory settings (D = 1024; 8 heads): time and peak
 # CUDA memory, each in its own process. Writes train_memory.log and train_memory.json.
-step train_memory 60 "$PY" benchmarks/bench_model.py train --device cuda --iters 2 \
+step train_memory 100 "$PY" benchmarks/bench_model.py train --device cuda --iters 2 \
   --variants base,dim1024,heads8 --json-out "$OUT/train_memory.json"
+
+# Opt-in (STEPS="... tune"): candidate tile sizes of the kernel, parity and speed next to SDPA.
+step tune 170 "$PY" benchmarks/tune_attention_blocks.py --out "$OUT"
+
+# The whole THUMOS14-shaped test set end to end (read .npy -> detections) with the PyTorch
+# backend on CUDA, fp32 and bf16 autocast, in one process, split into reading, backend calls
+# and post-processing (about 65 s on an H200, synthetic features of about 2.8 GB included;
+# amnet-bench's fresh process per round and backend does not fit this budget). The paper-size
+# model, initialised: speed does not depend on the weights.
+step e2e 150 "$PY" benchmarks/bench_e2e_phases.py --config configs/thumos14_i3d.yaml \
+  --device cuda --work "${TMPDIR:-/tmp}/amnet-gpu-e2e" --precisions fp32,bf16
 
 # TensorRT step (only where `import tensorrt`, onnx and onnxruntime work): export a tiny
 # initialised checkpoint to ONNX, build fp32 and fp16 engines with export/to_tensorrt.py's API,
 # run them on CUDA buffers and compare with ONNX Runtime (tests/test_tensorrt.py). Writes ONE
 # file, $OUT/tensorrt.json (the log goes to stdout only, to stay within the 8 files); 75 s.
-if "$PY" -c "import tensorrt, onnx, onnxruntime" >/dev/null 2>&1; then
+if ! wanted tensorrt; then
+  :
+elif "$PY" -c "import tensorrt, onnx, onnxruntime" >/dev/null 2>&1; then
   echo "=== tensorrt (limit 75s)"
   start=$SECONDS
   AMNET_TRT_SUMMARY="$OUT/tensorrt.json" timeout --kill-after=15 75 \

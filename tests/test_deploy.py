@@ -329,12 +329,14 @@ def test_no_memory_growth(models):
 
 
 def test_bench_json_tiny(tmp_path, models):
+    import torch
+
     work = tmp_path / "bench"
     proc = subprocess.run(
         [
             sys.executable, "-m", "amnet.cli.bench",
             "--engine", str(models["pt"]), "--preset", "tiny", "--videos", "2",
-            "--backends", "torch,onnxruntime,openvino-bf16,openvino-int8,tensorrt",
+            "--backends", "torch,torch-bf16,onnxruntime,openvino-bf16,openvino-int8,tensorrt",
             "--latency", "100",
             "--repeats", "1",
             "--threads", "1", "--work", str(work), "--json", "--quiet",
@@ -350,10 +352,13 @@ def test_bench_json_tiny(tmp_path, models):
     has_openvino = importlib.util.find_spec("openvino") is not None
     vino = [n for n in ("openvino-bf16", "openvino-int8") if n in rows]
     assert ("openvino-int8" in rows) == has_openvino
-    assert set(rows) == {"torch", "onnxruntime", *vino}
-    assert skipped == [n for n in ("openvino-bf16", "openvino-int8") if n not in rows] + [
-        "tensorrt"
-    ]
+    # PyTorch bf16 runs where the CPU has bfloat16 arithmetic, else is skipped with the reason.
+    bf16 = ["torch-bf16"] if torch.ops.mkldnn._is_mkldnn_bf16_supported() else []
+    assert set(rows) == {"torch", "onnxruntime", *bf16, *vino}
+    optional = ("torch-bf16", "openvino-bf16", "openvino-int8")
+    assert skipped == [n for n in optional if n not in rows] + ["tensorrt"]
+    if bf16:
+        assert rows["torch-bf16"]["agree_top10"] is not None
     if has_openvino:
         static = next(work.glob("*.static-int8.onnx"))
         assert read_onnx_metadata(static)["quantization"].startswith("static int8 QDQ")
@@ -364,6 +369,7 @@ def test_bench_json_tiny(tmp_path, models):
     assert rows["onnxruntime"]["agree_top10"] > 0.9
     assert {(r["backend"], r["snippets"]) for r in report["latency"]} == {
         ("torch", 100),
+        *((name, 100) for name in bf16),
         ("onnxruntime", 100),
         *((name, 100) for name in vino),
     }

@@ -4,7 +4,7 @@
 
     amnet-bench (--config CFG | --engine MODEL)
         [--layout ANNOTATIONS.json [--subset test] | --preset thumos14|tiny] [--videos N]
-        [--seed S] [--backends torch,onnxruntime,onnxruntime-int8,openvino-bf16,openvino-int8,tensorrt]
+        [--seed S] [--backends torch,torch-bf16,onnxruntime,onnxruntime-int8,openvino-bf16,openvino-int8,tensorrt]
         [--device cpu|cuda]
         [--threads N] [--rounds 2] [--latency 256,2304,12551] [--repeats 3] [--work DIR]
         [--json] [--keep-going]
@@ -19,7 +19,8 @@ What it does (DESIGN §7):
    ONNX (and INT8 ONNX) with :func:`amnet.export.to_onnx.export_onnx` and, where TensorRT and a
    GPU exist, built into an engine. With ``--engine`` the given model is used: a ``.pt`` is
    exported as above, an ``.onnx`` serves ONNX Runtime (its INT8 sibling, or one quantized
-   here), a ``.plan`` TensorRT only. ``openvino-int8`` runs a static INT8 (QDQ) model: the
+   here), a ``.plan`` TensorRT only. ``torch-bf16`` runs the checkpoint under bfloat16
+   autocast on ``--device`` (skipped where it has no bfloat16 arithmetic). ``openvino-int8`` runs a static INT8 (QDQ) model: the
    sibling when it is static, else one quantized here, calibrated on 16 windows of the
    benchmark's own features (it measures speed; static INT8's accuracy is measured on a trained
    model by ``benchmarks/bench_cpu_runtimes.py``). Backends that cannot run are reported as
@@ -77,6 +78,7 @@ logger = logging.getLogger("amnet.deploy.bench")
 PROG = "amnet-bench"
 BACKENDS = (
     "torch",
+    "torch-bf16",
     "onnxruntime",
     "onnxruntime-int8",
     "openvino-bf16",
@@ -90,6 +92,7 @@ ONNX_BACKENDS = ("onnxruntime", "onnxruntime-int8", "openvino-bf16", "openvino-i
 BENCH_CALIBRATION_WINDOWS = 16
 # Detector options of the backends that are a runtime choice on a shared model file.
 BACKEND_OPTIONS: dict[str, dict[str, str]] = {
+    "torch-bf16": {"precision": "bf16"},
     "openvino-bf16": {"runtime": "openvino", "precision": "bf16"},
     "openvino-int8": {"runtime": "openvino"},
 }
@@ -478,8 +481,14 @@ def _models(
     )
     if ckpt is not None:
         models["torch"] = ckpt
+        reason = _torch_bf16_missing(args.device) if "torch-bf16" in wanted else None
+        if reason:
+            skipped["torch-bf16"] = reason
+        else:
+            models["torch-bf16"] = ckpt
     else:
-        skipped["torch"] = "needs a .pt checkpoint (--config or --engine CKPT.pt)"
+        for name in ("torch", "torch-bf16"):
+            skipped[name] = "needs a .pt checkpoint (--config or --engine CKPT.pt)"
     if onnx is None and ckpt is not None and {*ONNX_BACKENDS, "tensorrt"} & set(wanted):
         from amnet.export.to_onnx import export_onnx
 
@@ -551,6 +560,19 @@ def _static_int8(onnx: Path, work: Path, features: Sequence[str]) -> Path:
     )
     logger.info("quantizing %s statically (%d calibration windows)", onnx, len(windows))
     return quantize_int8_static(onnx, out, windows)
+
+
+def _torch_bf16_missing(device: str) -> str | None:
+    """Why PyTorch cannot run in bf16 on ``device`` here (None: it can)."""
+    import torch
+
+    from amnet.deploy.backend_torch import _has_bf16
+
+    if device == "cuda" and not torch.cuda.is_available():
+        return None  # the torch row fails with the reason; no second message
+    if not _has_bf16(torch, device):
+        return f"this {device.upper()} has no bfloat16 arithmetic"
+    return None
 
 
 def _openvino_missing() -> str | None:

@@ -125,9 +125,12 @@ def _validate(
 def _check_lengths_range(lengths: torch.Tensor, seq_len: int) -> None:
     global _checked_lengths
     on_host = lengths.device.type == "cpu"
+    # Inference tensors (torch.inference_mode) have no version counter, so an in-place change
+    # could not be seen: they are checked on every call.
+    cacheable = not on_host and not lengths.is_inference()
     seen = _checked_lengths
     if (
-        not on_host
+        cacheable
         and seen is not None
         and seen[0]() is lengths
         and (seen[1], seen[2]) == (lengths._version, seq_len)
@@ -138,7 +141,7 @@ def _check_lengths_range(lengths: torch.Tensor, seq_len: int) -> None:
     lo_v, hi_v = torch.stack((lo, hi)).tolist()
     if lo_v < 0 or hi_v > seq_len:
         raise ValueError(f"lengths: must lie in [0, T={seq_len}], got min {lo_v}, max {hi_v}")
-    if not on_host:
+    if cacheable:
         _checked_lengths = (weakref.ref(lengths), lengths._version, seq_len)
 
 

@@ -399,9 +399,10 @@ def interpreting() -> bool:
 class BlockSizes:
     """Tile sizes and launch parameters of the forward and backward kernels.
 
-    The forward kernel takes ``fwd_m`` queries x ``fwd_n`` keys per step; both backward kernels
-    take ``bwd_m`` x ``bwd_n`` (dK/dV loops over query tiles of ``bwd_m`` for a key tile of
-    ``bwd_n``, dQ over key tiles of ``bwd_n`` for a query tile of ``bwd_m``).
+    The forward kernel takes ``fwd_m`` queries x ``fwd_n`` keys per step. The dK/dV kernel
+    holds a key tile of ``bwd_n`` and loops over query tiles of ``bwd_m``; the dQ kernel holds
+    a query tile of ``dq_m`` and loops over key tiles of ``dq_n`` (both default to the dK/dV
+    sizes). Each backward kernel does best with a large resident tile and small streamed ones.
     """
 
     fwd_m: int
@@ -411,9 +412,15 @@ class BlockSizes:
     num_warps: int = 4
     fwd_stages: int = 2
     bwd_stages: int = 2
+    dq_m: int = 0  # 0: bwd_m
+    dq_n: int = 0  # 0: bwd_n
 
     def __post_init__(self) -> None:
-        for name in ("fwd_m", "fwd_n", "bwd_m", "bwd_n"):
+        if not self.dq_m:
+            object.__setattr__(self, "dq_m", self.bwd_m)
+        if not self.dq_n:
+            object.__setattr__(self, "dq_n", self.bwd_n)
+        for name in ("fwd_m", "fwd_n", "bwd_m", "bwd_n", "dq_m", "dq_n"):
             value = getattr(self, name)
             # tl.dot needs every tile dimension to be a power of two of at least 16.
             if value < 16 or value & (value - 1):
@@ -429,6 +436,8 @@ class BlockSizes:
             num_warps=self.num_warps,
             fwd_stages=1,
             bwd_stages=1,
+            dq_m=max(16, self.dq_m // 2),
+            dq_n=max(16, self.dq_n // 2),
         )
 
 
@@ -439,7 +448,10 @@ def default_block_sizes(dtype: torch.dtype, head_dim: int) -> BlockSizes:
     GPU the choices were checked by compiling for sm_90 and reading the register and
     shared-memory use: the largest tiles without register spills at 8 warps. 16-bit inputs
     (tensor cores) take large tiles; fp32 is computed exactly ("ieee"), without tensor cores,
-    and needs small ones.
+    and needs small ones. For 16-bit heads of up to 64, eleven candidates were timed side by
+    side on an H200 (``benchmarks/tune_attention_blocks.py``, docs/BENCHMARKS.md): backward
+    tiles that keep a 64-row tile resident and stream 32-row partners, at 4 warps, halved the
+    forward+backward time at T = 12,551 (3.38 against 6.48 ms) and matched it at 2,304.
     """
     if interpreting():
         return BlockSizes(16, 16, 16, 16)
@@ -449,7 +461,7 @@ def default_block_sizes(dtype: torch.dtype, head_dim: int) -> BlockSizes:
         return BlockSizes(64, 32, 32, 32, num_warps=8)
     if head_dim > 64:
         return BlockSizes(128, 32, 32, 64, num_warps=8, fwd_stages=3)
-    return BlockSizes(128, 64, 64, 64, num_warps=8, fwd_stages=3)
+    return BlockSizes(128, 64, 32, 64, num_warps=4, fwd_stages=3, dq_m=64, dq_n=32)
 
 
 def _head_block(head_dim: int) -> int:
@@ -530,19 +542,18 @@ def _backward(
     dk = torch.empty(q.shape, dtype=k.dtype, device=q.device)
     dv = torch.empty(q.shape, dtype=v.dtype, device=q.device)
     common = dict(
-        BLOCK_M=blocks.bwd_m, BLOCK_N=blocks.bwd_n, BLOCK_D=block_d,
-        COUNT_TILES=count_tiles, PRECISION=_precision(q.dtype),
+        BLOCK_D=block_d, COUNT_TILES=count_tiles, PRECISION=_precision(q.dtype),
         num_warps=blocks.num_warps, num_stages=blocks.bwd_stages,
     )  # fmt: skip
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out))
     scalars = (heads, seq_len, head_dim, scale * _LOG2E, scale)
     _bwd_dkdv_kernel[(triton.cdiv(seq_len, blocks.bwd_n), batch * heads)](
         q, k, v, grad_out, lse, delta, dk, dv, windows, lengths, counter,
-        *strides, *scalars, **common,
+        *strides, *scalars, BLOCK_M=blocks.bwd_m, BLOCK_N=blocks.bwd_n, **common,
     )  # fmt: skip
-    _bwd_dq_kernel[(triton.cdiv(seq_len, blocks.bwd_m), batch * heads)](
+    _bwd_dq_kernel[(triton.cdiv(seq_len, blocks.dq_m), batch * heads)](
         q, k, v, grad_out, lse, delta, dq, windows, lengths, counter,
-        *strides, *scalars, **common,
+        *strides, *scalars, BLOCK_M=blocks.dq_m, BLOCK_N=blocks.dq_n, **common,
     )  # fmt: skip
     return dq, dk, dv
 

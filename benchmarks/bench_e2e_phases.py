@@ -1,0 +1,93 @@
+"""Where the end-to-end time goes, in one process: reading, the backend, post-processing.
+
+Writes (or reuses) ``amnet-bench``'s synthetic THUMOS14-shaped test set, builds the config's
+initialised model, opens a :class:`~amnet.deploy.Detector` on ``--device`` and then, per
+precision, times the first videos one by one (compilation and autotuning show there) and the
+whole set as ``amnet-bench``'s throughput worker does (read ``.npy`` -> detections), split into
+reading, backend calls and post-processing. Prints one JSON line per measurement as it goes.
+
+    python benchmarks/bench_e2e_phases.py --config configs/thumos14_i3d.yaml --device cuda \
+        --work /tmp/e2e [--videos N] [--precisions fp32,bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="configs/thumos14_i3d.yaml")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--videos", type=int, default=None)
+    p.add_argument("--preset", default="thumos14")
+    p.add_argument("--precisions", default="fp32,bf16")
+    p.add_argument("--batch-size", type=int, default=None)
+    args = p.parse_args(argv)
+
+    from amnet.cli.bench import _checkpoint_from_config, _dataset
+    from amnet.config import load_config
+    from amnet.deploy.detector import Detector
+    from amnet.fileio import read_features
+
+    def emit(**row: object) -> None:
+        print(json.dumps(row), flush=True)
+
+    began = time.perf_counter()
+    dim = int(load_config(args.config)["dataset"]["input_dim"])
+    opts = SimpleNamespace(
+        layout=None, subset=None, preset=args.preset, videos=args.videos, seed=0, quiet=True
+    )
+    args.work.mkdir(parents=True, exist_ok=True)
+    data, class_names = _dataset(opts, args.work, dim)
+    ckpt = _checkpoint_from_config(args.config, args.work, data, class_names, 0)
+    files = sorted((data / "features").glob("*.npy"))
+    emit(phase="setup", seconds=time.perf_counter() - began, videos=len(files))
+
+    for precision in args.precisions.split(","):
+        t0 = time.perf_counter()
+        det = Detector(ckpt, args.device, precision=precision, batch_size=args.batch_size)
+        emit(phase="load", precision=precision, seconds=time.perf_counter() - t0)
+        backend_s = 0.0
+        run = det.backend.run
+
+        def timed(x, n, run=run):  # type: ignore[no-untyped-def]
+            nonlocal backend_s
+            t = time.perf_counter()
+            result = run(x, n)
+            backend_s += time.perf_counter() - t
+            return result
+
+        det.backend.run = timed  # type: ignore[method-assign]
+        for path in files[:3]:  # the first calls: compilation shows here
+            feats = read_features(path, det.input_dim)
+            t = time.perf_counter()
+            det.detect_raw(feats)
+            emit(phase="first", precision=precision, snippets=int(feats.shape[0]),
+                 seconds=time.perf_counter() - t)  # fmt: skip
+        backend_s = 0.0
+        read_s = total_s = 0.0
+        snippets = 0
+        t_all = time.perf_counter()
+        for path in files:
+            t = time.perf_counter()
+            feats = read_features(path, det.input_dim)
+            read_s += time.perf_counter() - t
+            det.detect_raw(feats)
+            snippets += int(feats.shape[0])
+        total_s = time.perf_counter() - t_all
+        emit(phase="set", precision=precision, videos=len(files), snippets=snippets,
+             seconds=total_s, read_s=read_s, backend_s=backend_s,
+             post_s=total_s - read_s - backend_s, batch_size=det.batch_size)  # fmt: skip
+        det.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
