@@ -9,22 +9,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from amnet.checkpoint import load_model
 from amnet.config import load_config
 from amnet.data import make_dataset
 from amnet.evaluation import evaluate_model
 from amnet.inference import actionness
-from amnet.model.losses import diou_loss_1d
-from amnet.model.targets import assign_targets
 from amnet.synth import foreground_mask
 from amnet.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
-# The module's trained model takes most of a minute: its tests share one pytest worker so that
-# it is trained once (scripts/test.sh runs ``-n auto --dist loadgroup``).
+# Half the tiny config's 12 epochs (the schedule compressed to 6): measured, the same model
+# quality (average mAP 0.730 against 0.732 at 12 epochs, actionness AUC 0.976 against 0.977)
+# in half the time; 4 epochs fall to 0.68.
+TINY_EPOCHS = 6
+# The module's trained model takes a while: its tests share one pytest worker so that it is
+# trained once (scripts/test.sh runs ``-n auto --dist loadgroup``).
 pytestmark = pytest.mark.xdist_group("learning")
 
 
@@ -51,7 +52,7 @@ def tiny_data(tiny_dataset):
 def trained(tiny_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     started = time.perf_counter()
-    train(load_config(TINY), tiny_data, run, seed=0, progress=False)
+    train(load_config(TINY), tiny_data, run, epochs=TINY_EPOCHS, seed=0, progress=False)
     return run, time.perf_counter() - started
 
 
@@ -89,50 +90,3 @@ def test_actionness_mask_separates_action_from_background(trained, tiny_data):
         labels.append(foreground_mask(video, len(feats)))
     auc = roc_auc(np.concatenate(scores), np.concatenate(labels))
     assert auc >= 0.9, auc
-
-
-@pytest.mark.parametrize("switch", ["use_ame", "use_gam"])
-def test_ablation_switches_train_and_evaluate(tiny_data, tmp_path, switch):
-    cfg = load_config(TINY)
-    cfg["model"][switch] = False
-    summary = train(cfg, tiny_data, tmp_path, epochs=1, progress=False)
-    assert summary["history"][0]["final_loss"] > 0
-    model, _, _ = load_model(tmp_path / "last.pt")
-    assert (model.ame is None) == (switch == "use_ame")
-
-
-def mean_positive_diou(model, dataset, videos: int = 40, crop: int = 64) -> float:
-    """Mean DIoU loss of the model's offsets over the positive points of the first ``crop``
-    snippets of ``videos`` videos (the quantity a dead offset keeps high)."""
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(videos):
-            item = dataset[i]
-            feats = item["feats"][:crop][None]
-            out = model(feats, torch.tensor([feats.shape[1]]))
-            keep = item["segments"][:, 0] < feats.shape[1]
-            cls_t, reg_t = assign_targets(
-                out.centers, out.strides, out.levels,
-                item["segments"][keep].clamp(max=feats.shape[1] - 0.1), item["labels"][keep],
-                model.num_classes, model.regression_range, model.center_sample_radius,
-            )  # fmt: skip
-            positive = (cls_t.sum(-1) > 0) & out.point_mask[0]
-            total += diou_loss_1d(out.offsets[0][positive], reg_t[positive]).sum().item()
-            count += int(positive.sum())
-    assert count > 50
-    return total / count
-
-
-def test_paper_width_model_learns_boundaries(tiny_data, tmp_path):
-    """The guard for a dead regression head: the paper-size model (D 512, 2 AME layers × 4
-    heads) on 64-snippet crops for 120 steps must bring the DIoU loss of its training positives
-    well down. Measured: 0.65 at initialisation -> 0.24 after these steps; with the start offset
-    dead (a ReLU head whose start pre-activation is negative) it stalls at 0.64, the plateau
-    of 0.62-0.67 the paper-size model sat on for 35 epochs before the head was fixed."""
-    cfg = load_config(ROOT / "configs" / "thumos14_i3d.yaml")
-    cfg["dataset"].update(num_classes=5, max_seq_len=64, val_split=[])
-    cfg["opt"]["warmup_epochs"] = 1
-    train(cfg, tiny_data, tmp_path, epochs=3, seed=0, progress=False)
-    model, cfg, names = load_model(tmp_path / "last.pt", use_ema=False)
-    dataset = make_dataset(cfg, tiny_data, "train_split", False, names)
-    assert mean_positive_diou(model, dataset) < 0.4
