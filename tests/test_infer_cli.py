@@ -1,4 +1,6 @@
-"""``amnet-infer`` as users run it: a separate process on real files, good and bad."""
+"""``amnet-infer`` as users run it, on real files, good and bad: the installed command in a
+process of its own where that matters (a plain run, a terminal), ``main(argv)`` in-process for
+the rest."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
@@ -24,10 +27,17 @@ def infer_command() -> list[str]:
     return [script] if script else [sys.executable, "-m", "amnet.deploy.infer_cli"]
 
 
-def run_infer(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_infer_process(*args: str) -> subprocess.CompletedProcess:
+    """The installed command in a process of its own, exactly as a user runs it."""
     return subprocess.run(
-        [*infer_command(), *args], capture_output=True, text=True, timeout=180, cwd=cwd, check=False
+        [*infer_command(), *args], capture_output=True, text=True, timeout=180, check=False
     )
+
+
+def run_infer(*args: str) -> subprocess.CompletedProcess:
+    """``main(argv)`` in this process: the same exit status, stdout and stderr, without paying
+    for a fresh interpreter per call."""
+    return run_main("amnet.deploy.infer_cli", *args)
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +76,7 @@ def assert_clean_failure(proc: subprocess.CompletedProcess, *needles: str, code:
 def test_folder_to_activitynet_json(model, good_dir):
     from amnet.deploy import Detector
 
-    proc = run_infer("--engine", str(model["onnx"]), str(good_dir), "--quiet")
+    proc = run_infer_process("--engine", str(model["onnx"]), str(good_dir), "--quiet")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert set(data) == {"version", "results", "external_data"}

@@ -88,7 +88,9 @@ class TorchBackend:
             torch.inference_mode(),
             torch.autocast(self.device, dtype=torch.bfloat16, enabled=bf16),
         ):
-            x = torch.from_numpy(features).to(self.device)
+            # A read-only input (a memory-mapped file) is copied: torch warns about sharing it.
+            x = torch.from_numpy(features if features.flags.writeable else features.copy())
+            x = x.to(self.device)
             n = torch.from_numpy(lengths).to(self.device)
             scores, segments = self.model.predict(x, n)
             return (
