@@ -76,11 +76,16 @@ def test_a_stopped_job_resumes_where_it_stopped(models, corpus, reference, tmp_p
     with open(shards[0], "a") as f:
         f.write('{"video_id": "video_9", "dura')  # a line cut short by a kill
 
+    # Both refusals come before any Ray work, so they run in-process (no cluster to start).
+    from clitools import run_main
+
     # Starting over without --resume-from is refused: it would throw the shards away.
-    proc = infer(*args, "-q", "-o", str(out))
+    proc = run_main("amnet.deploy.infer_cli", *args, "-q", "-o", str(out))
     assert proc.returncode == 2 and "--resume-from" in proc.stderr
     # Other settings cannot reuse them.
-    proc = infer(*args, "--min-score", "0.02", "-q", "--resume-from", str(out))
+    proc = run_main(
+        "amnet.deploy.infer_cli", *args, "--min-score", "0.02", "-q", "--resume-from", str(out)
+    )
     assert proc.returncode == 2 and "other settings" in proc.stderr
 
     broken.write_bytes(good)
