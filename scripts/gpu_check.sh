@@ -97,8 +97,11 @@ step tune 170 "$PY" benchmarks/tune_attention_blocks.py --out "$OUT"
 # and post-processing (about 65 s on an H200, synthetic features of about 2.8 GB included;
 # amnet-bench's fresh process per round and backend does not fit this budget). The paper-size
 # model, initialised: speed does not depend on the weights.
+# Then again with 16 videos at a time, their windows packed into calls of 16 (the first run,
+# one video per call, was launch-bound: 6.6 s of backend time for 305k snippets).
 step e2e 150 "$PY" benchmarks/bench_e2e_phases.py --config configs/thumos14_i3d.yaml \
-  --device cuda --work "${TMPDIR:-/tmp}/amnet-gpu-e2e" --precisions fp32,bf16
+  --device cuda --work "${TMPDIR:-/tmp}/amnet-gpu-e2e" --precisions fp32,bf16 \
+  --pack 16 --batch-size 16
 
 # TensorRT step (only where `import tensorrt`, onnx and onnxruntime work): export a tiny
 # initialised checkpoint to ONNX, build fp32 and fp16 engines with export/to_tensorrt.py's API,
