@@ -20,11 +20,11 @@ What it does (DESIGN §7):
    GPU exist, built into an engine. With ``--engine`` the given model is used: a ``.pt`` is
    exported as above, an ``.onnx`` serves ONNX Runtime (its INT8 sibling, or one quantized
    here), a ``.plan`` TensorRT only. ``torch-bf16`` runs the checkpoint under bfloat16
-   autocast on ``--device`` (skipped where it has no bfloat16 arithmetic). ``openvino-int8`` runs a static INT8 (QDQ) model: the
-   sibling when it is static, else one quantized here, calibrated on 16 windows of the
-   benchmark's own features (it measures speed; static INT8's accuracy is measured on a trained
-   model by ``benchmarks/bench_cpu_runtimes.py``). Backends that cannot run are reported as
-   skipped, with the reason.
+   autocast on ``--device`` (skipped where it has no bfloat16 arithmetic). ``openvino-int8``
+   runs a static INT8 (QDQ) model: the sibling when it is static, else one quantized here,
+   calibrated on 16 windows of the benchmark's own features (it measures speed; static INT8's
+   accuracy is measured on a trained model by ``benchmarks/bench_cpu_runtimes.py``). Backends
+   that cannot run are reported as skipped, with the reason.
 3. **Throughput**, in ``--rounds`` rounds with the backends taking turns (A B C, A B C), so a
    change in the machine's load hits them alike; each row is a backend's median round. Each
    run is in its own fresh process (so that its peak RSS is its own):
