@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -125,7 +126,9 @@ def test_overrides(models, onnx_detector):
     assert len(kept) and (kept.scores >= cut).all()
     slow = Detector(models["onnx"], fps=15.0)  # half the fps: every time doubles
     np.testing.assert_allclose(slow.detect_raw(feats).segments[:5], base.segments[:5] * 2, rtol=1e-9)  # fmt: skip
-    for bad in ({"top_k": 0}, {"min_score": 2.0}, {"fps": -1.0}, {"feature_stride": 0}):
+    bad_settings = ({"top_k": 0}, {"min_score": 2.0}, {"fps": -1.0}, {"feature_stride": 0},
+                    {"postprocess_workers": 0}, {"postprocess_workers": 1.5})  # fmt: skip
+    for bad in bad_settings:
         with pytest.raises(AMNetError):
             Detector(models["onnx"], **bad)
 
@@ -428,14 +431,22 @@ def test_bench_takes_relative_paths_and_fails_when_a_backend_fails(
     assert bench_main(["--engine", "broken.onnx", *args, "--keep-going"]) == 2  # nothing measured
 
 
-def test_windows_of_several_videos_packed_into_shared_calls(models, onnx_detector):
+@pytest.mark.parametrize("workers", [None, 2])
+def test_windows_of_several_videos_packed_into_shared_calls(models, onnx_detector, workers):
     """``detect_raw_many`` packs the windows of several videos into backend calls of
-    ``batch_size`` (what a GPU server batches); each video gets its own detections."""
-    packed = Detector(models["onnx"], batch_size=3, intra_op_threads=1)
+    ``batch_size`` (what a GPU server batches); each video gets its own detections, also when
+    a pool of processes post-processes them."""
     videos = [video(n, seed=30 + n) for n in (0, 50, 700, 256, 1000)]
     options = [(None, None), (3, None), (None, 0.02), (None, None), (10, 0.01)]
-    got = packed.detect_raw_many([packed.prepare(v) for v in videos],
-                                 [k for k, _ in options], [m for _, m in options])  # fmt: skip
+    with Detector(models["onnx"], batch_size=3, intra_op_threads=1,
+                  postprocess_workers=workers) as packed:  # fmt: skip
+        got = packed.detect_raw_many([packed.prepare(v) for v in videos],
+                                     [k for k, _ in options], [m for _, m in options])  # fmt: skip
+        if workers:
+            pids = {p.pid for p in packed._pool._processes.values()}  # type: ignore[union-attr]
+            assert len(pids) == workers and os.getpid() not in pids
+    if workers:  # close() stopped the pool
+        assert packed._pool is None
     for v, (k, m), dets in zip(videos, options, got, strict=True):
         want = onnx_detector.detect_raw(v, top_k=k, min_score=m)
         assert len(dets) == len(want)

@@ -32,14 +32,24 @@ count, NaN/Inf (also after the cast: float64 beyond float32's range) or a non-nu
 raise :class:`amnet.errors.AMNetError` with a one-line message.
 
 A Detector holds no per-call state: one instance may serve many threads at once.
+
+Post-processing (decoding, NMS, score voting) runs on the CPU. With ``postprocess_workers=N``,
+:meth:`Detector.detect_raw_many` hands each video to a pool of N processes as soon as its last
+window is back from the backend, so it overlaps the backend calls of the next videos and
+spreads over N cores (what a GPU host needs: there, one core's post-processing takes longer
+than the backend). The pool is started on first use ("spawn": the calling script needs the
+usual ``if __name__ == "__main__":`` guard) and stopped by :meth:`Detector.close`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,6 +117,30 @@ def _positive(name: str, value: Any, integer: bool = False) -> Any:
     return int(value) if integer else float(value)
 
 
+def _postprocess_video(
+    chunks: list[tuple[np.ndarray, np.ndarray, int, int]],
+    duration: float,
+    fps: float,
+    feature_stride: int,
+    num_frames: int,
+    post: PostprocessConfig,
+    min_score: float | None,
+) -> Detections:
+    """One video's raw chunk outputs -> detections (module level: a pool worker runs it)."""
+    dets = postprocess_chunks(
+        chunks,
+        duration=duration,
+        fps=fps,
+        feature_stride=feature_stride,
+        num_frames=num_frames,
+        cfg=post,
+        min_score=min_score,
+    )
+    if min_score is not None:
+        dets = dets.take(np.flatnonzero(dets.scores >= min_score))
+    return dets
+
+
 class Detector:
     """Temporal action detection with an exported or checkpointed AMNet model.
 
@@ -126,6 +160,8 @@ class Detector:
             OpenVINO runtime in bf16; on hardware with bf16 arithmetic).
         runtime: ``"openvino"`` runs an ``.onnx`` model on OpenVINO instead of ONNX Runtime
             (the ``[openvino]`` extra; CPU only).
+        postprocess_workers: processes that post-process the videos of
+            :meth:`detect_raw_many` while the backend runs (see the module doc); default none.
 
     Raises:
         AMNetError: a missing, unreadable or unknown model, or bad settings (one line).
@@ -145,6 +181,7 @@ class Detector:
         batch_size: int | None = None,
         precision: str = "fp32",
         runtime: str | None = None,
+        postprocess_workers: int | None = None,
     ) -> None:
         min_score = None if min_score is None else _score("min_score", min_score)
         top_k = _positive("top_k", top_k, integer=True)
@@ -152,6 +189,11 @@ class Detector:
         feature_stride = _positive("feature_stride", feature_stride, integer=True)
         num_frames = _positive("num_frames", num_frames, integer=True)
         batch_size = _positive("batch_size", batch_size, integer=True)
+        self.postprocess_workers: int = (
+            _positive("postprocess_workers", postprocess_workers, integer=True) or 0
+        )
+        self._pool: ProcessPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
         self.backend: Backend = open_backend(path, device, intra_op_threads, precision, runtime)
         meta = self.backend.metadata
@@ -292,18 +334,17 @@ class Detector:
         post: PostprocessConfig,
         min_score: float | None,
     ) -> Detections:
-        dets = postprocess_chunks(
-            chunks,
-            duration=duration,
-            fps=fps,
-            feature_stride=self.feature_stride,
-            num_frames=self.num_frames,
-            cfg=post,
-            min_score=min_score,
+        return _postprocess_video(
+            chunks, duration, fps, self.feature_stride, self.num_frames, post, min_score
         )
-        if min_score is not None:
-            dets = dets.take(np.flatnonzero(dets.scores >= min_score))
-        return dets
+
+    def _executor(self) -> ProcessPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    self.postprocess_workers, mp_context=multiprocessing.get_context("spawn")
+                )
+            return self._pool
 
     def to_detections(self, dets: Detections) -> list[Detection]:
         """Arrays -> :class:`Detection` objects with class names."""
@@ -341,12 +382,36 @@ class Detector:
         n = len(videos)
         top_k = top_k or [None] * n
         min_score = min_score or [None] * n
+        settings = []
+        for i in range(n):
+            post = self.postprocess
+            if top_k[i] is not None:
+                post = replace(post, max_detections=_positive("top_k", top_k[i], integer=True))
+            floor = self.min_score if min_score[i] is None else _score("min_score", min_score[i])
+            settings.append((post, floor))
         windows = [
             (i, start, end)
             for i, video in enumerate(videos)
             for start, end in plan_chunks(video.shape[0], self.max_seq_len, self.chunk_overlap)
         ]
+        pending = [0] * n  # windows of each video still to come back from the backend
+        for i, _, _ in windows:
+            pending[i] += 1
+        pool = self._executor() if self.postprocess_workers else None
+        results: list[Detections | Future[Detections]] = [Detections.empty() for _ in range(n)]
         outputs: list[list[tuple[np.ndarray, np.ndarray, int, int]]] = [[] for _ in videos]
+
+        def finish(i: int) -> None:
+            # The video's last window is back: post-process it now (or in the pool, which then
+            # overlaps the next backend calls) and drop its raw outputs.
+            job = (outputs[i], self.duration_of(videos[i].shape[0]), self.fps,
+                   self.feature_stride, self.num_frames, *settings[i])  # fmt: skip
+            if pool is None:
+                results[i] = _postprocess_video(*job)
+            else:
+                results[i] = pool.submit(_postprocess_video, *job)
+            outputs[i] = []
+
         for b in range(0, len(windows), self.batch_size):
             group = windows[b : b + self.batch_size]
             longest = max(end - start for _, start, end in group)
@@ -363,18 +428,10 @@ class Detector:
             segments = np.asarray(segments, dtype=np.float32)
             for j, (i, start, end) in enumerate(group):
                 outputs[i].append((scores[j], segments[j], start, end - start))
-        results = []
-        for i, video in enumerate(videos):
-            post = self.postprocess
-            if top_k[i] is not None:
-                post = replace(post, max_detections=_positive("top_k", top_k[i], integer=True))
-            floor = self.min_score if min_score[i] is None else _score("min_score", min_score[i])
-            if video.shape[0] == 0:
-                results.append(Detections.empty())
-                continue
-            duration = self.duration_of(video.shape[0])
-            results.append(self._postprocess(outputs[i], duration, self.fps, post, floor))
-        return results
+                pending[i] -= 1
+                if pending[i] == 0:
+                    finish(i)
+        return [r.result() if isinstance(r, Future) else r for r in results]
 
     def detect_many(
         self, videos: Sequence[Any], durations: Sequence[float | None] | None = None
@@ -392,6 +449,10 @@ class Detector:
         return StreamingDetector(self)
 
     def close(self) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown()
         self.backend.close()
 
     def __enter__(self) -> Detector:
