@@ -12,6 +12,9 @@ reading, backend calls and post-processing. Prints one JSON line per measurement
 
 With ``--postprocess-workers`` the packed run post-processes in that many processes, overlapped
 with the backend calls: its ``post_s`` is then the post-processing time that was not hidden.
+``--infer-cli`` also times ``amnet-infer`` itself on the folder (in this process, with the same
+device, precision, ``--batch-size`` and ``--postprocess-workers``): checking pass, read-ahead,
+the stream of videos through the backend and the pool, and the results JSON written.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="processes that post-process the packed run's videos (Detector option)",
     )
+    p.add_argument("--infer-cli", action="store_true", help="also time amnet-infer on the set")
     args = p.parse_args(argv)
 
     from amnet.cli.bench import _checkpoint_from_config, _dataset
@@ -119,6 +123,21 @@ def main(argv: list[str] | None = None) -> int:
                  post_s=total_s - read_s - backend_s, batch_size=det.batch_size,
                  postprocess_workers=det.postprocess_workers)  # fmt: skip
         det.close()
+        if args.infer_cli:
+            from amnet.deploy.infer_cli import main as infer_main
+
+            out = args.work / f"infer_{precision}.json"
+            out.unlink(missing_ok=True)
+            argv = ["--engine", str(ckpt), str(data / "features"), "-q", "--output", str(out),
+                    "--device", args.device, "--precision", precision]  # fmt: skip
+            if args.batch_size:
+                argv += ["--batch-size", str(args.batch_size)]
+            if args.postprocess_workers:
+                argv += ["--postprocess-workers", str(args.postprocess_workers)]
+            t = time.perf_counter()
+            code = infer_main(argv)
+            emit(phase="amnet-infer", precision=precision, videos=len(files), exit=code,
+                 seconds=time.perf_counter() - t, argv=" ".join(argv[4:]))  # fmt: skip
     return 0
 
 

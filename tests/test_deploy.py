@@ -455,6 +455,35 @@ def test_windows_of_several_videos_packed_into_shared_calls(models, onnx_detecto
         np.testing.assert_allclose(dets.segments, want.segments, atol=1e-4)
 
 
+@pytest.mark.parametrize(("batch_size", "workers"), [(1, None), (3, 2)])
+def test_a_stream_of_videos_is_consumed_lazily_and_answered_in_order(
+    models, onnx_detector, batch_size, workers
+):
+    """``detect_raw_iter`` reads its videos as it goes (a generator of files may feed it) and
+    yields each video's detections in order; they equal :meth:`detect_raw`."""
+    lengths = [300, 0, 700, 90, 1000, 256]
+    pulled = []
+
+    def feed():
+        for n in lengths:
+            pulled.append(n)
+            yield onnx_detector.prepare(video(n, seed=50 + n))
+
+    with Detector(models["onnx"], batch_size=batch_size, intra_op_threads=1,
+                  postprocess_workers=workers) as det:  # fmt: skip
+        stream = det.detect_raw_iter(feed())
+        first = next(stream)
+        if workers is None:  # one window per call, inline post-processing: nothing read ahead
+            assert pulled == [300]
+        got = [first, *stream]
+    assert pulled == lengths and len(got) == len(lengths)
+    for n, dets in zip(lengths, got, strict=True):
+        want = onnx_detector.detect_raw(video(n, seed=50 + n))
+        np.testing.assert_array_equal(dets.labels, want.labels)
+        np.testing.assert_allclose(dets.scores, want.scores, atol=1e-5)
+        np.testing.assert_allclose(dets.segments, want.segments, atol=1e-4)
+
+
 def _cpu_has_bf16() -> bool:
     import torch
 

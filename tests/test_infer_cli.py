@@ -134,6 +134,25 @@ def test_overrides_and_pt_engine(model, good_dir):
     assert json.loads(pt.stdout)["video_id"] == "video_0"
 
 
+def test_packed_calls_and_a_post_processing_pool_give_the_same_results(model, good_dir):
+    """``--batch-size`` packs windows of consecutive videos into shared backend calls and
+    ``--postprocess-workers`` post-processes in other processes: the output stays the same
+    (video_2 runs in two windows, shared with its neighbours)."""
+    args = ["--engine", str(model["onnx"]), str(good_dir), "-q", "--format", "jsonl"]
+    plain = run_infer(*args)
+    packed = run_infer(*args, "--batch-size", "3", "--postprocess-workers", "2")
+    assert plain.returncode == 0 and packed.returncode == 0, packed.stderr
+    for a, b in zip(plain.stdout.splitlines(), packed.stdout.splitlines(), strict=True):
+        a, b = json.loads(a), json.loads(b)
+        assert a["video_id"] == b["video_id"] and a["duration"] == b["duration"]
+        assert [d["label"] for d in a["detections"]] == [d["label"] for d in b["detections"]]
+        for x, y in zip(a["detections"], b["detections"], strict=True):
+            assert y["score"] == pytest.approx(x["score"], abs=1e-5)
+            assert y["segment"] == pytest.approx(x["segment"], abs=1e-4)
+    for flag in ("--batch-size", "--postprocess-workers"):
+        assert_clean_failure(run_infer(*args, flag, "0"), f"{flag} must be >= 1")
+
+
 def run_on_terminal(*args: str) -> tuple[int, str]:
     """Run amnet-infer with stderr on a pseudo-terminal, as in an interactive shell."""
     import fcntl

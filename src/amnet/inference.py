@@ -62,7 +62,10 @@ def actionness(
     """
     if getattr(model, "ame", None) is None:
         return None
-    x = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))[None].to(device)
+    array = np.ascontiguousarray(feats, dtype=np.float32)
+    if not array.flags.writeable:  # memory-mapped input: torch warns on read-only memory
+        array = array.copy()
+    x = torch.from_numpy(array)[None].to(device)
     embedded, mask, _ = model.embed(x, torch.tensor([x.shape[1]], device=x.device))
     logits = model.ame.actionness(embedded, mask)[:, : x.shape[1]]
     return torch.sigmoid(logits[0]).float().cpu().numpy()

@@ -259,6 +259,8 @@ def ame_profile(
     if getattr(model, "ame", None) is None:
         return None
     feats = np.ascontiguousarray(feats, dtype=np.float32)
+    if not feats.flags.writeable:  # memory-mapped input: torch warns on read-only memory
+        feats = feats.copy()
     total = feats.shape[0]
     mask_curve = np.asarray(actionness(model, feats), dtype=np.float64)
     sums = np.zeros((4, total))  # contrast before/after, norm before/after

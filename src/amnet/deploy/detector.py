@@ -48,7 +48,8 @@ import math
 import multiprocessing
 import os
 import threading
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -382,56 +383,88 @@ class Detector:
         n = len(videos)
         top_k = top_k or [None] * n
         min_score = min_score or [None] * n
-        settings = []
-        for i in range(n):
+        jobs = []
+        for video, k, floor in zip(videos, top_k, min_score, strict=True):
             post = self.postprocess
-            if top_k[i] is not None:
-                post = replace(post, max_detections=_positive("top_k", top_k[i], integer=True))
-            floor = self.min_score if min_score[i] is None else _score("min_score", min_score[i])
-            settings.append((post, floor))
-        windows = [
-            (i, start, end)
-            for i, video in enumerate(videos)
-            for start, end in plan_chunks(video.shape[0], self.max_seq_len, self.chunk_overlap)
-        ]
-        pending = [0] * n  # windows of each video still to come back from the backend
-        for i, _, _ in windows:
-            pending[i] += 1
+            if k is not None:
+                post = replace(post, max_detections=_positive("top_k", k, integer=True))
+            floor = self.min_score if floor is None else _score("min_score", floor)
+            jobs.append((video, post, floor))
+        return list(self._pipeline(jobs))
+
+    def detect_raw_iter(self, videos: Iterable[np.ndarray]) -> Iterator[Detections]:
+        """Detections of a stream of prepared videos, in order, as they are ready.
+
+        ``videos`` is consumed lazily (a generator that reads files may feed it): windows of
+        consecutive videos share backend calls as in :meth:`detect_raw_many`, and with
+        ``postprocess_workers`` the pool post-processes while the next windows run. At most
+        a few videos per worker wait in the pool; memory does not grow with the stream."""
+        return self._pipeline((v, self.postprocess, self.min_score) for v in videos)
+
+    def _pipeline(
+        self, jobs: Iterable[tuple[np.ndarray, PostprocessConfig, float | None]]
+    ) -> Iterator[Detections]:
         pool = self._executor() if self.postprocess_workers else None
-        results: list[Detections | Future[Detections]] = [Detections.empty() for _ in range(n)]
-        outputs: list[list[tuple[np.ndarray, np.ndarray, int, int]]] = [[] for _ in videos]
+        waiting_limit = 4 * self.postprocess_workers
+        # One slot per video in input order: None until its last window is back, then its
+        # Detections (or their Future in the pool).
+        slots: deque[list[Detections | Future[Detections] | None]] = deque()
+        # Windows not yet run: (slot, video, start, end).
+        queue: deque[tuple[list[Any], np.ndarray, int, int]] = deque()
+        state: dict[int, tuple[list[Any], PostprocessConfig, float | None]] = {}
 
-        def finish(i: int) -> None:
-            # The video's last window is back: post-process it now (or in the pool, which then
-            # overlaps the next backend calls) and drop its raw outputs.
-            job = (outputs[i], self.duration_of(videos[i].shape[0]), self.fps,
-                   self.feature_stride, self.num_frames, *settings[i])  # fmt: skip
-            if pool is None:
-                results[i] = _postprocess_video(*job)
-            else:
-                results[i] = pool.submit(_postprocess_video, *job)
-            outputs[i] = []
-
-        for b in range(0, len(windows), self.batch_size):
-            group = windows[b : b + self.batch_size]
-            longest = max(end - start for _, start, end in group)
+        def run_batch() -> None:
+            group = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
             if len(group) == 1:
-                i, start, end = group[0]
-                x = videos[i][None, start:end]
+                _, video, start, end = group[0]
+                x = video[None, start:end]
             else:
+                longest = max(end - start for _, _, start, end in group)
                 x = np.zeros((len(group), longest, self.input_dim), np.float32)
-                for j, (i, start, end) in enumerate(group):
-                    x[j, : end - start] = videos[i][start:end]
-            lengths = np.array([end - start for _, start, end in group], dtype=np.int64)
+                for j, (_, video, start, end) in enumerate(group):
+                    x[j, : end - start] = video[start:end]
+            lengths = np.array([end - start for _, _, start, end in group], dtype=np.int64)
             scores, segments = self.backend.run(x, lengths)
             scores = np.asarray(scores, dtype=np.float32)
             segments = np.asarray(segments, dtype=np.float32)
-            for j, (i, start, end) in enumerate(group):
-                outputs[i].append((scores[j], segments[j], start, end - start))
-                pending[i] -= 1
-                if pending[i] == 0:
-                    finish(i)
-        return [r.result() if isinstance(r, Future) else r for r in results]
+            for j, (slot, video, start, end) in enumerate(group):
+                outputs, post, floor = state[id(slot)]
+                outputs.append((scores[j], segments[j], start, end - start))
+                if end == video.shape[0]:  # its last window: post-process, drop raw outputs
+                    del state[id(slot)]
+                    job = (outputs, self.duration_of(end), self.fps, self.feature_stride,
+                           self.num_frames, post, floor)  # fmt: skip
+                    slot[0] = (
+                        _postprocess_video(*job)
+                        if pool is None
+                        else pool.submit(_postprocess_video, *job)
+                    )
+
+        def ready(final: bool) -> Iterator[Detections]:
+            while slots and slots[0][0] is not None:
+                head = slots[0][0]
+                if isinstance(head, Future):
+                    if not (final or head.done() or len(slots) > waiting_limit):
+                        return
+                    head = head.result()
+                slots.popleft()
+                yield head
+
+        for video, post, floor in jobs:
+            slot: list[Any] = [None]
+            slots.append(slot)
+            if video.shape[0] == 0:
+                slot[0] = Detections.empty()
+            else:
+                state[id(slot)] = ([], post, floor)
+                for start, end in plan_chunks(video.shape[0], self.max_seq_len, self.chunk_overlap):
+                    queue.append((slot, video, start, end))
+            while len(queue) >= self.batch_size:
+                run_batch()
+            yield from ready(final=False)
+        while queue:
+            run_batch()
+        yield from ready(final=True)
 
     def detect_many(
         self, videos: Sequence[Any], durations: Sequence[float | None] | None = None

@@ -5,7 +5,7 @@
     amnet-infer --engine MODEL FEATURES... [--output FILE] [--format activitynet|jsonl|csv]
         [--min-score S] [--top-k K] [--device cpu|cuda] [--fps F] [--feature-stride N]
         [--num-frames N] [--threads N] [--precision fp32|bf16] [--runtime openvino]
-        [--plot DIR] [--skip-bad] [--quiet]
+        [--batch-size N] [--postprocess-workers N] [--plot DIR] [--skip-bad] [--quiet]
 
     amnet-infer --engine MODEL FEATURES... --workers N [--ray-address ADDR] [--resume-from OUT]
     amnet-infer --engine MODEL --stream --dim C [--min-score S] [...]   < raw float32 rows
@@ -19,6 +19,11 @@ file stem. Output (stdout unless ``--output``, which is written atomically):
 - ``jsonl``: one line per video, ``{"video_id", "duration", "detections": [...]}`` (videos
   without detections included);
 - ``csv``: ``video_id,start,end,label,label_id,score``, one row per detection.
+
+Files are read one ahead of the model and run as one stream: windows of consecutive videos
+share backend calls of ``--batch-size`` (on a GPU, fuller calls), and ``--postprocess-workers
+N`` post-processes each video in a pool of N processes while the next windows run (on a GPU
+host the CPU's post-processing otherwise takes longer than the model).
 
 ``--workers N`` runs the files on a Ray cluster (the ``[scale]`` extra; a local one unless
 ``--ray-address``), one Detector per worker, with the same output as one process; finished
@@ -53,7 +58,9 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +157,18 @@ def build_parser() -> OneLineParser:
         "--num-frames", type=int, metavar="N", help="override the frames per snippet"
     )
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads per inference call")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="windows per backend call, packed across videos (default: 1 on a CPU, 4 on a GPU)",
+    )
+    parser.add_argument(
+        "--postprocess-workers",
+        type=int,
+        metavar="N",
+        help="post-process in N processes while the backend runs (pays on a GPU host)",
+    )
     parser.add_argument(
         "--precision",
         choices=("fp32", "bf16"),
@@ -263,6 +282,8 @@ def _check_options(args: Any) -> None:
         ("--feature-stride", args.feature_stride),
         ("--num-frames", args.num_frames),
         ("--threads", args.threads),
+        ("--batch-size", args.batch_size),
+        ("--postprocess-workers", args.postprocess_workers),
     ):
         if value is not None and value < 1:
             raise AMNetError(f"{flag} must be >= 1, got {value}")
@@ -285,6 +306,8 @@ def detector_options(args: Any) -> dict[str, Any]:
         "intra_op_threads": args.threads,
         "precision": args.precision,
         "runtime": args.runtime,
+        "batch_size": args.batch_size,
+        "postprocess_workers": args.postprocess_workers,
     }
 
 
@@ -373,24 +396,54 @@ def _run(argv: list[str] | None) -> int:
         disable=args.quiet or len(good) < 2 or bar_disabled(),
         leave=False,
     )
+    # Files are read one ahead of the backend (a thread: reading releases the GIL) and fed to
+    # the detector as a stream; windows of consecutive videos share backend calls
+    # (--batch-size) and --postprocess-workers post-process while the next windows run.
+    skipped: set[str] = set()
+    sizes: dict[str, int] = {}
+    arrays: dict[str, np.ndarray] = {}  # kept for --plot until the video's detections are in
+
+    def read(f: FeatureFile) -> np.ndarray | AMNetError:
+        array = cache.pop(f.video_id, None)
+        if array is not None:
+            return array
+        try:
+            return read_features(f.path, detector.input_dim, mmap=True)
+        except AMNetError as exc:
+            return exc
+
+    def stream(reader: ThreadPoolExecutor) -> Iterator[np.ndarray]:
+        ahead = deque(reader.submit(read, f) for f in good[:2])
+        for i, f in enumerate(good):
+            array = ahead.popleft().result()
+            if i + 2 < len(good):
+                ahead.append(reader.submit(read, good[i + 2]))
+            if isinstance(array, AMNetError):
+                if not args.skip_bad:
+                    raise array
+                bad.append((f.path, str(array)))
+                skipped.add(f.video_id)
+                array = np.empty((0, detector.input_dim), np.float32)
+            durations[f.video_id] = detector.duration_of(array.shape[0])
+            sizes[f.video_id] = array.shape[0]
+            if plot_dir is not None:
+                arrays[f.video_id] = array
+            yield array
+
     # PNGs (--plot) are staged and published after the results: a failure leaves no partial set.
     staged = StagedFiles()
     try:
-        for f in bar:
-            array = cache.pop(f.video_id, None)
-            try:
-                if array is None:
-                    array = read_features(f.path, detector.input_dim, mmap=True)
-                results[f.video_id] = detector.detect_raw(array)
-            except AMNetError as exc:
-                if not args.skip_bad:
-                    raise
-                bad.append((f.path, str(exc)))
-                continue
-            durations[f.video_id] = detector.duration_of(array.shape[0])
-            snippets += array.shape[0]
-            if plot_dir is not None:
-                _plot(plot_dir, f.video_id, array, results[f.video_id], detector, staged)
+        with ThreadPoolExecutor(1, thread_name_prefix="amnet-read") as reader:
+            found = detector.detect_raw_iter(stream(reader))
+            for f, dets in zip(bar, found, strict=True):
+                if f.video_id in skipped:
+                    del durations[f.video_id]
+                    continue
+                results[f.video_id] = dets
+                if plot_dir is not None:
+                    array = arrays.pop(f.video_id)
+                    _plot(plot_dir, f.video_id, array, dets, detector, staged)
+                snippets += sizes[f.video_id]
         bar.close()
         if not results:
             raise AMNetError(f"none of the {len(files)} feature files is usable:\n{_bad_list(bad)}")
@@ -402,8 +455,10 @@ def _run(argv: list[str] | None) -> int:
             sys.stdout.flush()
     except BaseException:
         staged.discard()
+        detector.close()  # stops the post-processing pool, if one was started
         raise
     staged.publish()
+    detector.close()
     seconds = time.perf_counter() - start
     if not args.quiet:
         logger.info(
