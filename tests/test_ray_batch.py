@@ -19,6 +19,16 @@ pytestmark = pytest.mark.xdist_group("ray")
 DIM = 2048
 
 
+def test_the_ray_tests_share_one_worker(request):
+    """Under ``pytest -n N --dist loadgroup`` (scripts/test.sh) every test of a group goes to
+    one worker, which xdist marks with an ``@group`` suffix on the node id. Some pytest and
+    pytest-xdist versions silently drop the grouping; then two Ray clusters would start at once
+    and module fixtures would be built on every worker."""
+    if not getattr(request.config.option, "loadgroup", False):
+        pytest.skip("not a pytest-xdist worker with --dist loadgroup")
+    assert request.node.nodeid.endswith("@ray"), request.node.nodeid
+
+
 def infer(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     script = shutil.which("amnet-infer", path=str(Path(sys.executable).parent))
     assert script, "amnet-infer is not installed next to this interpreter"
