@@ -431,6 +431,36 @@ def test_bench_takes_relative_paths_and_fails_when_a_backend_fails(
     assert bench_main(["--engine", "broken.onnx", *args, "--keep-going"]) == 2  # nothing measured
 
 
+def test_a_backend_process_that_dies_or_hangs_fails_in_one_line(tmp_path, models):
+    """A backend's measurement process is kept across its rounds; one that crashes, hangs or
+    cannot run a measurement is an AMNetError naming it, never a hung benchmark."""
+    from amnet.cli.bench import _Worker
+
+    spec = {"mode": "latency", "model": str(models["onnx"]), "device": "cpu", "threads": 1,
+            "options": {}, "repeats": 1, "latency": []}  # fmt: skip
+    worker = _Worker(tmp_path, "onnxruntime")
+    try:
+        first = worker.ask(spec)
+        assert first["latency"] == [] and first["peak_rss_mb"] > 0
+        with pytest.raises(AMNetError, match=r"onnxruntime latency run failed: .*no_such\.onnx"):
+            worker.ask({**spec, "model": str(tmp_path / "no_such.onnx")})
+        assert worker.ask(spec)["latency"] == []  # a failed measurement leaves it usable
+        np.save(tmp_path / "long.npy", video(20_000, seed=1))
+        with pytest.raises(AMNetError, match="timed out after 0 s"):
+            worker.ask({**spec, "latency": [str(tmp_path / "long.npy")]}, timeout=0.3)
+        assert worker.proc.wait(timeout=30) != 0  # killed
+    finally:
+        worker.close()
+    crashed = _Worker(tmp_path, "torch")
+    try:
+        crashed.proc.kill()
+        crashed.proc.wait(timeout=30)
+        with pytest.raises(AMNetError, match="torch latency run failed"):
+            crashed.ask(spec)
+    finally:
+        crashed.close()
+
+
 @pytest.mark.parametrize("workers", [None, 2])
 def test_windows_of_several_videos_packed_into_shared_calls(models, onnx_detector, workers):
     """``detect_raw_many`` packs the windows of several videos into backend calls of

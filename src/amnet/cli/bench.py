@@ -27,10 +27,11 @@ What it does (DESIGN §7):
    that cannot run are reported as skipped, with the reason.
 3. **Throughput**, in ``--rounds`` rounds with the backends taking turns (A B C, A B C), so a
    change in the machine's load hits them alike; each row is a backend's median round. Each
-   run is in its own fresh process (so that its peak RSS is its own):
-   open a :class:`~amnet.deploy.Detector`, run one short warm-up call, then for every video read
-   the ``.npy``, detect, and finally write the results JSON. ``seconds`` covers reading,
-   inference, post-processing and writing, not the model load (reported as ``load_s``);
+   backend has a process of its own (so that its peak RSS is its own), started for its first
+   round and kept for its other rounds and its latency runs: it opens the
+   :class:`~amnet.deploy.Detector` once, and each round runs one short warm-up call, then for
+   every video reads the ``.npy``, detects, and finally writes the results JSON. ``seconds``
+   covers reading, inference, post-processing and writing, not the model load (``load_s``);
    ``snippets_per_s`` = snippets / seconds; ``peak_rss_mb`` = the process's peak resident
    memory; ``speedup`` = torch seconds / backend seconds and ``rss_ratio`` = backend peak RSS /
    torch peak RSS (same run). ``agree_top10`` = the share of the PyTorch top-10 detections per
@@ -38,8 +39,8 @@ What it does (DESIGN §7):
    The machine's fp32 matmul rate (GFLOP/s, torch when installed, else numpy) is measured
    before and after the rounds; ``snippets_per_s_per_gflops`` divides by their mean, so that
    runs on different machines or loads compare.
-4. **Latency** (``--latency``): one synthetic video of each length T, in another fresh process
-   per backend; median (and min) seconds of ``--repeats`` calls after one warm-up call.
+4. **Latency** (``--latency``): one synthetic video of each length T, in the backend's process
+   after its rounds; median (and min) seconds of ``--repeats`` calls after one warm-up call.
 5. **Startup**: in a fresh process per backend, the time to ``import amnet.deploy`` and to
    construct the Detector, the resident memory after, and whether torch got imported.
 
@@ -52,6 +53,7 @@ run that measured nothing. Output: a table on stdout; with ``--json`` the last s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -62,6 +64,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -99,6 +102,7 @@ BACKEND_OPTIONS: dict[str, dict[str, str]] = {
 PRESETS = ("thumos14", "tiny")
 WARMUP_SNIPPETS = 64
 _WORKER_TIMEOUT_S = 3 * 3600
+_ANSWER = "AMNET-BENCH-ANSWER "
 
 
 def build_parser() -> OneLineParser:
@@ -150,8 +154,8 @@ def build_parser() -> OneLineParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="less logging")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    # Internal: one measurement in a fresh process (see _run_worker).
-    parser.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
+    # Internal: a backend's measurement process (see _Worker).
+    parser.add_argument("--worker-loop", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -183,16 +187,26 @@ def _peak_rss_mb() -> float:
     return value / 1024 if sys.platform != "darwin" else value / 2**20
 
 
-def _worker_throughput(spec: Mapping[str, Any]) -> dict[str, Any]:
+def _open_detector(spec: Mapping[str, Any], opened: dict[str, Any]) -> tuple[Any, float]:
+    """The worker's Detector for ``spec`` (opened on first use, kept for the next rounds and
+    the latency runs) and the seconds its opening took."""
     from amnet.deploy.detector import Detector
+
+    key = json.dumps([spec["model"], spec["device"], spec["threads"], spec["options"]])
+    if key not in opened:
+        began = time.perf_counter()
+        detector = Detector(
+            spec["model"], spec["device"], intra_op_threads=spec["threads"], **spec["options"]
+        )
+        opened[key] = (detector, time.perf_counter() - began)
+    return opened[key]
+
+
+def _worker_throughput(spec: Mapping[str, Any], opened: dict[str, Any]) -> dict[str, Any]:
     from amnet.fileio import atomic_write_json, read_features
     from amnet.results import results_to_json
 
-    began = time.perf_counter()
-    detector = Detector(
-        spec["model"], spec["device"], intra_op_threads=spec["threads"], **spec["options"]
-    )
-    load_s = time.perf_counter() - began
+    detector, load_s = _open_detector(spec, opened)
     files = [Path(p) for p in spec["features"]]
     first = read_features(files[0], detector.input_dim)
     detector.detect_raw(first[:WARMUP_SNIPPETS])
@@ -217,12 +231,8 @@ def _worker_throughput(spec: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _worker_latency(spec: Mapping[str, Any]) -> dict[str, Any]:
-    from amnet.deploy.detector import Detector
-
-    detector = Detector(
-        spec["model"], spec["device"], intra_op_threads=spec["threads"], **spec["options"]
-    )
+def _worker_latency(spec: Mapping[str, Any], opened: dict[str, Any]) -> dict[str, Any]:
+    detector, _ = _open_detector(spec, opened)
     rows = []
     for path in spec["latency"]:
         feats = np.load(path, allow_pickle=False)
@@ -261,23 +271,84 @@ print(json.dumps({{"import_s": t1 - t0, "construct_s": t2 - t1, "rss_mb": rss,
 """
 
 
-def _run_worker(spec: Mapping[str, Any], work: Path, name: str) -> dict[str, Any]:
-    """Run one measurement in a fresh interpreter; its last stdout line is the JSON answer."""
-    if spec["mode"] == "startup":
-        code = _STARTUP_CODE.format(threads=repr(spec["threads"]), options=repr(spec["options"]))
-        cmd = [sys.executable, "-c", code, str(spec["model"]), spec["device"]]
-    else:
-        spec_path = work / f"worker_{name}_{spec['mode']}.json"
-        spec_path.write_text(json.dumps(spec), encoding="utf-8")
-        cmd = [sys.executable, "-m", "amnet.cli.bench", "--worker", str(spec_path)]
+def _run_startup(spec: Mapping[str, Any], work: Path, name: str) -> dict[str, Any]:
+    """Start-up in a fresh interpreter; its last stdout line is the JSON answer."""
+    code = _STARTUP_CODE.format(threads=repr(spec["threads"]), options=repr(spec["options"]))
+    cmd = [sys.executable, "-c", code, str(spec["model"]), spec["device"]]
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=_WORKER_TIMEOUT_S, cwd=work, check=False
     )
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
-        raise AMNetError(f"{name} {spec['mode']} run failed (exit {proc.returncode}): {tail}")
+        raise AMNetError(f"{name} startup run failed (exit {proc.returncode}): {tail}")
     return json.loads(lines[-1])
+
+
+class _Worker:
+    """One backend's measurement process, started once and kept for all its rounds and its
+    latency runs (the model is opened once, and the peak RSS is the backend's own). It reads
+    one JSON spec per stdin line and answers with one stdout line that starts with
+    ``_ANSWER``; other output (a library's print) is ignored, stderr goes to a log file in the
+    work folder."""
+
+    def __init__(self, work: Path, name: str) -> None:
+        self.name = name
+        self.log = work / f"worker_{name}.log"
+        self._stderr = open(self.log, "w", encoding="utf-8")  # noqa: SIM115 (closed by close())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "amnet.cli.bench", "--worker-loop"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            cwd=work,
+        )
+
+    def ask(self, spec: Mapping[str, Any], timeout: float = _WORKER_TIMEOUT_S) -> dict[str, Any]:
+        what = f"{self.name} {spec['mode']} run"
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(json.dumps(spec) + "\n")
+            self.proc.stdin.flush()
+        except OSError:
+            raise AMNetError(f"{what} failed: {self._last_error()}") from None
+        lines: list[str] = []
+
+        def read() -> None:  # on a thread: a hung worker must not hang the benchmark
+            for line in self.proc.stdout:  # type: ignore[union-attr]
+                if line.startswith(_ANSWER):
+                    lines.append(line[len(_ANSWER) :])
+                    return
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if reader.is_alive():
+            self.proc.kill()
+            raise AMNetError(f"{what} timed out after {timeout:.0f} s")
+        if not lines:
+            raise AMNetError(f"{what} failed (exit {self.proc.poll()}): {self._last_error()}")
+        answer = json.loads(lines[0])
+        if "error" in answer:
+            raise AMNetError(f"{what} failed: {answer['error']}")
+        return answer
+
+    def _last_error(self) -> str:
+        self._stderr.flush()
+        text = self.log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        return (text or ["no output"])[-1][:300]
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()  # end of specs: the worker exits
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._stderr.close()
 
 
 def _matmul_gflops(threads: int | None, size: int = 1024, repeats: int = 5) -> float:
@@ -310,15 +381,18 @@ def _matmul_gflops(threads: int | None, size: int = 1024, repeats: int = 5) -> f
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
-def _worker_main(spec_path: str) -> int:
-    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
-    if spec["mode"] == "throughput":
-        answer = _worker_throughput(spec)
-    elif spec["mode"] == "latency":
-        answer = _worker_latency(spec)
-    else:
-        raise AMNetError(f"unknown worker mode {spec['mode']!r}")
-    print(json.dumps(answer))
+def _worker_loop() -> int:
+    """``--worker-loop``: answer one JSON spec per stdin line until stdin closes. A failed
+    measurement is answered as ``{"error": ...}`` (the parent fails that backend)."""
+    opened: dict[str, Any] = {}
+    measure = {"throughput": _worker_throughput, "latency": _worker_latency}
+    for line in sys.stdin:
+        spec = json.loads(line)
+        try:
+            answer = measure[spec["mode"]](spec, opened)
+        except Exception as exc:  # reported to the parent, in one line
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        print(_ANSWER + json.dumps(answer), flush=True)
     return 0
 
 
@@ -637,8 +711,8 @@ def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, 
 
 def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    if args.worker:
-        return _worker_main(args.worker)
+    if args.worker_loop:
+        return _worker_loop()
     setup_logging(args.verbose, args.quiet)
     if not (args.config or args.engine):
         raise AMNetError("give --config CFG or --engine MODEL")
@@ -706,52 +780,62 @@ def _bench(args: Any, wanted: list[str], lengths: list[int], work: Path) -> int:
 
     # Throughput in rounds, the backends taking turns (A B C, A B C, ...), so that a change in
     # the machine's load hits every backend alike; a reference matmul rate before and after.
-    gflops = [_matmul_gflops(args.threads)]
-    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in bases}
-    for index in range(args.rounds):
+    # Each backend has one process for its rounds and its latency runs (_Worker).
+    workers: dict[str, _Worker] = {}
+    try:
+        gflops = [_matmul_gflops(args.threads)]
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in bases}
+        for index in range(args.rounds):
+            for name, base in bases.items():
+                if name in failed:
+                    continue
+                logger.info(
+                    "%s: throughput over %d videos (round %d/%d)",
+                    name, len(features), index + 1, args.rounds,
+                )  # fmt: skip
+                spec = {**base, "mode": "throughput", "features": features,
+                        "results": str(work / f"results_{name}.json")}  # fmt: skip
+                try:
+                    if name not in workers:
+                        workers[name] = _Worker(work, name)
+                    rounds[name].append(workers[name].ask(spec))
+                except AMNetError as exc:
+                    failed[name] = str(exc)
+                    logger.warning("%s: failed (%s)", name, exc)
+        gflops.append(_matmul_gflops(args.threads))
+        matmul = statistics.fmean(gflops)
+        results: list[dict[str, Any]] = []
+        for name, runs in rounds.items():
+            if name in failed or not runs:
+                continue
+            best = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]  # the median round
+            row = {"backend": name, **best, "rounds": [r["seconds"] for r in runs]}
+            row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+            row["snippets_per_s_per_gflops"] = row["snippets_per_s"] / matmul
+            results.append(row)
+
         for name, base in bases.items():
             if name in failed:
                 continue
-            logger.info(
-                "%s: throughput over %d videos (round %d/%d)",
-                name, len(features), index + 1, args.rounds,
-            )  # fmt: skip
-            spec = {**base, "mode": "throughput", "features": features,
-                    "results": str(work / f"results_{name}.json")}  # fmt: skip
             try:
-                rounds[name].append(_run_worker(spec, work, name))
+                if latency_paths:
+                    logger.info("%s: latency at T = %s", name, ",".join(map(str, lengths)))
+                    spec = {**base, "mode": "latency", "latency": latency_paths,
+                            "repeats": args.repeats}  # fmt: skip
+                    if name not in workers:
+                        workers[name] = _Worker(work, name)
+                    answer = workers[name].ask(spec)
+                    latency.extend({"backend": name, **r} for r in answer["latency"])
+                if name in workers:  # its memory back before the next backend's runs
+                    workers.pop(name).close()
+                startup.append({"backend": name, **_run_startup(base, work, name)})
             except AMNetError as exc:
                 failed[name] = str(exc)
                 logger.warning("%s: failed (%s)", name, exc)
-    gflops.append(_matmul_gflops(args.threads))
-    matmul = statistics.fmean(gflops)
-    results: list[dict[str, Any]] = []
-    for name, runs in rounds.items():
-        if name in failed or not runs:
-            continue
-        best = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]  # the median round
-        row = {"backend": name, **best, "rounds": [r["seconds"] for r in runs]}
-        row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
-        row["snippets_per_s_per_gflops"] = row["snippets_per_s"] / matmul
-        results.append(row)
-
-    for name, base in bases.items():
-        if name in failed:
-            continue
-        try:
-            startup.append({"backend": name, **_run_worker({**base, "mode": "startup"}, work, name)})  # fmt: skip
-            if latency_paths:
-                logger.info("%s: latency at T = %s", name, ",".join(map(str, lengths)))
-                answer = _run_worker(
-                    {**base, "mode": "latency", "latency": latency_paths, "repeats": args.repeats},
-                    work,
-                    name,
-                )
-                latency.extend({"backend": name, **r} for r in answer["latency"])
-        except AMNetError as exc:
-            failed[name] = str(exc)
-            logger.warning("%s: failed (%s)", name, exc)
-            results = [r for r in results if r["backend"] != name]
+                results = [r for r in results if r["backend"] != name]
+    finally:
+        for worker in workers.values():
+            worker.close()
 
     torch_row = next((r for r in results if r["backend"] == "torch"), None)
     for row in results:
