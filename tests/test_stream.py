@@ -97,7 +97,7 @@ def test_stream_equals_whole_video(uncapped, backend, length):
 
 def test_stream_equals_whole_video_long(uncapped):
     detector = uncapped["onnx"]
-    features = video(3000, seed=9)
+    features = video(1500, seed=9)
     whole = detector(features)
     assert len(whole) > 50
     found, fed_at = stream_all(detector, features, [113, 0, 1, 700])
@@ -151,12 +151,12 @@ def test_memory_is_bounded_by_the_window(models):
     detector = Detector(models["onnx"], min_score=0.03, intra_op_threads=1)
     stream = detector.stream()
     pending, emitted = [], 0
-    for i in range(100):  # 100,000 snippets, never held at once
+    for i in range(30):  # 30,000 snippets (117 windows), never held at once
         emitted += len(stream.push(video(1000, seed=i)))
         pending.append(stream.pending)
         assert stream._rows.shape == (stream.window + stream.step, DIM)
     emitted += len(stream.flush())
-    assert stream.fed == 100_000
+    assert stream.fed == 30_000
     cap = 3 * detector.postprocess.pre_nms_topk  # candidates of about two windows, plus anchors
     assert max(pending) <= cap
     assert emitted > 0
@@ -373,7 +373,7 @@ def test_cli_stream_pipes_detections_as_they_become_final(models, uncapped):
     import select
     import subprocess
 
-    features = video(3000, seed=9)
+    features = video(1500, seed=9)
     want = uncapped["onnx"](features)
     proc = subprocess.Popen(
         [_infer_script(), "--engine", str(models["onnx"]), "--stream", "--dim", str(DIM), "-q"],
@@ -381,16 +381,16 @@ def test_cli_stream_pipes_detections_as_they_become_final(models, uncapped):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    # The producer writes the first two thirds and waits for a detection before the rest, so
-    # a line must come out while the input is still open. It writes from a thread: the child
-    # may fill the stdout pipe while it reads.
+    # The producer writes the first 1,000 snippets (four windows) and waits for a detection
+    # before the rest, so a line must come out while the input is still open. It writes from a
+    # thread: the child may fill the stdout pipe while it reads.
     seen = threading.Event()
 
     def produce() -> None:
-        proc.stdin.write(features[:2000].astype("<f4").tobytes())
+        proc.stdin.write(features[:1000].astype("<f4").tobytes())
         proc.stdin.flush()
         if seen.wait(120):
-            proc.stdin.write(features[2000:].astype("<f4").tobytes())
+            proc.stdin.write(features[1000:].astype("<f4").tobytes())
         proc.stdin.close()
 
     producer = threading.Thread(target=produce)
