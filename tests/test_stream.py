@@ -97,7 +97,7 @@ def test_stream_equals_whole_video(uncapped, backend, length):
 
 def test_stream_equals_whole_video_long(uncapped):
     detector = uncapped["onnx"]
-    features = video(1500, seed=9)
+    features = video(3000, seed=9)
     whole = detector(features)
     assert len(whole) > 50
     found, fed_at = stream_all(detector, features, [113, 0, 1, 700])
@@ -151,7 +151,7 @@ def test_memory_is_bounded_by_the_window(models):
     detector = Detector(models["onnx"], min_score=0.03, intra_op_threads=1)
     stream = detector.stream()
     pending, emitted = [], 0
-    for i in range(30):  # 30,000 snippets (117 windows), never held at once
+    for i in range(30):  # 30,000 snippets (156 windows), never held at once
         emitted += len(stream.push(video(1000, seed=i)))
         pending.append(stream.pending)
         assert stream._rows.shape == (stream.window + stream.step, DIM)
