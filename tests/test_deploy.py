@@ -445,9 +445,9 @@ def test_a_backend_process_that_dies_or_hangs_fails_in_one_line(tmp_path, models
         with pytest.raises(AMNetError, match=r"onnxruntime latency run failed: .*no_such\.onnx"):
             worker.ask({**spec, "model": str(tmp_path / "no_such.onnx")})
         assert worker.ask(spec)["latency"] == []  # a failed measurement leaves it usable
-        np.save(tmp_path / "long.npy", video(20_000, seed=1))
-        with pytest.raises(AMNetError, match="timed out after 0 s"):
-            worker.ask({**spec, "latency": [str(tmp_path / "long.npy")]}, timeout=0.3)
+        os.mkfifo(tmp_path / "never.npy")  # a read that never ends: a hung backend
+        with pytest.raises(AMNetError, match="timed out after 1 s"):
+            worker.ask({**spec, "latency": [str(tmp_path / "never.npy")]}, timeout=1)
         assert worker.proc.wait(timeout=30) != 0  # killed
     finally:
         worker.close()
@@ -474,7 +474,8 @@ def test_windows_of_several_videos_packed_into_shared_calls(models, onnx_detecto
                                      [k for k, _ in options], [m for _, m in options])  # fmt: skip
         if workers:
             pids = {p.pid for p in packed._pool._processes.values()}  # type: ignore[union-attr]
-            assert len(pids) == workers and os.getpid() not in pids
+            # started on demand (up to ``workers``), never this process
+            assert 1 <= len(pids) <= workers and os.getpid() not in pids
     if workers:  # close() stopped the pool
         assert packed._pool is None
     for v, (k, m), dets in zip(videos, options, got, strict=True):
