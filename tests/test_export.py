@@ -37,8 +37,6 @@ from amnet.fileio import file_sha256  # noqa: E402
 from amnet.inference import detect_video, predict_chunks  # noqa: E402
 from amnet.metadata import read_onnx_metadata  # noqa: E402
 from amnet.model import AMNet  # noqa: E402
-from amnet.synth import draw_layout, preset_class_names, write_dataset  # noqa: E402
-from amnet.train import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # One pytest worker runs this module (scripts/test.sh runs -n auto), so that
@@ -109,27 +107,10 @@ def exported(tmp_path_factory, tiny_ckpt):
 
 
 @pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tiny_data")
-    write_dataset(out, draw_layout("tiny", videos=16, seed=0), preset_class_names("tiny"), progress=False)  # fmt: skip
-    return out
-
-
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory, tiny_data):
-    """A tiny model trained for a few epochs (with EMA), exported through the Python API."""
-    cfg = load_config(TINY)
-    cfg["train_cfg"]["eval_every"] = 0
-    run = tmp_path_factory.mktemp("trained")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(cfg, tiny_data, run, epochs=3, progress=False)
-    finally:
-        torch.set_num_threads(before)
-    ckpt = run / "last.pt"
-    result = export_onnx(ckpt, run / "trained.onnx")
-    return ckpt, result
+def trained(models):
+    """The session's tiny model trained with EMA (conftest ``models``): its checkpoint, its
+    ONNX export (written only if its parity check passed) and its dataset."""
+    return models["pt"], models["onnx"], models["data"]
 
 
 def expected_points(t: int, levels: int = 6) -> int:
@@ -468,15 +449,13 @@ def assert_same_detections(ref, got, name: str) -> None:
         assert abs(got.scores[j[0]] - got.scores[i]) <= 1e-5, f"{name}: rank {i} moved"
 
 
-def test_detections_match_pytorch_on_short_exact_and_chunked_videos(trained, tiny_data):
-    ckpt, result = trained
-    assert result.metadata["weights"] == "ema"
-    assert all(row.ok for row in result.parity)
+def test_detections_match_pytorch_on_short_exact_and_chunked_videos(trained):
+    ckpt, onnx_path, data = trained
+    assert read_onnx_metadata(onnx_path)["weights"] == "ema"
     model, cfg, _ = load_model(ckpt)
-    detector = Detector(result.path)
+    detector = Detector(onnx_path)
     max_len = cfg["dataset"]["max_seq_len"]
-    test_ids = sorted(p.stem for p in (tiny_data / "features").glob("video_test_*.npy"))
-    feats = [np.load(tiny_data / "features" / f"{v}.npy") for v in test_ids]
+    feats = [np.load(p) for p in sorted((data / "features").glob("*.npy"))]
     long = np.concatenate(feats)
     videos = {
         "shorter": next(f for f in feats if len(f) < max_len),
@@ -497,7 +476,7 @@ def test_detections_match_pytorch_on_short_exact_and_chunked_videos(trained, tin
 
 
 def test_no_ema_exports_the_raw_weights(trained, tmp_path):
-    ckpt, _ = trained
+    ckpt, _, _ = trained
     out = tmp_path / "raw.onnx"
     proc = run_script("--ckpt", str(ckpt), "--out", str(out), "--no-ema")
     assert proc.returncode == 0, proc.stderr
