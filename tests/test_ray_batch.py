@@ -125,6 +125,7 @@ def test_skip_bad_and_formats_on_workers(models, corpus, tmp_path):
         (["--ray-address", "127.0.0.1:1"], "go with --workers"),
         (["--workers", "0"], "--workers must be >= 1"),
         (["--workers", "2", "--plot", "pics"], "--plot does not apply"),
+        (["--workers", "2", "--postprocess-workers", "2"], "--postprocess-workers does not apply"),
     ],
 )
 def test_bad_worker_options(models, corpus, extra, message):

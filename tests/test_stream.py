@@ -432,6 +432,7 @@ def test_cli_stream_pipes_detections_as_they_become_final(models, uncapped):
         (["--dim", str(DIM)], np.full((2, DIM), np.nan, "<f4").tobytes(), "NaN"),
         ([], b"", "needs --dim"),
         (["--dim", str(DIM), "--top-k", "5"], b"", "--top-k does not apply"),
+        (["--dim", str(DIM), "--postprocess-workers", "2"], b"", "--postprocess-workers does not"),
         (["--dim", str(DIM), "x.npy"], b"", "give no FEATURES"),
     ],
 )

@@ -487,6 +487,11 @@ def _run_workers(args: Any, files: list[FeatureFile], output: Path | None) -> in
         raise AMNetError(f"--workers must be >= 1, got {args.workers}")
     if args.plot:
         raise AMNetError("--plot does not apply to --workers")
+    if args.postprocess_workers is not None:
+        raise AMNetError(
+            "--postprocess-workers does not apply to --workers (each Ray worker post-processes "
+            "its own videos)"
+        )
     if args.resume_from and output is None:
         raise AMNetError("--resume-from needs a file to write (not stdout)")
     ray_batch.import_ray()  # a missing extra is one line, before any work
@@ -601,6 +606,8 @@ def _run_stream(args: Any) -> int:
             raise AMNetError(f"{flag} does not apply to --stream (JSON lines go to stdout)")
     if args.format != "activitynet" or args.skip_bad:
         raise AMNetError("--format and --skip-bad do not apply to --stream")
+    if args.postprocess_workers is not None:
+        raise AMNetError("--postprocess-workers does not apply to --stream (one live video)")
     if args.dim is None or args.dim < 1:
         raise AMNetError("--stream needs --dim C, the number of float32 values per row")
 
