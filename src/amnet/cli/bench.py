@@ -327,8 +327,12 @@ class _Worker:
         if reader.is_alive():
             self.proc.kill()
             raise AMNetError(f"{what} timed out after {timeout:.0f} s")
-        if not lines:
-            raise AMNetError(f"{what} failed (exit {self.proc.poll()}): {self._last_error()}")
+        if not lines:  # stdout closed: the process died
+            try:
+                code = self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                code = None
+            raise AMNetError(f"{what} failed (exit {code}): {self._last_error()}")
         answer = json.loads(lines[0])
         if "error" in answer:
             raise AMNetError(f"{what} failed: {answer['error']}")
