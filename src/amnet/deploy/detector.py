@@ -406,12 +406,11 @@ class Detector:
     ) -> Iterator[Detections]:
         pool = self._executor() if self.postprocess_workers else None
         waiting_limit = 4 * self.postprocess_workers
-        # One slot per video in input order: None until its last window is back, then its
-        # Detections (or their Future in the pool).
-        slots: deque[list[Detections | Future[Detections] | None]] = deque()
+        # One slot per video in input order: [result, raw outputs, settings]. The result is
+        # None until its last window is back, then its Detections (or their Future in the pool).
+        slots: deque[list[Any]] = deque()
         # Windows not yet run: (slot, video, start, end).
         queue: deque[tuple[list[Any], np.ndarray, int, int]] = deque()
-        state: dict[int, tuple[list[Any], PostprocessConfig, float | None]] = {}
 
         def run_batch() -> None:
             group = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
@@ -428,10 +427,10 @@ class Detector:
             scores = np.asarray(scores, dtype=np.float32)
             segments = np.asarray(segments, dtype=np.float32)
             for j, (slot, video, start, end) in enumerate(group):
-                outputs, post, floor = state[id(slot)]
+                outputs, (post, floor) = slot[1], slot[2]
                 outputs.append((scores[j], segments[j], start, end - start))
                 if end == video.shape[0]:  # its last window: post-process, drop raw outputs
-                    del state[id(slot)]
+                    slot[1] = None
                     job = (outputs, self.duration_of(end), self.fps, self.feature_stride,
                            self.num_frames, post, floor)  # fmt: skip
                     slot[0] = (
@@ -451,12 +450,11 @@ class Detector:
                 yield head
 
         for video, post, floor in jobs:
-            slot: list[Any] = [None]
+            slot: list[Any] = [None, [], (post, floor)]
             slots.append(slot)
             if video.shape[0] == 0:
                 slot[0] = Detections.empty()
             else:
-                state[id(slot)] = ([], post, floor)
                 for start, end in plan_chunks(video.shape[0], self.max_seq_len, self.chunk_overlap):
                     queue.append((slot, video, start, end))
             while len(queue) >= self.batch_size:
