@@ -259,6 +259,13 @@ def test_every_bad_feature_file(model, tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert not out.exists(), name
         assert proc.stdout == ""
+    # A file that is bad in itself is reported before the model is opened: at once, and even
+    # when the model could not be opened.
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    path, message = _bad_files(tmp_path / "again")["nan.npy"]
+    proc = run_infer("--engine", str(broken), str(path), "--output", str(out))
+    assert_clean_failure(proc, message)
 
 
 def test_bad_models_and_folders(model, tmp_path, good_dir):

@@ -296,6 +296,10 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise AMNetError(f"{path}: cannot read {what} ({exc.strerror})") from None
 
 
+def channel_mismatch(path: str | os.PathLike, channels: int, expected_dim: int) -> str:
+    return f"{path}: features have {channels} channels, the model expects {expected_dim}"
+
+
 def load_features(
     path: str | os.PathLike, expected_dim: int | None = None, *, mmap: bool = False
 ) -> np.ndarray:
@@ -329,9 +333,7 @@ def load_features(
             f"{path}: features must have shape [T, C], found shape {list(array.shape)}"
         )
     if expected_dim is not None and array.shape[1] != expected_dim:
-        raise AMNetError(
-            f"{path}: features have {array.shape[1]} channels, the model expects {expected_dim}"
-        )
+        raise AMNetError(channel_mismatch(path, array.shape[1], expected_dim))
     if isinstance(array, np.memmap) and array.dtype != np.float32:
         array = np.array(array)  # a cast reads it all anyway
     with np.errstate(over="ignore"):  # out-of-range float64 becomes inf, reported below
@@ -384,8 +386,9 @@ def release_rows(array: np.ndarray, upto: int) -> None:
 _NPY_MAGIC = b"\x93NUMPY"
 
 
-def read_features(path: Path, input_dim: int, *, mmap: bool = False) -> np.ndarray:
+def read_features(path: Path, input_dim: int | None, *, mmap: bool = False) -> np.ndarray:
     """One feature file as contiguous float32 ``[T, C]``; AMNetError naming the problem.
+    ``input_dim``: the channels the model expects (None: any; checked later by the caller).
     ``mmap``: memory-map a float32 file instead of reading it (see :func:`load_features`)."""
     refuse_special_input(path)
     try:

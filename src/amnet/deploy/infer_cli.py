@@ -74,6 +74,7 @@ from amnet.errors import AMNetError
 from amnet.fileio import (
     StagedFiles,
     atomic_write_text,
+    channel_mismatch,
     check_out_path,
     read_features,
     temp_beside,
@@ -311,6 +312,16 @@ def detector_options(args: Any) -> dict[str, Any]:
     }
 
 
+def _refuse_bad(bad: list[tuple[Path, str]], files: list[FeatureFile]) -> None:
+    """Without --skip-bad any bad input stops the run before inference."""
+    if len(bad) == 1 and len(files) == 1:
+        raise AMNetError(bad[0][1])
+    raise AMNetError(
+        f"{len(bad)} of {len(files)} feature files are bad; nothing was run "
+        f"(--skip-bad processes the others):\n{_bad_list(bad)}"
+    )
+
+
 def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
@@ -352,33 +363,46 @@ def _run(argv: list[str] | None) -> int:
     from amnet.deploy.detector import Detector
 
     start = time.perf_counter()
-    detector = Detector(args.engine, **detector_options(args))
-
-    # Checking pass: every file is read and validated before any inference.
+    # Checking pass: every file is read and validated before any inference. Only the channel
+    # count needs the model, so when no file is left to check against it, the run fails before
+    # the model is opened.
     cache: dict[str, np.ndarray] = {}
     cached_bytes = 0
-    good: list[FeatureFile] = []
+    shapes: dict[str, tuple[int, int]] = {}
     bad: list[tuple[Path, str]] = []
     for f in files:
         try:
-            array = read_features(f.path, detector.input_dim, mmap=True)
+            array = read_features(f.path, None, mmap=True)
         except AMNetError as exc:
             bad.append((f.path, str(exc)))
             continue
-        if array.shape[0] == 0:  # valid and explicit: listed with no detections (DESIGN §6.4)
-            logger.warning("%s: no snippets (zero-length video); no detections", f.path)
-        good.append(f)
+        shapes[f.video_id] = array.shape
         if cached_bytes + array.nbytes <= _CACHE_BYTES:
             cache[f.video_id] = array
             cached_bytes += array.nbytes
+    if not shapes:
+        if not args.skip_bad:
+            _refuse_bad(bad, files)
+        raise AMNetError(f"none of the {len(files)} feature files is usable:\n{_bad_list(bad)}")
+    detector = Detector(args.engine, **detector_options(args))
+    good: list[FeatureFile] = []
+    for f in files:
+        if f.video_id not in shapes:
+            continue
+        snippets, channels = shapes[f.video_id]
+        if channels != detector.input_dim:
+            cache.pop(f.video_id, None)
+            bad.append((f.path, channel_mismatch(f.path, channels, detector.input_dim)))
+            continue
+        if snippets == 0:  # valid and explicit: listed with no detections (DESIGN §6.4)
+            logger.warning("%s: no snippets (zero-length video); no detections", f.path)
+        good.append(f)
     if bad and not args.skip_bad:
-        if len(bad) == 1 and len(files) == 1:
-            raise AMNetError(bad[0][1])
-        raise AMNetError(
-            f"{len(bad)} of {len(files)} feature files are bad; nothing was run "
-            f"(--skip-bad processes the others):\n{_bad_list(bad)}"
-        )
+        detector.close()
+        order = {f.path: i for i, f in enumerate(files)}
+        _refuse_bad(sorted(bad, key=lambda item: order[item[0]]), files)
     if not good:
+        detector.close()
         raise AMNetError(f"none of the {len(files)} feature files is usable:\n{_bad_list(bad)}")
 
     from tqdm import tqdm
