@@ -1,19 +1,22 @@
-"""``amnet-infer --workers N``: feature files on a local Ray cluster, as users run it (the console
-script in a separate process), with the same output as one process and resumable shards."""
+"""``amnet-infer --workers N``: feature files on Ray, as users run it (the console script in a
+separate process): on a local cluster the command starts itself, and on an existing cluster
+(``--ray-address``), with the same output as one process and resumable shards."""
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("ray", reason="the [scale] extra (Ray) is not installed")
-# Each Ray test starts a local cluster: run them on one pytest worker, one after another.
+# Ray tests start clusters: run them on one pytest worker, one after another.
 pytestmark = pytest.mark.xdist_group("ray")
 
 DIM = 2048
@@ -51,6 +54,20 @@ def corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A running Ray cluster, as a user's own that ``--ray-address`` joins: started here once
+    for the module (this process is its first driver) and stopped, with its processes, after."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+             log_to_driver=False)  # fmt: skip
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
 def reference(models, corpus, tmp_path_factory) -> str:
     # One thread, as each worker has: ONNX Runtime's thread count moves the last bits.
     out = tmp_path_factory.mktemp("reference") / "one_process.json"
@@ -69,14 +86,14 @@ def test_workers_give_the_single_process_output(models, corpus, reference, tmp_p
     assert not (tmp_path / "ray.json.parts").exists()  # shards removed once the output is in
 
 
-def test_a_stopped_job_resumes_where_it_stopped(models, corpus, reference, tmp_path):
+def test_a_stopped_job_resumes_where_it_stopped(models, corpus, reference, cluster, tmp_path):
     files = tmp_path / "files"
     shutil.copytree(corpus, files)
     broken = files / "video_3.npy"
     good = broken.read_bytes()
     broken.write_bytes(good[: len(good) // 2])  # truncated: the run stops, writes no output
     out = tmp_path / "out.json"
-    args = ["--engine", str(models["onnx"]), str(files), "--workers", "2"]
+    args = ["--engine", str(models["onnx"]), str(files), "--workers", "2", "--ray-address", cluster]
     proc = infer(*args, "-q", "-o", str(out))
     assert proc.returncode == 2 and "video_3.npy" in proc.stderr
     assert not out.exists()
@@ -106,13 +123,13 @@ def test_a_stopped_job_resumes_where_it_stopped(models, corpus, reference, tmp_p
     assert not (tmp_path / "out.json.parts").exists()
 
 
-def test_skip_bad_and_formats_on_workers(models, corpus, tmp_path):
+def test_skip_bad_and_formats_on_workers(models, corpus, cluster, tmp_path):
     files = tmp_path / "files"
     shutil.copytree(corpus, files)
     (files / "video_5.npy").write_bytes(b"not a numpy file")
     out = tmp_path / "out.jsonl"
     proc = infer("--engine", str(models["onnx"]), str(files), "--workers", "2", "--skip-bad",
-                 "--format", "jsonl", "-q", "-o", str(out))  # fmt: skip
+                 "--format", "jsonl", "-q", "-o", str(out), "--ray-address", cluster)  # fmt: skip
     assert proc.returncode == 3 and "video_5.npy" in proc.stderr
     ids = [json.loads(line)["video_id"] for line in out.read_text().splitlines()]
     assert ids == [f"video_{i}" for i in (0, 1, 2, 3, 4, 6)]
