@@ -9,22 +9,49 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # before torch is imported; an oversubscribed torch thread pool is many times slower.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared(
+    tmp_path_factory, name: str, build: Callable[[Path], dict[str, Path]]
+) -> dict[str, Path]:
+    """``build(folder)`` once per test run, for every pytest-xdist worker: the first worker to
+    get here builds it in the run's shared temporary folder while the others wait, then all
+    read it. Fixtures built this way are read-only for the tests."""
+    base = tmp_path_factory.getbasetemp()
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    root = base.parent  # this run's folder, shared by its workers (each has a folder under it)
+    folder, done = root / name, root / f"{name}.done.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            built = build(folder)
+            done.write_text(json.dumps({k: str(v) for k, v in built.items()}))
+    return {k: Path(v) for k, v in json.loads(done.read_text()).items()}
 
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """The tiny synthetic set (``amnet-synth --preset tiny --seed 0``: 80 training and 40 test
-    videos of 96-300 snippets, 5 classes), written once per session and read-only after."""
-    from amnet.cli.synth import main as synth_main
+    videos of 96-300 snippets, 5 classes), written once per test run and read-only after."""
 
-    out = tmp_path_factory.mktemp("tiny_dataset")
-    assert synth_main(["--out", str(out), "--preset", "tiny", "--seed", "0", "--quiet"]) == 0
-    return out
+    def build(out: Path) -> dict[str, Path]:
+        from amnet.cli.synth import main as synth_main
+
+        assert synth_main(["--out", str(out), "--preset", "tiny", "--seed", "0", "--quiet"]) == 0
+        return {"data": out}
+
+    return shared(tmp_path_factory, "tiny_dataset", build)["data"]
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +59,10 @@ def tiny_model(tmp_path_factory) -> dict[str, Path]:
     """An initialised tiny AMNet (``configs/tiny_cpu.yaml``, seed 0, the tiny preset's class
     names) as a checkpoint and as its ONNX export; for tests of the command line and runtime
     that need a real model but not a trained one."""
+    return shared(tmp_path_factory, "tiny_model", _build_tiny_model)
+
+
+def _build_tiny_model(base: Path) -> dict[str, Path]:
     import torch
 
     from amnet.checkpoint import save_checkpoint
@@ -40,7 +71,6 @@ def tiny_model(tmp_path_factory) -> dict[str, Path]:
     from amnet.model import AMNet
     from amnet.synth import preset_class_names
 
-    base = tmp_path_factory.mktemp("tiny_model")
     cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml")
     torch.manual_seed(0)
     net = AMNet.from_config(cfg)
@@ -54,6 +84,10 @@ def tiny_model(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def models(tmp_path_factory) -> dict[str, Path]:
     """A tiny AMNet trained for 2 epochs on 6 synthetic videos: its checkpoint and ONNX export."""
+    return shared(tmp_path_factory, "deploy_models", _build_trained_model)
+
+
+def _build_trained_model(base: Path) -> dict[str, Path]:
     import torch
 
     from amnet.config import load_config
@@ -61,7 +95,6 @@ def models(tmp_path_factory) -> dict[str, Path]:
     from amnet.synth import draw_layout, preset_class_names, write_dataset
     from amnet.train import train
 
-    base = tmp_path_factory.mktemp("deploy_models")
     data = base / "data"
     write_dataset(data, draw_layout("tiny", videos=6, seed=3), preset_class_names("tiny"), progress=False)  # fmt: skip
     cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml")

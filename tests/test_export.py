@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import run_main
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -66,6 +67,12 @@ def run_script(*args: str, script: str = "export/to_onnx.py", cwd: Path = ROOT):
         cwd=cwd,
         env=ENV,
     )
+
+
+def export_cli(*args: str) -> subprocess.CompletedProcess:
+    """``python export/to_onnx.py ARGS`` as ``main(argv)`` in this process (the script itself
+    runs in the ``exported`` fixture and the entry-point test)."""
+    return run_main("amnet.export.to_onnx", *args)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, prog: str = "to_onnx") -> str:
@@ -297,7 +304,7 @@ def test_highest_opset_tensorrt_parses_also_exports(tiny_ckpt, tmp_path):
 @pytest.mark.parametrize("opset", ["8", "21"])
 def test_opset_tensorrt_cannot_parse_is_refused_before_export(tiny_ckpt, tmp_path, opset):
     out = tmp_path / "m.onnx"
-    proc = run_script("--ckpt", str(tiny_ckpt), "--out", str(out), "--opset", opset)
+    proc = export_cli("--ckpt", str(tiny_ckpt), "--out", str(out), "--opset", opset)
     line = assert_one_line_error(proc)
     assert f"--opset {opset}" in line and "9..20" in line
     assert proc.returncode == 2 and not out.exists() and leftovers(tmp_path) == []
@@ -316,7 +323,7 @@ def test_bad_checkpoints(tmp_path):
     cases[foreign] = "not an AMNet checkpoint"
     for ckpt, message in cases.items():
         out = tmp_path / "m.onnx"
-        line = assert_one_line_error(run_script("--ckpt", str(ckpt), "--out", str(out)))
+        line = assert_one_line_error(export_cli("--ckpt", str(ckpt), "--out", str(out)))
         assert message in line and str(ckpt) in line
         assert not out.exists() and leftovers(tmp_path) == []
 
@@ -348,7 +355,7 @@ def test_unwritable_outputs(tiny_ckpt, tmp_path):
         # root ignores permission bits; sysfs still refuses new files.
         cases[Path("/sys/amnet-export-test.onnx")] = "cannot write"
     for out, message in cases.items():
-        line = assert_one_line_error(run_script("--ckpt", str(tiny_ckpt), "--out", str(out)))
+        line = assert_one_line_error(export_cli("--ckpt", str(tiny_ckpt), "--out", str(out)))
         assert message in line, line
         assert not out.is_file()
     assert leftovers(tmp_path) == []
@@ -356,7 +363,7 @@ def test_unwritable_outputs(tiny_ckpt, tmp_path):
 
 def test_failed_parity_exits_nonzero_and_leaves_no_file(tiny_ckpt, tmp_path):
     out = tmp_path / "m.onnx"
-    proc = run_script("--ckpt", str(tiny_ckpt), "--out", str(out), "--scores-atol", "1e-12")
+    proc = export_cli("--ckpt", str(tiny_ckpt), "--out", str(out), "--scores-atol", "1e-12")
     line = assert_one_line_error(proc)
     assert proc.returncode == 1 and "ONNX Runtime differs from PyTorch" in line
     assert not out.exists() and leftovers(tmp_path) == []
@@ -478,6 +485,6 @@ def test_detections_match_pytorch_on_short_exact_and_chunked_videos(trained):
 def test_no_ema_exports_the_raw_weights(trained, tmp_path):
     ckpt, _, _ = trained
     out = tmp_path / "raw.onnx"
-    proc = run_script("--ckpt", str(ckpt), "--out", str(out), "--no-ema")
+    proc = export_cli("--ckpt", str(ckpt), "--out", str(out), "--no-ema")
     assert proc.returncode == 0, proc.stderr
     assert read_onnx_metadata(out)["weights"] == "model"

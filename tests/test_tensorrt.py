@@ -25,8 +25,6 @@ pytest.importorskip("onnxruntime")
 import torch  # noqa: E402
 from onnx import helper  # noqa: E402
 
-from amnet.checkpoint import save_checkpoint  # noqa: E402
-from amnet.config import load_config  # noqa: E402
 from amnet.errors import AMNetError  # noqa: E402
 from amnet.export.to_tensorrt import cuda_device_count, profile_shapes  # noqa: E402
 from amnet.metadata import (  # noqa: E402
@@ -35,7 +33,6 @@ from amnet.metadata import (  # noqa: E402
     read_plan_metadata,
     write_plan_metadata,
 )
-from amnet.model import AMNet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
@@ -63,19 +60,9 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tmp_path_factory) -> Path:
+def tiny_onnx(tiny_model) -> Path:
     """An exported initialised tiny model."""
-    cfg = load_config(TINY)
-    torch.manual_seed(0)
-    model = AMNet.from_config(cfg)
-    folder = tmp_path_factory.mktemp("trt")
-    ckpt = folder / "tiny.pt"
-    names = ["a", "b", "c", "d", "e"]
-    save_checkpoint(ckpt, config=cfg, class_names=names, model=model.state_dict(), ema=None)
-    out = folder / "tiny.onnx"
-    proc = run_script("--ckpt", str(ckpt), "--out", str(out), script="export/to_onnx.py")
-    assert proc.returncode == 0, proc.stderr
-    return out
+    return tiny_model["onnx"]
 
 
 # --- CPU-checkable parts -----------------------------------------------------------------------
