@@ -2,11 +2,15 @@
 
     python benchmarks/bench_model.py train [--config configs/thumos14_i3d.yaml] [--iters 3]
     python benchmarks/bench_model.py infer [--dims 128,256,512,1024] [--length 2304]
+    python benchmarks/bench_model.py update [--config configs/thumos14_i3d.yaml] [--repeats 20]
 
 ``train``: seconds per training iteration (batch of ``loader.batch_size`` crops of
 ``max_seq_len`` snippets, forward + backward + AdamW step), the implied time per epoch on
 THUMOS14 (200 training videos → 100 iterations at batch 2) and the process's peak resident
 memory. ``infer``: snippets per second of one chunk through ``predict`` for each embedding width.
+``update``: the parameter updates that follow each backward pass, in the implementation
+``amnet-train`` uses and in the plain per-tensor loop, interleaved (median ms): AdamW's step
+(fused vs loop) and the EMA update (one multi-tensor lerp vs one lerp per tensor).
 Each measurement runs in its own process so that peak memory belongs to it alone.
 """
 
@@ -50,7 +54,7 @@ def measure_train(config: str, iters: int, overrides: dict, device: str = "cpu")
     from amnet.config import load_config
     from amnet.kernels import attention_backend
     from amnet.model import AMNet, AMNetLoss
-    from amnet.train import parameter_groups
+    from amnet.train import make_optimizer
 
     torch.manual_seed(0)
     cfg = load_config(ROOT / config)
@@ -58,7 +62,7 @@ def measure_train(config: str, iters: int, overrides: dict, device: str = "cpu")
     dev = torch.device(device)
     model = AMNet.from_config(cfg).to(dev).train()
     criterion = AMNetLoss(model, cfg["train_cfg"]).to(dev).train()
-    opt = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-4)
+    opt = make_optimizer(model, cfg["opt"])
     scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
     batch = cfg["loader"]["batch_size"]
     feats, lengths, segs, labels = synthetic_batch(cfg, batch, cfg["dataset"]["max_seq_len"])
@@ -124,6 +128,54 @@ def measure_infer(config: str, dim: int, length: int, repeats: int) -> dict:
     }
 
 
+def measure_update(config: str, repeats: int) -> dict:
+    """Milliseconds of AdamW's step and of the EMA update, as ``amnet-train`` runs them and as
+    the per-tensor loop, interleaved repeat by repeat (median)."""
+    import statistics
+
+    import torch
+
+    from amnet.config import load_config
+    from amnet.model import AMNet
+    from amnet.train import ModelEma, make_optimizer, parameter_groups
+
+    torch.manual_seed(0)
+    cfg = load_config(ROOT / config)
+    model = AMNet.from_config(cfg).train()
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    ema = ModelEma(model, cfg["train_cfg"]["ema_decay"])
+
+    def ema_loop() -> None:  # the per-tensor update
+        with torch.no_grad():
+            for e, v in zip(ema.module.state_dict().values(), model.state_dict().values(), strict=True):  # fmt: skip
+                if e.dtype.is_floating_point:
+                    e.lerp_(v, 1e-3)
+
+    optimizers = {
+        "adamw_fused": make_optimizer(model, cfg["opt"]),
+        "adamw_loop": torch.optim.AdamW(
+            parameter_groups(model, cfg["opt"]["weight_decay"]), lr=1e-4, foreach=False
+        ),
+    }
+    steps = {name: opt.step for name, opt in optimizers.items()}
+    steps.update({"ema_foreach": lambda: ema.update(model), "ema_loop": ema_loop})
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(repeats + 1):
+        for name, step in steps.items():
+            started = time.perf_counter()
+            step()
+            if i:  # the first round allocates the optimizer state
+                times[name].append(time.perf_counter() - started)
+    fused = optimizers["adamw_fused"].param_groups[0].get("fused")
+    return {
+        "config": config,
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "fused_available": bool(fused),
+        **{f"{name}_ms": 1e3 * statistics.median(t) for name, t in times.items()},
+    }
+
+
 def run_child(args: list[str]) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=True
@@ -135,7 +187,7 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("what", choices=["train", "infer"])
+    p.add_argument("what", choices=["train", "infer", "update"])
     p.add_argument("--config", default="configs/thumos14_i3d.yaml")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--dims", default="128,256,512,1024")
@@ -157,6 +209,21 @@ def main() -> None:
             )
         else:
             print(json.dumps(measure_infer(args.config, args.dim, args.length, args.repeats)))
+        return
+
+    if args.what == "update":
+        r = measure_update(args.config, args.repeats)
+        print(
+            f"{args.config} ({r['params_m']:.1f} M parameters), fused AdamW: {r['fused_available']}"
+        )
+        print("| update | as amnet-train runs it (ms) | per-tensor loop (ms) | speed-up |")
+        print("| --- | --- | --- | --- |")
+        for name, ours, loop in (("AdamW step", "adamw_fused", "adamw_loop"),
+                                 ("EMA", "ema_foreach", "ema_loop")):  # fmt: skip
+            a, b = r[f"{ours}_ms"], r[f"{loop}_ms"]
+            print(f"| {name} | {a:.1f} | {b:.1f} | {b / a:.2f}× |")
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(r, indent=1))
         return
 
     import torch
