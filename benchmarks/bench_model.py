@@ -3,6 +3,7 @@
     python benchmarks/bench_model.py train [--config configs/thumos14_i3d.yaml] [--iters 3]
     python benchmarks/bench_model.py infer [--dims 128,256,512,1024] [--length 2304]
     python benchmarks/bench_model.py update [--config configs/thumos14_i3d.yaml] [--repeats 20]
+    python benchmarks/bench_model.py flops [--config configs/thumos14_i3d.yaml] [--length 2304]
 
 ``train``: seconds per training iteration (batch of ``loader.batch_size`` crops of
 ``max_seq_len`` snippets, forward + backward + AdamW step), the implied time per epoch on
@@ -11,6 +12,8 @@ memory. ``infer``: snippets per second of one chunk through ``predict`` for each
 ``update``: the parameter updates that follow each backward pass, in the implementation
 ``amnet-train`` uses and in the plain per-tensor loop, interleaved (median ms): AdamW's step
 (fused vs loop) and the EMA update (one multi-tensor lerp vs one lerp per tensor).
+``flops``: floating-point operations of one window through ``predict`` (torch's FLOP counter:
+matmuls and convolutions), per top-level module and per snippet.
 Each measurement runs in its own process so that peak memory belongs to it alone.
 """
 
@@ -176,6 +179,35 @@ def measure_update(config: str, repeats: int) -> dict:
     }
 
 
+def measure_flops(config: str, length: int) -> dict:
+    """FLOPs of one ``length``-snippet window through ``predict``, by top-level module."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from amnet.config import load_config
+    from amnet.model import AMNet
+
+    torch.manual_seed(0)
+    cfg = load_config(ROOT / config)
+    model = AMNet.from_config(cfg).eval()
+    feats, lengths, _, _ = synthetic_batch(cfg, 1, length)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.predict(feats, lengths)
+    total = counter.get_total_flops()
+    counts = {
+        name.removeprefix("AMNet."): sum(c.values())
+        for name, c in counter.get_flop_counts().items()
+        if name.startswith("AMNet.")
+    }
+    # The outermost modules that ran (a ModuleList's children count under the list's name).
+    modules: dict[str, int] = {}
+    for name, flops in counts.items():
+        parts = name.split(".")
+        if not any(".".join(parts[:i]) in counts for i in range(1, len(parts))):
+            modules[parts[0]] = modules.get(parts[0], 0) + flops
+    return {"config": config, "length": length, "total": total, "modules": modules}
+
+
 def run_child(args: list[str]) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=True
@@ -187,7 +219,7 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("what", choices=["train", "infer", "update"])
+    p.add_argument("what", choices=["train", "infer", "update", "flops"])
     p.add_argument("--config", default="configs/thumos14_i3d.yaml")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--dims", default="128,256,512,1024")
@@ -211,6 +243,17 @@ def main() -> None:
             print(json.dumps(measure_infer(args.config, args.dim, args.length, args.repeats)))
         return
 
+    if args.what == "flops":
+        r = measure_flops(args.config, args.length)
+        print(f"{args.config}, one window of {r['length']} snippets: "
+              f"{r['total'] / 1e9:.1f} GFLOP, {r['total'] / r['length'] / 1e6:.1f} MFLOP per snippet")  # fmt: skip
+        print("| module | GFLOP | share |")
+        print("| --- | --- | --- |")
+        for name, flops in sorted(r["modules"].items(), key=lambda kv: -kv[1]):
+            print(f"| {name} | {flops / 1e9:.1f} | {flops / r['total']:.0%} |")
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(r, indent=1))
+        return
     if args.what == "update":
         r = measure_update(args.config, args.repeats)
         print(
