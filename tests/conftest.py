@@ -21,15 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def shared(
-    tmp_path_factory, name: str, build: Callable[[Path], dict[str, Path]]
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], dict[str, Path]]
 ) -> dict[str, Path]:
     """``build(folder)`` once per test run, for every pytest-xdist worker: the first worker to
     get here builds it in the run's shared temporary folder while the others wait, then all
     read it. Fixtures built this way are read-only for the tests."""
-    base = tmp_path_factory.getbasetemp()
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return build(tmp_path_factory.mktemp(name))
-    root = base.parent  # this run's folder, shared by its workers (each has a folder under it)
+    # This run's folder, shared by its workers (each has its own folder under it).
+    root = tmp_path_factory.getbasetemp().parent
     folder, done = root / name, root / f"{name}.done.json"
     with FileLock(str(root / f"{name}.lock")):
         if not done.exists():
