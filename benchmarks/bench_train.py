@@ -104,6 +104,15 @@ def ensure_data(data: Path) -> Path:
     return data
 
 
+def describe_data(data: Path) -> str:
+    """The table's account of the set: its folder and video count per subset."""
+    database = json.loads((data / "annotations.json").read_text())["database"]
+    counts: dict[str, int] = {}
+    for video in database.values():
+        counts[video.get("subset", "?")] = counts.get(video.get("subset", "?"), 0) + 1
+    return f"{data.name}, " + " + ".join(f"{n} {subset}" for subset, n in sorted(counts.items()))
+
+
 def evaluate_weights(model, cfg, dataset, device: str) -> tuple[dict[str, Any], float]:
     """mAP of every post-processing variant from one pass over the test split, and the seconds
     taken by the pass with the config's own post-processing."""
@@ -266,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     header = [
         f"command: `python benchmarks/bench_train.py {' '.join(argv if argv is not None else sys.argv[1:])}`  ",
         f"device: {device}; epochs {args.epochs}; crop (max_seq_len) {args.crop}; "
-        f"overrides: {', '.join(args.set) or 'none'}; data: 48 + 48 videos of the thumos14 layout",
+        f"overrides: {', '.join(args.set) or 'none'}; data: {describe_data(data)} videos",
     ]
     table = render(wanted, header)
     print("\n" + table)

@@ -181,9 +181,9 @@ def _expected_tiles(
     ("windows", "lengths", "t", "blocks"),
     [
         ([5], [1024], 1024, SMALL),  # a short window over a long clip: a band of tiles
-        ([19, 1], [700, 1000], 1000, gat.BlockSizes(16, 32, 32, 16)),
+        ([19, 1], [358, 512], 512, gat.BlockSizes(16, 32, 32, 16)),
         # dQ with its own tiles (a large query tile, small key tiles), unlike dK/dV's.
-        ([19, 5], [1000, 300], 1000, gat.BlockSizes(16, 16, 16, 64, dq_m=64, dq_n=16)),
+        ([19, 5], [512, 153], 512, gat.BlockSizes(16, 16, 16, 64, dq_m=64, dq_n=16)),
         ([0], [100, 0], 512, SMALL),  # a global head: nothing past the length
     ],
 )

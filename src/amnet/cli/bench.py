@@ -41,7 +41,8 @@ What it does (DESIGN §7):
    runs on different machines or loads compare.
 4. **Latency** (``--latency``): one synthetic video of each length T, in the backend's process
    after its rounds; median (and min) seconds of ``--repeats`` calls after one warm-up call.
-5. **Startup**: in a fresh process per backend, the time to ``import amnet.deploy`` and to
+5. **Startup**: measured as each backend's process starts (:mod:`amnet.cli.bench_worker`),
+   before it imports anything else of the runtime: the time to ``import amnet.deploy`` and to
    construct the Detector, the resident memory after, and whether torch got imported.
 
 A backend that fails makes the run exit 2 after the report (``--keep-going``: exit 0), as does a
@@ -52,13 +53,10 @@ run that measured nothing. Output: a table on stdout; with ``--json`` the last s
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
-import math
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -72,6 +70,7 @@ from typing import Any
 
 import numpy as np
 
+from amnet.cli.bench_worker import ANSWER
 from amnet.cli.common import OneLineParser, run_cli, setup_logging
 from amnet.errors import AMNetError
 from amnet.layouts import layout_path
@@ -100,9 +99,7 @@ BACKEND_OPTIONS: dict[str, dict[str, str]] = {
     "openvino-int8": {"runtime": "openvino"},
 }
 PRESETS = ("thumos14", "tiny")
-WARMUP_SNIPPETS = 64
 _WORKER_TIMEOUT_S = 3 * 3600
-_ANSWER = "AMNET-BENCH-ANSWER "
 
 
 def build_parser() -> OneLineParser:
@@ -155,149 +152,24 @@ def build_parser() -> OneLineParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="less logging")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     # Internal: a backend's measurement process (see _Worker).
-    parser.add_argument("--worker-loop", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
-# -- measurements inside a worker process ---------------------------------------------------
-
-
-def _proc_status_mb(field: str) -> float | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process.
-
-    Linux: ``VmHWM``, the high-water mark of this process's own address space. Not
-    ``getrusage``'s ``ru_maxrss``: across fork + exec it carries over the parent's peak, so a
-    small worker started by a large parent would report the parent's memory.
-    """
-    peak = _proc_status_mb("VmHWM")
-    if peak is not None:
-        return peak
-    value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return value / 1024 if sys.platform != "darwin" else value / 2**20
-
-
-def _open_detector(spec: Mapping[str, Any], opened: dict[str, Any]) -> tuple[Any, float]:
-    """The worker's Detector for ``spec`` (opened on first use, kept for the next rounds and
-    the latency runs) and the seconds its opening took."""
-    from amnet.deploy.detector import Detector
-
-    key = json.dumps([spec["model"], spec["device"], spec["threads"], spec["options"]])
-    if key not in opened:
-        began = time.perf_counter()
-        detector = Detector(
-            spec["model"], spec["device"], intra_op_threads=spec["threads"], **spec["options"]
-        )
-        opened[key] = (detector, time.perf_counter() - began)
-    return opened[key]
-
-
-def _worker_throughput(spec: Mapping[str, Any], opened: dict[str, Any]) -> dict[str, Any]:
-    from amnet.fileio import atomic_write_json, read_features
-    from amnet.results import results_to_json
-
-    detector, load_s = _open_detector(spec, opened)
-    files = [Path(p) for p in spec["features"]]
-    first = read_features(files[0], detector.input_dim)
-    detector.detect_raw(first[:WARMUP_SNIPPETS])
-    del first
-    results = {}
-    snippets = 0
-    began = time.perf_counter()
-    for path in files:
-        feats = read_features(path, detector.input_dim)
-        results[path.stem] = detector.detect_raw(feats)
-        snippets += feats.shape[0]
-    atomic_write_json(spec["results"], results_to_json(results, detector.class_names))
-    seconds = time.perf_counter() - began
-    return {
-        "videos": len(files),
-        "snippets": snippets,
-        "seconds": seconds,
-        "snippets_per_s": snippets / seconds if seconds > 0 else math.inf,
-        "peak_rss_mb": _peak_rss_mb(),
-        "load_s": load_s,
-        "device": detector.device,
-    }
-
-
-def _worker_latency(spec: Mapping[str, Any], opened: dict[str, Any]) -> dict[str, Any]:
-    detector, _ = _open_detector(spec, opened)
-    rows = []
-    for path in spec["latency"]:
-        feats = np.load(path, allow_pickle=False)
-        detector.detect_raw(feats)  # warm-up: first call at this shape
-        times = []
-        for _ in range(int(spec["repeats"])):
-            began = time.perf_counter()
-            detector.detect_raw(feats)
-            times.append(time.perf_counter() - began)
-        rows.append(
-            {
-                "snippets": int(feats.shape[0]),
-                "median_s": statistics.median(times),
-                "min_s": min(times),
-                "runs": len(times),
-            }
-        )
-    return {"latency": rows, "peak_rss_mb": _peak_rss_mb()}
-
-
-_STARTUP_CODE = """
-import json, sys, time
-t0 = time.perf_counter()
-import amnet.deploy
-t1 = time.perf_counter()
-det = amnet.deploy.Detector(sys.argv[1], sys.argv[2], intra_op_threads={threads}, **{options})
-t2 = time.perf_counter()
-torch_imported = "torch" in sys.modules
-rss = None
-with open("/proc/self/status") as handle:
-    for line in handle:
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1]) / 1024
-print(json.dumps({{"import_s": t1 - t0, "construct_s": t2 - t1, "rss_mb": rss,
-                  "torch_imported": torch_imported}}))
-"""
-
-
-def _run_startup(spec: Mapping[str, Any], work: Path, name: str) -> dict[str, Any]:
-    """Start-up in a fresh interpreter; its last stdout line is the JSON answer."""
-    code = _STARTUP_CODE.format(threads=repr(spec["threads"]), options=repr(spec["options"]))
-    cmd = [sys.executable, "-c", code, str(spec["model"]), spec["device"]]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=_WORKER_TIMEOUT_S, cwd=work, check=False
-    )
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
-        raise AMNetError(f"{name} startup run failed (exit {proc.returncode}): {tail}")
-    return json.loads(lines[-1])
+# -- the backends' processes ----------------------------------------------------------------
 
 
 class _Worker:
-    """One backend's measurement process, started once and kept for all its rounds and its
-    latency runs (the model is opened once, and the peak RSS is the backend's own). It reads
-    one JSON spec per stdin line and answers with one stdout line that starts with
-    ``_ANSWER``; other output (a library's print) is ignored, stderr goes to a log file in the
-    work folder."""
+    """One backend's measurement process (:mod:`amnet.cli.bench_worker`), started once and
+    kept for all its rounds and its latency runs. Its stderr goes to a log file in the work
+    folder."""
 
     def __init__(self, work: Path, name: str) -> None:
         self.name = name
+        self.startup: dict[str, Any] | None = None
         self.log = work / f"worker_{name}.log"
         self._stderr = open(self.log, "w", encoding="utf-8")  # noqa: SIM115 (closed by close())
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "amnet.cli.bench", "--worker-loop"],
+            [sys.executable, "-m", "amnet.cli.bench_worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
@@ -317,8 +189,8 @@ class _Worker:
 
         def read() -> None:  # on a thread: a hung worker must not hang the benchmark
             for line in self.proc.stdout:  # type: ignore[union-attr]
-                if line.startswith(_ANSWER):
-                    lines.append(line[len(_ANSWER) :])
+                if line.startswith(ANSWER):
+                    lines.append(line[len(ANSWER) :])
                     return
 
         reader = threading.Thread(target=read, daemon=True)
@@ -334,6 +206,8 @@ class _Worker:
                 code = None
             raise AMNetError(f"{what} failed (exit {code}): {self._last_error()}")
         answer = json.loads(lines[0])
+        if "startup" in answer:  # sent once, with the answer after its first Detector opened
+            self.startup = answer.pop("startup")
         if "error" in answer:
             raise AMNetError(f"{what} failed: {answer['error']}")
         return answer
@@ -383,21 +257,6 @@ def _matmul_gflops(threads: int | None, size: int = 1024, repeats: int = 5) -> f
     if torch is not None:
         torch.set_num_threads(previous)
     return 2 * size**3 / statistics.median(times) / 1e9
-
-
-def _worker_loop() -> int:
-    """``--worker-loop``: answer one JSON spec per stdin line until stdin closes. A failed
-    measurement is answered as ``{"error": ...}`` (the parent fails that backend)."""
-    opened: dict[str, Any] = {}
-    measure = {"throughput": _worker_throughput, "latency": _worker_latency}
-    for line in sys.stdin:
-        spec = json.loads(line)
-        try:
-            answer = measure[spec["mode"]](spec, opened)
-        except Exception as exc:  # reported to the parent, in one line
-            answer = {"error": f"{type(exc).__name__}: {exc}"}
-        print(_ANSWER + json.dumps(answer), flush=True)
-    return 0
 
 
 # -- preparation (parent process) ------------------------------------------------------------
@@ -715,8 +574,6 @@ def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, 
 
 def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    if args.worker_loop:
-        return _worker_loop()
     setup_logging(args.verbose, args.quiet)
     if not (args.config or args.engine):
         raise AMNetError("give --config CFG or --engine MODEL")
@@ -831,8 +688,10 @@ def _bench(args: Any, wanted: list[str], lengths: list[int], work: Path) -> int:
                     answer = workers[name].ask(spec)
                     latency.extend({"backend": name, **r} for r in answer["latency"])
                 if name in workers:  # its memory back before the next backend's runs
-                    workers.pop(name).close()
-                startup.append({"backend": name, **_run_startup(base, work, name)})
+                    worker = workers.pop(name)
+                    worker.close()
+                    if worker.startup is not None:
+                        startup.append({"backend": name, **worker.startup})
             except AMNetError as exc:
                 failed[name] = str(exc)
                 logger.warning("%s: failed (%s)", name, exc)
