@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -21,6 +22,7 @@ from amnet.kernels import (
     attention_backend,
     group_attention,
     group_attention_reference,
+    reference,
     visibility_mask,
 )
 
@@ -468,16 +470,30 @@ def test_wide_heads_take_the_reference_unless_triton_is_forced(
     ("t", "windows"),
     [(300, [0, 0, 9, 9, 0, 0, 9, 9]), (37, [5, 0, 3, 0]), (5, [19, 0]), (1, [9, 9]), (64, [2, 1])],
 )
-def test_the_band_equals_the_dense_form(t, windows):
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "traced"])
+def test_the_band_equals_the_dense_form(t, windows, traced):
     """The model's CPU/ONNX path (windows as a list: windowed heads on their band only) gives
     the dense definition's outputs and gradients, for windows wider than the video, even
-    windows, videos of length 0 and 1."""
+    windows, videos of length 0 and 1: run eagerly (the band one diagonal at a time) and traced
+    as ONNX export traces it (the band gathered, then two matrix products per run of heads)."""
     gen = torch.Generator().manual_seed(t)
     q, k, v = (
         torch.randn(3, len(windows), t, 16, generator=gen, requires_grad=True) for _ in range(3)
     )
     lengths = torch.tensor([t, max(t // 2, 1), 0])
-    band = group_attention_reference(q, k, v, windows, lengths)
+
+    def banded(q, k, v):
+        return group_attention_reference(q, k, v, windows, lengths)
+
+    if traced:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the trace's notes on Python ints it bakes in
+            fn = torch.jit.trace(banded, (q, k, v), check_trace=False)
+        runs = len(reference._runs(windows))
+        assert str(fn.graph).count("aten::matmul") == 2 * runs
+        band = fn(q, k, v)
+    else:
+        band = banded(q, k, v)
     dense = group_attention_reference(q, k, v, torch.tensor(windows), lengths)
     torch.testing.assert_close(band, dense, atol=1e-5, rtol=0)
     grads_band = torch.autograd.grad(band.square().sum(), (q, k, v))

@@ -1,0 +1,216 @@
+"""Windowed attention on a CPU, the two forms of the band (``amnet.kernels.reference``) side by
+side: shifted products, one diagonal at a time, against the band gathered into
+``[B, H, T, S, Dh]`` keys and values and multiplied. The model runs the shifted form eagerly and
+exports the gathered one; this measures why.
+
+    python benchmarks/bench_band.py [--threads 2] [--rounds 5] [--json]
+
+Three measurements, the two forms side by side and interleaved in one process:
+
+1. the windowed attention alone (``group_attention_reference`` on windowed heads), forward and
+   forward + backward, at the tiny model's training shape, the paper model's training crop and
+   its inference window;
+2. the paper-size model (``configs/thumos14_i3d.yaml``, initialised) through ``predict`` on one
+   2,304-snippet window in PyTorch;
+3. the same model exported to ONNX with each form and run by ONNX Runtime on that window
+   (``--ckpt`` a checkpoint to export instead of an initialised model).
+
+Reported: median milliseconds, the ratio, and the largest output difference between the forms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import amnet.kernels.reference as reference
+from amnet.kernels.reference import group_attention_reference
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _form(inner: Callable) -> Callable:
+    """``reference._banded`` pinned to one of its two forms, in eager runs and in export."""
+
+    def banded(q, k, v, window, lengths, scale):
+        half, t = window // 2, q.shape[-2]
+        bias = reference._band_bias(t, half, lengths, q.device)
+        return inner(q.float() * scale, k.float(), v.float(), t, half, bias)
+
+    return banded
+
+
+FORMS: dict[str, Callable] = {
+    "gathered": _form(reference._banded_gathered),
+    "shifted": _form(reference._banded_shifted),
+}
+CHOSEN = reference._banded  # eager: shifted; traced for export: gathered
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times) * 1e3
+
+
+def _time_forms(q, k, v, windows, lengths, rounds: int) -> tuple[dict, float]:
+    """Median ms of each form, forward and forward + backward, interleaved over ``rounds``;
+    and the largest output difference between the forms."""
+    times: dict[str, dict[str, list[float]]] = {f: {"fwd": [], "fwd+bwd": []} for f in FORMS}
+    grads = [x.clone().requires_grad_() for x in (q, k, v)]
+
+    def forward() -> torch.Tensor:
+        return group_attention_reference(q, k, v, windows, lengths)
+
+    def forward_backward() -> None:
+        group_attention_reference(*grads, windows, lengths).sum().backward()
+
+    outs = {}
+    for _ in range(rounds):
+        for form, fn in FORMS.items():
+            reference._banded = fn
+            outs[form] = forward()
+            times[form]["fwd"].append(_median_ms(forward, 3))
+            times[form]["fwd+bwd"].append(_median_ms(forward_backward, 3))
+    reference._banded = CHOSEN
+    return times, float((outs["gathered"] - outs["shifted"]).abs().max())
+
+
+def attention_rows(rounds: int) -> list[dict]:
+    shapes = [  # (name, B, H windowed, T, Dh, window)
+        ("tiny model, training", 4, 2, 256, 16, 9),
+        ("paper model, training crop", 2, 2, 288, 128, 19),
+        ("paper model, inference window", 1, 2, 2304, 128, 19),
+    ]
+    rows = []
+    for name, b, h, t, dh, w in shapes:
+        gen = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(b, h, t, dh, generator=gen) for _ in range(3))
+        lengths = torch.tensor([t] + [t * 2 // 3] * (b - 1))
+        times, diff = _time_forms(q, k, v, [w] * h, lengths, rounds)
+        for mode in ("fwd", "fwd+bwd"):
+            old, new = (statistics.median(times[f][mode]) for f in FORMS)
+            rows.append({"shape": name, "B": b, "H": h, "T": t, "Dh": dh, "window": w,
+                         "pass": mode, "gathered_ms": old, "shifted_ms": new,
+                         "speedup": old / new, "max_diff": diff})  # fmt: skip
+    return rows
+
+
+def _paper_checkpoint(folder: Path, ckpt: str | None) -> Path:
+    if ckpt:
+        return Path(ckpt)
+    from amnet.checkpoint import save_checkpoint
+    from amnet.config import load_config
+    from amnet.model import AMNet
+
+    cfg = load_config(ROOT / "configs" / "thumos14_i3d.yaml")
+    torch.manual_seed(0)
+    model = AMNet.from_config(cfg)
+    names = [f"class_{i}" for i in range(cfg["dataset"]["num_classes"])]
+    path = folder / "paper.pt"
+    save_checkpoint(path, config=cfg, class_names=names, model=model.state_dict(), ema=None)
+    return path
+
+
+def model_rows(ckpt: Path, rounds: int, folder: Path) -> list[dict]:
+    import onnx
+    import onnxruntime as ort
+
+    from amnet.checkpoint import load_model
+    from amnet.export.to_onnx import export_onnx
+
+    model, cfg, _ = load_model(ckpt)
+    length = int(cfg["dataset"]["max_seq_len"])
+    rng = np.random.default_rng(0)
+    feats = np.abs(rng.normal(0, 0.2, (1, length, cfg["dataset"]["input_dim"]))).astype(np.float32)
+    lens = np.array([length], dtype=np.int64)
+    x, xl = torch.from_numpy(feats), torch.from_numpy(lens)
+    feed = {"features": feats, "lengths": lens}
+
+    sessions, nodes = {}, {}
+    for form, fn in FORMS.items():
+        reference._banded = fn
+        path = export_onnx(ckpt, folder / f"{form}.onnx", parity=False).path
+        nodes[form] = len(onnx.load(str(path), load_external_data=False).graph.node)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        sessions[form] = ort.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+    torch_ms: dict[str, list[float]] = {f: [] for f in FORMS}
+    ort_ms: dict[str, list[float]] = {f: [] for f in FORMS}
+    outs: dict[str, dict[str, tuple]] = {"torch": {}, "onnxruntime": {}}
+    for _ in range(rounds):
+        for form, fn in FORMS.items():
+            reference._banded = fn
+            with torch.inference_mode():
+                torch_ms[form].append(_median_ms(lambda: model.predict(x, xl), 1))
+                outs["torch"][form] = tuple(t.numpy() for t in model.predict(x, xl))
+            session = sessions[form]
+            ort_ms[form].append(_median_ms(lambda session=session: session.run(None, feed), 1))
+            outs["onnxruntime"][form] = tuple(session.run(None, feed))
+    reference._banded = CHOSEN
+    rows = []
+    for runtime, times in (("torch", torch_ms), ("onnxruntime", ort_ms)):
+        old, new = (statistics.median(times[f]) for f in FORMS)
+        diff = max(
+            float(np.max(np.abs(a - b)))
+            for a, b in zip(outs[runtime]["gathered"], outs[runtime]["shifted"], strict=True)
+        )
+        rows.append({"runtime": runtime, "T": length, "gathered_ms": old, "shifted_ms": new,
+                     "speedup": old / new, "max_diff": diff,
+                     "nodes": nodes if runtime == "onnxruntime" else None})  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median reported)")
+    p.add_argument("--ckpt", help="export and time this checkpoint instead of an initialised one")
+    p.add_argument("--json", action="store_true", help="last stdout line: the results as JSON")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    attention = attention_rows(args.rounds)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = model_rows(_paper_checkpoint(Path(tmp), args.ckpt), args.rounds, Path(tmp))
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{args.threads} threads, {args.rounds} interleaved rounds, median")  # fmt: skip
+    print("| windowed attention | pass | gathered ms | shifted ms | speed-up | max |Δ| |")
+    print("|---|---|---|---|---|---|")
+    for r in attention:
+        print(f"| {r['shape']} (B {r['B']}, H {r['H']}, T {r['T']}, Dh {r['Dh']}, w {r['window']}) "
+              f"| {r['pass']} | {r['gathered_ms']:.2f} | {r['shifted_ms']:.2f} "
+              f"| {r['speedup']:.2f}x | {r['max_diff']:.1e} |")  # fmt: skip
+    print("\n| paper-size model, one window | gathered ms | shifted ms | speed-up | max |Δ| |")
+    print("|---|---|---|---|---|")
+    for r in model:
+        extra = (
+            f" ({r['nodes']['gathered']:,} -> {r['nodes']['shifted']:,} nodes)"
+            if r["nodes"]
+            else ""
+        )
+        print(f"| {r['runtime']}, T {r['T']}{extra} | {r['gathered_ms']:.0f} | {r['shifted_ms']:.0f} "
+              f"| {r['speedup']:.2f}x | {r['max_diff']:.1e} |")  # fmt: skip
+    if args.json:
+        print(json.dumps({"threads": args.threads, "rounds": args.rounds,
+                          "attention": attention, "model": model}))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
