@@ -12,8 +12,9 @@ Three measurements, the two forms side by side and interleaved in one process:
    its inference window;
 2. the paper-size model (``configs/thumos14_i3d.yaml``, initialised) through ``predict`` on one
    2,304-snippet window in PyTorch;
-3. the same model exported to ONNX with each form and run by ONNX Runtime on that window
-   (``--ckpt`` a checkpoint to export instead of an initialised model).
+3. the same model exported to ONNX with each form and run on that window by ONNX Runtime (fp32
+   and dynamic INT8) and OpenVINO bf16 where installed (``--ckpt`` a checkpoint to export
+   instead of an initialised model).
 
 Reported: median milliseconds, the ratio, and the largest output difference between the forms.
 """
@@ -126,9 +127,36 @@ def _paper_checkpoint(folder: Path, ckpt: str | None) -> Path:
     return path
 
 
+def _runners(path: Path, threads: int, feed: dict) -> dict[str, Callable[[], tuple]]:
+    """The exported graph in each CPU runtime the project ships: ONNX Runtime fp32 and
+    dynamic INT8, and OpenVINO bf16 where it is installed and the CPU has bfloat16."""
+    import onnxruntime as ort
+
+    from amnet.export.quantize import quantize_int8
+
+    def ort_run(model: Path) -> Callable[[], tuple]:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        return lambda: tuple(session.run(None, feed))
+
+    int8 = path.with_suffix(".int8.onnx")
+    quantize_int8(path, int8)
+    runners = {"onnxruntime": ort_run(path), "onnxruntime-int8": ort_run(int8)}
+    try:
+        import openvino as ov
+    except ImportError:
+        return runners
+    core = ov.Core()
+    if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        config = {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": threads}
+        compiled = core.compile_model(str(path), "CPU", config)
+        runners["openvino-bf16"] = lambda: tuple(compiled(feed).values())
+    return runners
+
+
 def model_rows(ckpt: Path, rounds: int, folder: Path) -> list[dict]:
     import onnx
-    import onnxruntime as ort
 
     from amnet.checkpoint import load_model
     from amnet.export.to_onnx import export_onnx
@@ -141,39 +169,37 @@ def model_rows(ckpt: Path, rounds: int, folder: Path) -> list[dict]:
     x, xl = torch.from_numpy(feats), torch.from_numpy(lens)
     feed = {"features": feats, "lengths": lens}
 
-    sessions, nodes = {}, {}
+    def torch_run() -> tuple:
+        with torch.inference_mode():
+            return tuple(t.numpy() for t in model.predict(x, xl))
+
+    runners: dict[str, dict[str, Callable[[], tuple]]] = {}  # form -> runtime -> run
+    nodes = {}
     for form, fn in FORMS.items():
         reference._banded = fn
         path = export_onnx(ckpt, folder / f"{form}.onnx", parity=False).path
         nodes[form] = len(onnx.load(str(path), load_external_data=False).graph.node)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        sessions[form] = ort.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
-        )
-    torch_ms: dict[str, list[float]] = {f: [] for f in FORMS}
-    ort_ms: dict[str, list[float]] = {f: [] for f in FORMS}
-    outs: dict[str, dict[str, tuple]] = {"torch": {}, "onnxruntime": {}}
+        runners[form] = {"torch": torch_run, **_runners(path, torch.get_num_threads(), feed)}
+    runtimes = list(runners["shifted"])
+    times = {(f, r): [] for f in FORMS for r in runtimes}
+    outs = {}
     for _ in range(rounds):
-        for form, fn in FORMS.items():
-            reference._banded = fn
-            with torch.inference_mode():
-                torch_ms[form].append(_median_ms(lambda: model.predict(x, xl), 1))
-                outs["torch"][form] = tuple(t.numpy() for t in model.predict(x, xl))
-            session = sessions[form]
-            ort_ms[form].append(_median_ms(lambda session=session: session.run(None, feed), 1))
-            outs["onnxruntime"][form] = tuple(session.run(None, feed))
+        for runtime in runtimes:
+            for form, fn in FORMS.items():
+                reference._banded = fn  # the eager model's form (the graphs are fixed)
+                times[form, runtime].append(_median_ms(runners[form][runtime], 1))
+                outs[form, runtime] = runners[form][runtime]()
     reference._banded = CHOSEN
     rows = []
-    for runtime, times in (("torch", torch_ms), ("onnxruntime", ort_ms)):
-        old, new = (statistics.median(times[f]) for f in FORMS)
+    for runtime in runtimes:
+        old, new = (statistics.median(times[f, runtime]) for f in FORMS)
         diff = max(
-            float(np.max(np.abs(a - b)))
-            for a, b in zip(outs[runtime]["gathered"], outs[runtime]["shifted"], strict=True)
+            float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+            for a, b in zip(outs["gathered", runtime], outs["shifted", runtime], strict=True)
         )
         rows.append({"runtime": runtime, "T": length, "gathered_ms": old, "shifted_ms": new,
                      "speedup": old / new, "max_diff": diff,
-                     "nodes": nodes if runtime == "onnxruntime" else None})  # fmt: skip
+                     "nodes": nodes if runtime != "torch" else None})  # fmt: skip
     return rows
 
 
