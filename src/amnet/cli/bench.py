@@ -151,7 +151,6 @@ def build_parser() -> OneLineParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="less logging")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    # Internal: a backend's measurement process (see _Worker).
     return parser
 
 
