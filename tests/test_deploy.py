@@ -442,6 +442,11 @@ def test_a_backend_process_that_dies_or_hangs_fails_in_one_line(tmp_path, models
     try:
         first = worker.ask(spec)
         assert first["latency"] == [] and first["peak_rss_mb"] > 0
+        # Its start was measured as it opened the first Detector, before anything else ran.
+        assert set(worker.startup) == {"import_s", "construct_s", "rss_mb", "torch_imported"}
+        assert worker.startup["torch_imported"] is False and worker.startup["construct_s"] > 0
+        with pytest.raises(AMNetError, match="onnxruntime nope run failed: KeyError"):
+            worker.ask({**spec, "mode": "nope"})  # a spec it cannot read
         with pytest.raises(AMNetError, match=r"onnxruntime latency run failed: .*no_such\.onnx"):
             worker.ask({**spec, "model": str(tmp_path / "no_such.onnx")})
         assert worker.ask(spec)["latency"] == []  # a failed measurement leaves it usable

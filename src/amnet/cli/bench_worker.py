@@ -145,7 +145,7 @@ class _Measurements:
         }
         try:
             answer = measure[spec["mode"]](spec)
-        except Exception as exc:  # reported to the benchmark, in one line
+        except Exception as exc:  # reported to the benchmark, in one line (a bad spec too)
             answer = {"error": f"{type(exc).__name__}: {exc}"}
         if self.startup is not None and not self.startup_sent:
             answer["startup"] = self.startup
@@ -159,7 +159,13 @@ def main() -> int:
 
     state = _Measurements(time.perf_counter() - began)
     for line in sys.stdin:
-        print(ANSWER + json.dumps(state.answer(json.loads(line))), flush=True)
+        try:
+            spec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            answer = {"error": f"not a JSON spec: {exc}"}
+        else:
+            answer = state.answer(spec)
+        print(ANSWER + json.dumps(answer), flush=True)
     return 0
 
 
