@@ -474,8 +474,9 @@ def test_wide_heads_take_the_reference_unless_triton_is_forced(
 def test_the_band_equals_the_dense_form(t, windows, traced):
     """The model's CPU/ONNX path (windows as a list: windowed heads on their band only) gives
     the dense definition's outputs and gradients, for windows wider than the video, even
-    windows, videos of length 0 and 1: run eagerly (the band one diagonal at a time) and traced
-    as ONNX export traces it (the band gathered, then two matrix products per run of heads)."""
+    windows, videos of length 0 and 1: run eagerly (the band one diagonal at a time, global
+    heads through PyTorch's fused attention) and traced as ONNX export traces it (the band
+    gathered and global heads written out: two matrix products per run of heads)."""
     gen = torch.Generator().manual_seed(t)
     q, k, v = (
         torch.randn(3, len(windows), t, 16, generator=gen, requires_grad=True) for _ in range(3)

@@ -52,6 +52,26 @@ def _key_bias(lengths: torch.Tensor, t_k: int) -> torch.Tensor:
     return torch.where(keys < lengths.view(-1, 1), 0.0, _MASKED).view(-1, 1, 1, t_k)
 
 
+def _tracing() -> bool:
+    """True while a graph is being recorded (ONNX export): the explicit forms are traced."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def _dense_explicit(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    windows: torch.Tensor | None,
+    key_bias: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Scores, biases, softmax and the product with v, written out (what export traces)."""
+    scores = torch.matmul(q.float() * scale, k.float().transpose(-1, -2))
+    if windows is not None:
+        scores = scores + _window_bias(windows, q.shape[-2], k.shape[-2], q.device)
+    return torch.matmul(torch.softmax(scores + key_bias, dim=-1), v.float())
+
+
 def _dense(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -60,11 +80,18 @@ def _dense(
     key_bias: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """Attention over the full ``[T, T]`` scores (global heads; ``windows`` None: no window)."""
-    scores = torch.matmul(q.float() * scale, k.float().transpose(-1, -2))
-    if windows is not None:
-        scores = scores + _window_bias(windows, q.shape[-2], k.shape[-2], q.device)
-    return torch.matmul(torch.softmax(scores + key_bias, dim=-1), v.float())
+    """Attention over the full ``[T, T]`` scores (global heads; ``windows`` None: no window).
+
+    Global heads run eagerly through PyTorch's fused attention with the key bias as its additive
+    mask: the same arithmetic without the ``[T, T]`` score tensor and its passes (on a CPU the
+    paper-size model 1.22x faster on a window, benchmarks/bench_attention_forms.py). Traced for
+    export, and for windows given as a tensor (the definition the kernel is tested against), the
+    explicit form."""
+    if windows is None and not _tracing():
+        return torch.nn.functional.scaled_dot_product_attention(
+            q.float(), k.float(), v.float(), attn_mask=key_bias, scale=scale
+        )
+    return _dense_explicit(q, k, v, windows, key_bias, scale)
 
 
 def _band_bias(t: int, half: int, lengths: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -122,7 +149,7 @@ def _banded(
     outside the video get the same bias as in the dense form, so the result equals it up to
     rounding.
 
-    Two forms of the same arithmetic, each where it is faster (benchmarks/bench_band.py): run
+    Two forms of the same arithmetic, each where it is faster (benchmarks/bench_attention_forms.py): run
     eagerly (training and the PyTorch backend on a CPU), one diagonal at a time, 1.6-9x faster
     than the gathered form and without its ``[B, H, T, S, Dh]`` copies; traced for export, the
     gathered form: across the exported runtimes the two measured mixed (INT8 slower shifted),
@@ -131,7 +158,7 @@ def _banded(
     half, t = window // 2, q.shape[-2]
     bias = _band_bias(t, half, lengths, q.device)
     q_scaled, k32, v32 = q.float() * scale, k.float(), v.float()
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if _tracing():
         return _banded_gathered(q_scaled, k32, v32, t, half, bias)
     return _banded_shifted(q_scaled, k32, v32, t, half, bias)
 

@@ -1,20 +1,21 @@
-"""Windowed attention on a CPU, the two forms of the band (``amnet.kernels.reference``) side by
-side: shifted products, one diagonal at a time, against the band gathered into
-``[B, H, T, S, Dh]`` keys and values and multiplied. The model runs the shifted form eagerly and
-exports the gathered one; this measures why.
+"""The reference attention's eager and traced forms on a CPU (``amnet.kernels.reference``), side
+by side. Run eagerly (CPU training, the PyTorch backend) windowed heads take the band one
+diagonal at a time ("shifted") and global heads go through PyTorch's fused attention ("fused");
+traced for ONNX export, the band is gathered into ``[B, H, T, S, Dh]`` keys and values and
+multiplied ("gathered") and global heads are written out ("explicit"). This measures why.
 
-    python benchmarks/bench_band.py [--threads 2] [--rounds 5] [--json]
+    python benchmarks/bench_attention_forms.py [--threads 2] [--rounds 5] [--json]
 
-Three measurements, the two forms side by side and interleaved in one process:
+Three measurements, the forms interleaved round by round in one process:
 
-1. the windowed attention alone (``group_attention_reference`` on windowed heads), forward and
-   forward + backward, at the tiny model's training shape, the paper model's training crop and
-   its inference window;
+1. the attention alone (``group_attention_reference``), windowed heads (gathered vs shifted)
+   and global heads (explicit vs fused), forward and forward + backward, at the tiny model's
+   training shape, the paper model's training crop and its inference window;
 2. the paper-size model (``configs/thumos14_i3d.yaml``, initialised) through ``predict`` on one
-   2,304-snippet window in PyTorch;
-3. the same model exported to ONNX with each form and run on that window by ONNX Runtime (fp32
-   and dynamic INT8) and OpenVINO bf16 where installed (``--ckpt`` a checkpoint to export
-   instead of an initialised model).
+   2,304-snippet window in PyTorch: each change alone and both;
+3. the same model exported to ONNX with each band form and run on that window by ONNX Runtime
+   (fp32 and dynamic INT8) and OpenVINO bf16 where installed (``--ckpt`` a checkpoint to
+   export instead of an initialised model).
 
 Reported: median milliseconds, the ratio, and the largest output difference between the forms.
 """
@@ -51,11 +52,18 @@ def _form(inner: Callable) -> Callable:
     return banded
 
 
-FORMS: dict[str, Callable] = {
+BAND: dict[str, Callable] = {
     "gathered": _form(reference._banded_gathered),
     "shifted": _form(reference._banded_shifted),
 }
-CHOSEN = reference._banded  # eager: shifted; traced for export: gathered
+GLOBAL: dict[str, Callable] = {"explicit": reference._dense_explicit, "fused": reference._dense}
+CHOSEN = (reference._banded, reference._dense)  # what the model uses (eager / traced)
+
+
+def _use(band: str | None, global_: str | None) -> None:
+    """Pin the forms (None: the model's own choice)."""
+    reference._banded = BAND[band] if band else CHOSEN[0]
+    reference._dense = GLOBAL[global_] if global_ else CHOSEN[1]
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -68,10 +76,10 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def _time_forms(q, k, v, windows, lengths, rounds: int) -> tuple[dict, float]:
-    """Median ms of each form, forward and forward + backward, interleaved over ``rounds``;
-    and the largest output difference between the forms."""
-    times: dict[str, dict[str, list[float]]] = {f: {"fwd": [], "fwd+bwd": []} for f in FORMS}
+def _time_forms(q, k, v, windows, lengths, forms: dict, rounds: int) -> tuple[dict, float]:
+    """Median ms of each form (name -> (band, global)), forward and forward + backward,
+    interleaved over ``rounds``; and the largest output difference between the two forms."""
+    times: dict[str, dict[str, list[float]]] = {f: {"fwd": [], "fwd+bwd": []} for f in forms}
     grads = [x.clone().requires_grad_() for x in (q, k, v)]
 
     def forward() -> torch.Tensor:
@@ -82,32 +90,41 @@ def _time_forms(q, k, v, windows, lengths, rounds: int) -> tuple[dict, float]:
 
     outs = {}
     for _ in range(rounds):
-        for form, fn in FORMS.items():
-            reference._banded = fn
+        for form, pinned in forms.items():
+            _use(*pinned)
             outs[form] = forward()
             times[form]["fwd"].append(_median_ms(forward, 3))
             times[form]["fwd+bwd"].append(_median_ms(forward_backward, 3))
-    reference._banded = CHOSEN
-    return times, float((outs["gathered"] - outs["shifted"]).abs().max())
+    _use(None, None)
+    first, second = outs.values()
+    return times, float((first - second).abs().max())
 
 
 def attention_rows(rounds: int) -> list[dict]:
-    shapes = [  # (name, B, H windowed, T, Dh, window)
+    shapes = [  # (name, B, H, T, Dh, window of the windowed heads)
         ("tiny model, training", 4, 2, 256, 16, 9),
         ("paper model, training crop", 2, 2, 288, 128, 19),
         ("paper model, inference window", 1, 2, 2304, 128, 19),
     ]
+    kinds = {  # heads -> (the forms compared, their windows)
+        "windowed": ({"gathered": ("gathered", None), "shifted": ("shifted", None)}, None),
+        "global": ({"explicit": (None, "explicit"), "fused": (None, "fused")}, 0),
+    }
     rows = []
     for name, b, h, t, dh, w in shapes:
         gen = torch.Generator().manual_seed(0)
         q, k, v = (torch.randn(b, h, t, dh, generator=gen) for _ in range(3))
         lengths = torch.tensor([t] + [t * 2 // 3] * (b - 1))
-        times, diff = _time_forms(q, k, v, [w] * h, lengths, rounds)
-        for mode in ("fwd", "fwd+bwd"):
-            old, new = (statistics.median(times[f][mode]) for f in FORMS)
-            rows.append({"shape": name, "B": b, "H": h, "T": t, "Dh": dh, "window": w,
-                         "pass": mode, "gathered_ms": old, "shifted_ms": new,
-                         "speedup": old / new, "max_diff": diff})  # fmt: skip
+        for heads, (forms, window) in kinds.items():
+            windows = [w if window is None else window] * h
+            times, diff = _time_forms(q, k, v, windows, lengths, forms, rounds)
+            (old_name, new_name) = forms
+            for mode in ("fwd", "fwd+bwd"):
+                old, new = (statistics.median(times[f][mode]) for f in forms)
+                rows.append({"shape": name, "heads": heads, "B": b, "H": h, "T": t, "Dh": dh,
+                             "window": windows[0], "pass": mode, "before": old_name,
+                             "after": new_name, "before_ms": old, "after_ms": new,
+                             "speedup": old / new, "max_diff": diff})  # fmt: skip
     return rows
 
 
@@ -169,37 +186,53 @@ def model_rows(ckpt: Path, rounds: int, folder: Path) -> list[dict]:
     x, xl = torch.from_numpy(feats), torch.from_numpy(lens)
     feed = {"features": feats, "lengths": lens}
 
-    def torch_run() -> tuple:
-        with torch.inference_mode():
-            return tuple(t.numpy() for t in model.predict(x, xl))
+    def torch_run(band: str | None, global_: str | None) -> Callable[[], tuple]:
+        def run() -> tuple:
+            _use(band, global_)
+            with torch.inference_mode():
+                return tuple(t.numpy() for t in model.predict(x, xl))
 
-    runners: dict[str, dict[str, Callable[[], tuple]]] = {}  # form -> runtime -> run
-    nodes = {}
-    for form, fn in FORMS.items():
-        reference._banded = fn
+        return run
+
+    # (row, before, after): PyTorch eager with each change alone and both, then each exported
+    # runtime on the graph traced with each band form (traces write global heads out anyway).
+    compared: list[tuple[str, Callable[[], tuple], Callable[[], tuple]]] = [
+        ("PyTorch, band gathered -> shifted (global explicit)",
+         torch_run("gathered", "explicit"), torch_run("shifted", "explicit")),
+        ("PyTorch, global explicit -> fused (band shifted)",
+         torch_run("shifted", "explicit"), torch_run("shifted", "fused")),
+        ("PyTorch, both (gathered + explicit -> the model's eager forms)",
+         torch_run("gathered", "explicit"), torch_run(None, None)),
+    ]  # fmt: skip
+    graphs, nodes = {}, {}
+    for form in BAND:
+        _use(form, None)
         path = export_onnx(ckpt, folder / f"{form}.onnx", parity=False).path
         nodes[form] = len(onnx.load(str(path), load_external_data=False).graph.node)
-        runners[form] = {"torch": torch_run, **_runners(path, torch.get_num_threads(), feed)}
-    runtimes = list(runners["shifted"])
-    times = {(f, r): [] for f in FORMS for r in runtimes}
+        graphs[form] = _runners(path, torch.get_num_threads(), feed)
+    _use(None, None)
+    for runtime in graphs["shifted"]:
+        label = (f"{runtime}, graph traced gathered -> shifted "
+                 f"({nodes['gathered']:,} -> {nodes['shifted']:,} nodes)")  # fmt: skip
+        compared.append((label, graphs["gathered"][runtime], graphs["shifted"][runtime]))
+
+    times: dict[tuple[str, int], list[float]] = {(c[0], i): [] for c in compared for i in (1, 2)}
     outs = {}
     for _ in range(rounds):
-        for runtime in runtimes:
-            for form, fn in FORMS.items():
-                reference._banded = fn  # the eager model's form (the graphs are fixed)
-                times[form, runtime].append(_median_ms(runners[form][runtime], 1))
-                outs[form, runtime] = runners[form][runtime]()
-    reference._banded = CHOSEN
+        for label, before, after in compared:
+            for index, run in ((1, before), (2, after)):
+                times[label, index].append(_median_ms(run, 1))
+                outs[label, index] = run()
+    _use(None, None)
     rows = []
-    for runtime in runtimes:
-        old, new = (statistics.median(times[f, runtime]) for f in FORMS)
+    for label, _, _ in compared:
+        old, new = (statistics.median(times[label, i]) for i in (1, 2))
         diff = max(
             float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-            for a, b in zip(outs["gathered", runtime], outs["shifted", runtime], strict=True)
+            for a, b in zip(outs[label, 1], outs[label, 2], strict=True)
         )
-        rows.append({"runtime": runtime, "T": length, "gathered_ms": old, "shifted_ms": new,
-                     "speedup": old / new, "max_diff": diff,
-                     "nodes": nodes if runtime != "torch" else None})  # fmt: skip
+        rows.append({"run": label, "T": length, "before_ms": old, "after_ms": new,
+                     "speedup": old / new, "max_diff": diff})  # fmt: skip
     return rows
 
 
@@ -216,22 +249,19 @@ def main(argv: list[str] | None = None) -> int:
         model = model_rows(_paper_checkpoint(Path(tmp), args.ckpt), args.rounds, Path(tmp))
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{args.threads} threads, {args.rounds} interleaved rounds, median")  # fmt: skip
-    print("| windowed attention | pass | gathered ms | shifted ms | speed-up | max |Δ| |")
-    print("|---|---|---|---|---|---|")
+    print("| attention alone | heads | pass | before -> after | before ms | after ms | speed-up "
+          "| max |Δ| |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for r in attention:
-        print(f"| {r['shape']} (B {r['B']}, H {r['H']}, T {r['T']}, Dh {r['Dh']}, w {r['window']}) "
-              f"| {r['pass']} | {r['gathered_ms']:.2f} | {r['shifted_ms']:.2f} "
-              f"| {r['speedup']:.2f}x | {r['max_diff']:.1e} |")  # fmt: skip
-    print("\n| paper-size model, one window | gathered ms | shifted ms | speed-up | max |Δ| |")
+        print(f"| {r['shape']} (B {r['B']}, H {r['H']}, T {r['T']}, Dh {r['Dh']}) "
+              f"| {r['heads']} (w {r['window']}) | {r['pass']} | {r['before']} -> {r['after']} "
+              f"| {r['before_ms']:.2f} | {r['after_ms']:.2f} | {r['speedup']:.2f}x "
+              f"| {r['max_diff']:.1e} |")  # fmt: skip
+    print("\n| paper-size model, one window | before ms | after ms | speed-up | max |Δ| |")
     print("|---|---|---|---|---|")
     for r in model:
-        extra = (
-            f" ({r['nodes']['gathered']:,} -> {r['nodes']['shifted']:,} nodes)"
-            if r["nodes"]
-            else ""
-        )
-        print(f"| {r['runtime']}, T {r['T']}{extra} | {r['gathered_ms']:.0f} | {r['shifted_ms']:.0f} "
-              f"| {r['speedup']:.2f}x | {r['max_diff']:.1e} |")  # fmt: skip
+        print(f"| {r['run']} | {r['before_ms']:.0f} | {r['after_ms']:.0f} | {r['speedup']:.2f}x "
+              f"| {r['max_diff']:.1e} |")  # fmt: skip
     if args.json:
         print(json.dumps({"threads": args.threads, "rounds": args.rounds,
                           "attention": attention, "model": model}))  # fmt: skip
