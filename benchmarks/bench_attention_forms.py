@@ -56,14 +56,17 @@ BAND: dict[str, Callable] = {
     "gathered": _form(reference._banded_gathered),
     "shifted": _form(reference._banded_shifted),
 }
-GLOBAL: dict[str, Callable] = {"explicit": reference._dense_explicit, "fused": reference._dense}
-CHOSEN = (reference._banded, reference._dense)  # what the model uses (eager / traced)
+GLOBAL: dict[str, Callable] = {
+    "explicit": lambda q, k, v, key_bias, scale: reference._dense(q, k, v, None, key_bias, scale),
+    "fused": reference._global,
+}
+CHOSEN = (reference._banded, reference._global)  # what the model uses (eager / traced)
 
 
 def _use(band: str | None, global_: str | None) -> None:
     """Pin the forms (None: the model's own choice)."""
     reference._banded = BAND[band] if band else CHOSEN[0]
-    reference._dense = GLOBAL[global_] if global_ else CHOSEN[1]
+    reference._global = GLOBAL[global_] if global_ else CHOSEN[1]
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:

@@ -57,21 +57,6 @@ def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
-def _dense_explicit(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    windows: torch.Tensor | None,
-    key_bias: torch.Tensor,
-    scale: float,
-) -> torch.Tensor:
-    """Scores, biases, softmax and the product with v, written out (what export traces)."""
-    scores = torch.matmul(q.float() * scale, k.float().transpose(-1, -2))
-    if windows is not None:
-        scores = scores + _window_bias(windows, q.shape[-2], k.shape[-2], q.device)
-    return torch.matmul(torch.softmax(scores + key_bias, dim=-1), v.float())
-
-
 def _dense(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -80,18 +65,26 @@ def _dense(
     key_bias: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """Attention over the full ``[T, T]`` scores (global heads; ``windows`` None: no window).
+    """Attention over the full ``[T, T]`` scores (global heads; ``windows`` None: no window),
+    written out: scores, biases, softmax, the product with v."""
+    scores = torch.matmul(q.float() * scale, k.float().transpose(-1, -2))
+    if windows is not None:
+        scores = scores + _window_bias(windows, q.shape[-2], k.shape[-2], q.device)
+    return torch.matmul(torch.softmax(scores + key_bias, dim=-1), v.float())
 
-    Global heads run eagerly through PyTorch's fused attention with the key bias as its additive
+
+def _global(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Global heads. Run eagerly, PyTorch's fused attention with the key bias as its additive
     mask: the same arithmetic without the ``[T, T]`` score tensor and its passes (on a CPU the
     paper-size model 1.22x faster on a window, benchmarks/bench_attention_forms.py). Traced for
-    export, and for windows given as a tensor (the definition the kernel is tested against), the
-    explicit form."""
-    if windows is None and not _tracing():
-        return torch.nn.functional.scaled_dot_product_attention(
-            q.float(), k.float(), v.float(), attn_mask=key_bias, scale=scale
-        )
-    return _dense_explicit(q, k, v, windows, key_bias, scale)
+    export, the written-out form."""
+    if _tracing():
+        return _dense(q, k, v, None, key_bias, scale)
+    return torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), attn_mask=key_bias, scale=scale
+    )
 
 
 def _band_bias(t: int, half: int, lengths: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -206,8 +199,11 @@ def group_attention_reference(
             else:
                 if key_bias is None:  # built once per call, shared by the global runs
                     key_bias = _key_bias(lengths, t_k)
-                win = None if window <= 0 else torch.full((end - start,), window, device=device)
-                parts.append(_dense(qh, kh, vh, win, key_bias, scale))
+                if window <= 0:
+                    parts.append(_global(qh, kh, vh, key_bias, scale))
+                else:  # windowed heads over keys of another length: no band
+                    win = torch.full((end - start,), window, device=device)
+                    parts.append(_dense(qh, kh, vh, win, key_bias, scale))
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
     # A query row below the length always sees itself, so only rows past it see no key.
     row_valid = (torch.arange(t_q, device=device).view(1, t_q) < lengths.view(-1, 1)).to(out.dtype)
