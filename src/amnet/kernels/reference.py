@@ -142,12 +142,12 @@ def _banded(
     outside the video get the same bias as in the dense form, so the result equals it up to
     rounding.
 
-    Two forms of the same arithmetic, each where it is faster (benchmarks/bench_attention_forms.py): run
-    eagerly (training and the PyTorch backend on a CPU), one diagonal at a time, 1.6-9x faster
-    than the gathered form and without its ``[B, H, T, S, Dh]`` copies; traced for export, the
-    gathered form: across the exported runtimes the two measured mixed (INT8 slower shifted),
-    and its graph is about a thousand nodes smaller (and the one the TensorRT, OpenVINO and
-    INT8 paths were measured on)."""
+    Two forms of the same arithmetic, each where it is faster (benchmarks/
+    bench_attention_forms.py). Run eagerly (training and the PyTorch backend on a CPU), one
+    diagonal at a time: 2-9x faster than the gathered form, without its ``[B, H, T, S, Dh]``
+    copies. Traced for export, the gathered form: across the exported runtimes the two forms
+    measured within their run-to-run spread, and its graph is about a thousand nodes smaller
+    (and the one the TensorRT, OpenVINO and INT8 paths were measured on)."""
     half, t = window // 2, q.shape[-2]
     bias = _band_bias(t, half, lengths, q.device)
     q_scaled, k32, v32 = q.float() * scale, k.float(), v.float()
