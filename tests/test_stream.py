@@ -334,6 +334,27 @@ def test_a_score_floor_changes_nothing_above_it(seed):
         np.testing.assert_allclose(rows_of(got), rows_of(want), rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("method", ["soft", "hard"])
+def test_a_cap_gives_the_best_of_the_uncapped_merge(seed, method):
+    """``max_detections`` lets the merge stop settling a window's candidates once it has that
+    many settled picks (for speed): the result is still the best of what the uncapped merge
+    gives."""
+    rng = np.random.default_rng(seed)
+    total = int(rng.integers(1500, 3000))
+    chunks = random_chunks(rng, total, 256, 192)
+    duration = ((total - 1) * STRIDE + FRAMES) / FPS
+    full = postprocess_chunks(
+        chunks, duration, FPS, STRIDE, FRAMES,
+        PostprocessConfig(nms_method=method, max_detections=NO_CAP),
+    )  # fmt: skip
+    for cap in (5, 40):
+        cfg = PostprocessConfig(nms_method=method, max_detections=cap)
+        got = postprocess_chunks(chunks, duration, FPS, STRIDE, FRAMES, cfg)
+        assert len(full) > 2 * cap and len(got) == cap
+        np.testing.assert_allclose(rows_of(got), rows_of(full.take(np.arange(cap))), atol=1e-9)
+
+
 def test_merger_of_one_chunk_is_one_nms():
     """A video of one window: the merge is the plain NMS of its candidates (nothing settles
     early), so short videos keep the historical definition exactly."""

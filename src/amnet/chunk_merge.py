@@ -121,7 +121,10 @@ class ChunkMerger:
         if not old.any():
             self._prune(cut)
             return Detections.empty()
-        picks, pick_scores = self._greedy(self._bar(), settle=old)
+        # With a cap, once ``keep_top`` of the old candidates are picked (final, with these
+        # scores) every later pick scores lower and cannot be reported, nor change what is: it
+        # could only suppress candidates scoring less than itself.
+        picks, pick_scores = self._greedy(self._bar(), settle=old, settle_limit=self.keep_top)
         settled = old[picks]
         picks, pick_scores = picks[settled], pick_scores[settled]
         fresh = ~pool.emitted[picks]  # some were final (and emitted) before
@@ -158,11 +161,15 @@ class ChunkMerger:
     # -- internals --------------------------------------------------------------------------
 
     def _greedy(
-        self, stop_below: float, limit: int | None = None, settle: np.ndarray | None = None
+        self,
+        stop_below: float,
+        limit: int | None = None,
+        settle: np.ndarray | None = None,
+        settle_limit: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(Soft-)NMS over the live pool (active candidates and anchors): pool indices of the
         picks, in pick order, and their scores; with ``settle`` (a pool mask), only until those
-        are all picked or suppressed."""
+        are all picked or suppressed, or ``settle_limit`` of them are picked."""
         pool = self._pool
         live = np.flatnonzero(pool.kind != _DEAD)
         if len(live) == 0:
@@ -181,6 +188,7 @@ class ChunkMerger:
             fixed=anchor,
             stop_below=stop_below,
             settle=None if settle is None else settle[live],
+            settle_limit=settle_limit,
         )
         return live[kept], kept_scores
 

@@ -347,6 +347,7 @@ def _suppress(
     fixed: np.ndarray | None = None,
     stop_below: float = -np.inf,
     settle: np.ndarray | None = None,
+    settle_limit: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Greedy (soft-)NMS; returns the kept indices into ``dets`` and their final scores.
 
@@ -354,7 +355,8 @@ def _suppress(
     remaining score is below ``stop_below``. ``fixed`` marks detections whose score is settled
     (picks of an earlier round, :mod:`amnet.chunk_merge`): they are picked in score order and
     suppress the others as usual, but are never suppressed themselves. With ``settle`` (a mask),
-    the loop stops as soon as every masked detection is picked or suppressed.
+    the loop stops as soon as every masked detection is picked or suppressed, or once
+    ``settle_limit`` of them are picked (what follows scores lower than those picks).
 
     Groups (classes, or everything when not multiclass) are laid out contiguously so that each
     step computes the tIoU of the pick against its own group only, as one vectorised operation.
@@ -386,6 +388,7 @@ def _suppress(
         unsettled = int(watched.sum())
         if unsettled == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
+        settled_picks, settle_limit = 0, unsettled if settle_limit is None else settle_limit
 
     picked: list[int] = []
     picked_scores: list[float] = []
@@ -402,7 +405,8 @@ def _suppress(
         if watched is not None and watched[i]:
             watched[i] = False
             unsettled -= 1
-            if unsettled == 0:
+            settled_picks += 1
+            if unsettled == 0 or settled_picks >= settle_limit:
                 break
         a, b = lo[i], hi[i]
         if b - a == 1:
