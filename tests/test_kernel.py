@@ -37,6 +37,7 @@ needs_cuda = pytest.mark.skipif(
     not torch.cuda.is_available() or INTERPRETING,
     reason="needs a CUDA device and compiled (not interpreted) Triton kernels",
 )
+has_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 SMALL = gat.BlockSizes(16, 16, 16, 16)
 
 
@@ -470,18 +471,24 @@ def test_wide_heads_take_the_reference_unless_triton_is_forced(
     ("t", "windows"),
     [(300, [0, 0, 9, 9, 0, 0, 9, 9]), (37, [5, 0, 3, 0]), (5, [19, 0]), (1, [9, 9]), (64, [2, 1])],
 )
-@pytest.mark.parametrize("traced", [False, True], ids=["eager", "traced"])
-def test_the_band_equals_the_dense_form(t, windows, traced):
-    """The model's CPU/ONNX path (windows as a list: windowed heads on their band only) gives
+@pytest.mark.parametrize(
+    ("traced", "device"),
+    [(False, "cpu"), (True, "cpu"), pytest.param(False, "cuda", marks=has_cuda)],
+    ids=["eager", "traced", "eager-cuda"],
+)
+def test_the_band_equals_the_dense_form(t, windows, traced, device):
+    """The model's reference path (windows as a list: windowed heads on their band only) gives
     the dense definition's outputs and gradients, for windows wider than the video, even
     windows, videos of length 0 and 1: run eagerly (the band one diagonal at a time, global
-    heads through PyTorch's fused attention) and traced as ONNX export traces it (the band
-    gathered and global heads written out: two matrix products per run of heads)."""
+    heads through PyTorch's fused attention; on CPUs, and on GPUs without Triton) and traced as
+    ONNX export traces it (the band gathered and global heads written out: two matrix products
+    per run of heads)."""
     gen = torch.Generator().manual_seed(t)
     q, k, v = (
-        torch.randn(3, len(windows), t, 16, generator=gen, requires_grad=True) for _ in range(3)
+        torch.randn(3, len(windows), t, 16, generator=gen).to(device).requires_grad_()
+        for _ in range(3)
     )
-    lengths = torch.tensor([t, max(t // 2, 1), 0])
+    lengths = torch.tensor([t, max(t // 2, 1), 0], device=device)
 
     def banded(q, k, v):
         return group_attention_reference(q, k, v, windows, lengths)
