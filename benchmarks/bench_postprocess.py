@@ -11,15 +11,23 @@ Two measurements, median / p90 over many synthetic videos:
 
 Usage: ``python benchmarks/bench_postprocess.py [--videos 300] [--seed 0]``; prints a markdown
 table.
+
+With ``--engine MODEL --features DIR``, the same path on a model's real outputs instead: the
+model runs once over every ``.npy`` in DIR (its raw window outputs kept in memory), then
+``postprocess_chunks`` is timed on each video, ``--rounds`` times; prints the seconds for the
+folder and per-video milliseconds (``--json``: also a JSON line).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from amnet.detections import Detections
 from amnet.postprocess import (
@@ -29,6 +37,7 @@ from amnet.postprocess import (
     postprocess_chunks,
     select_candidates,
 )
+from amnet.timebase import snippets_duration
 
 FPS, STRIDE, NFRAMES = 30.0, 4, 16
 NUM_CLASSES = 20
@@ -122,11 +131,65 @@ def _row(name: str, times: list[float], note: str) -> str:
     return f"| {name} | {np.median(t):.2f} | {np.percentile(t, 90):.2f} | {t.max():.2f} | {note} |"
 
 
+def real_outputs(engine: str, features: Path, threads: int | None) -> tuple:
+    """Post-processing of one model's outputs over a folder of videos (see the docstring)."""
+    from amnet.deploy import Detector
+    from amnet.fileio import load_features
+
+    det = Detector(engine, intra_op_threads=threads)
+    files = sorted(features.glob("*.npy"))
+    videos, snippets, windows = [], 0, 0
+    for path in tqdm(files, desc="model outputs", unit="video"):
+        array = det.prepare(load_features(path, det.input_dim))
+        if array.shape[0] == 0:
+            continue
+        duration = snippets_duration(array.shape[0], det.fps, det.feature_stride, det.num_frames)
+        chunks = det.run_chunks(array)
+        videos.append((chunks, duration))
+        snippets, windows = snippets + array.shape[0], windows + len(chunks)
+    return det, videos, snippets, windows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engine", help="a model (.onnx, .pt): time its real outputs")
+    parser.add_argument("--features", type=Path, help="folder of .npy videos (with --engine)")
+    parser.add_argument("--rounds", type=int, default=3, help="with --engine: timed passes")
+    parser.add_argument("--threads", type=int, default=None, help="with --engine: model threads")
+    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.engine:
+        if args.features is None:
+            parser.error("--engine needs --features")
+        det, videos, snippets, windows = real_outputs(args.engine, args.features, args.threads)
+        per_video, totals = [], []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            for chunks, duration in videos:
+                per_video.append(
+                    _timed(
+                        lambda c=chunks, d=duration: postprocess_chunks(
+                            c, d, det.fps, det.feature_stride, det.num_frames, det.postprocess
+                        )
+                    )
+                )
+            totals.append(time.perf_counter() - start)
+        print(
+            f"{len(videos)} videos, {snippets:,} snippets, {windows} windows, {args.rounds} rounds\n"
+        )
+        print("| measure | value |")
+        print("| --- | ---: |")
+        print(f"| seconds for the folder (median of rounds) | {np.median(totals):.2f} |")
+        t = np.asarray(per_video)
+        print(f"| ms per video: median / p90 / max | {np.median(t):.2f} / "
+              f"{np.percentile(t, 90):.2f} / {t.max():.2f} |")  # fmt: skip
+        if args.json:
+            print(json.dumps({"videos": len(videos), "snippets": snippets, "windows": windows,
+                              "seconds": totals, "ms_median": float(np.median(t)),
+                              "ms_p90": float(np.percentile(t, 90))}))  # fmt: skip
+        return
     rng = np.random.default_rng(args.seed)
 
     soft, hard = PostprocessConfig(), PostprocessConfig(nms_method="hard")
