@@ -186,7 +186,12 @@ def test_gpu_engines_match_onnx_runtime(tiny_onnx, tmp_path):
     tolerance = {"fp32": (1e-4, 1e-3), "fp16": (5e-2, 2.0)}
     summary: dict = {"device": torch.cuda.get_device_name(0), "engines": {}}
     failures = []
-    for precision in ("fp32", "fp16"):
+    import tensorrt
+
+    # fp16 engines need TensorRT 10's FP16 builder flag (TensorRT 11 refuses --fp16).
+    precisions = ("fp32", "fp16") if hasattr(tensorrt.BuilderFlag, "FP16") else ("fp32",)
+    summary["precisions"] = list(precisions)
+    for precision in precisions:
         plan = tmp_path / f"tiny.{precision}.plan"
         start = time.perf_counter()
         out, sidecar = build_engine(tiny_onnx, plan, fp16=precision == "fp16", workspace_gb=1)
@@ -224,3 +229,27 @@ def test_gpu_engines_match_onnx_runtime(tiny_onnx, tmp_path):
     if target:
         Path(target).write_text(json.dumps(summary, indent=2) + "\n")
     assert not failures, failures
+
+
+def test_fp16_is_refused_in_one_line_where_tensorrt_has_no_fp16_flag():
+    """TensorRT 11 removed the FP16 builder flag (strongly typed networks); TensorRT 10 has it.
+    Checked with stand-ins for the two modules' ``BuilderFlag``: TensorRT cannot run here."""
+    from types import SimpleNamespace
+
+    from amnet.export.to_tensorrt import check_precision_support
+
+    trt10 = SimpleNamespace(__version__="10.13.0", BuilderFlag=SimpleNamespace(FP16=0, TF32=6))
+    trt11 = SimpleNamespace(__version__="11.0.0", BuilderFlag=SimpleNamespace(TF32=6))
+    for trt in (trt10, trt11):
+        check_precision_support(trt, fp16=False)
+    check_precision_support(trt10, fp16=True)
+    with pytest.raises(AMNetError, match=r"^--fp16: TensorRT 11\.0\.0 has no FP16 builder flag"):
+        check_precision_support(trt11, fp16=True)
+    if HAVE_TRT:  # the installed TensorRT: the flag exists exactly where --fp16 is accepted
+        import tensorrt
+
+        if hasattr(tensorrt.BuilderFlag, "FP16"):
+            check_precision_support(tensorrt, fp16=True)
+        else:
+            with pytest.raises(AMNetError, match="no FP16 builder flag"):
+                check_precision_support(tensorrt, fp16=True)

@@ -138,9 +138,21 @@ def require_cuda_gpu() -> None:
         )
 
 
+def check_precision_support(trt: Any, fp16: bool) -> None:
+    """``--fp16`` sets TensorRT 10's FP16 builder flag (weak typing: TensorRT may pick fp16
+    kernels for fp32 layers). TensorRT 11 removed that flag: its networks are strongly typed,
+    so the ONNX graph's own types decide the precision, and this graph is fp32."""
+    if fp16 and not hasattr(trt.BuilderFlag, "FP16"):
+        raise AMNetError(
+            f"--fp16: TensorRT {trt.__version__} has no FP16 builder flag (its networks are "
+            "strongly typed: the graph's types decide, and this graph is fp32); build without "
+            "--fp16 for an fp32 engine, or use TensorRT 10 for an fp16 one"
+        )
+
+
 def _network_flags(trt: Any) -> int:
-    # TensorRT 10 networks are always explicit-batch (the flag is deprecated there and implicit
-    # batch is gone); 8.x still needs the flag for dynamic shapes.
+    # TensorRT 10 and 11 networks are always explicit-batch (the flag is deprecated there and
+    # implicit batch is gone); 8.x still needs the flag for dynamic shapes.
     major = int(str(trt.__version__).split(".")[0])
     if major >= 10:
         return 0
@@ -268,6 +280,7 @@ def build_engine(
     check_out_path(out, [onnx_path])
     check_out_path(plan_sidecar_path(out), [onnx_path])
     trt = import_tensorrt()
+    check_precision_support(trt, fp16)
     require_cuda_gpu()
 
     # Created before the (long) build: it is the real test that the folder is writable.
