@@ -1,6 +1,6 @@
 """TensorRT backend: a serialized engine (``.plan``/``.engine``) and its ``<plan>.json`` sidecar.
 
-Written against the TensorRT 10 Python API (named I/O tensors: ``set_input_shape``,
+Written against the TensorRT 10 and 11 Python API (named I/O tensors: ``set_input_shape``,
 ``set_tensor_address``, ``execute_async_v3``). Device buffers come from cuda-python
 (``cuda.bindings.runtime``, or the older ``cuda.cudart``) when it is installed, so a deployment
 needs numpy + tensorrt + cuda-python only; otherwise from torch CUDA tensors.
