@@ -133,13 +133,14 @@ def _row(name: str, times: list[float], note: str) -> str:
 
 def real_outputs(engine: str, features: Path, threads: int | None) -> tuple:
     """Post-processing of one model's outputs over a folder of videos (see the docstring)."""
+    from amnet.console import bar_disabled
     from amnet.deploy import Detector
     from amnet.fileio import load_features
 
     det = Detector(engine, intra_op_threads=threads)
     files = sorted(features.glob("*.npy"))
     videos, snippets, windows = [], 0, 0
-    for path in tqdm(files, desc="model outputs", unit="video"):
+    for path in tqdm(files, desc="model outputs", unit="video", disable=bar_disabled()):
         array = det.prepare(load_features(path, det.input_dim))
         if array.shape[0] == 0:
             continue
