@@ -121,10 +121,13 @@ class ChunkMerger:
         if not old.any():
             self._prune(cut)
             return Detections.empty()
-        # With a cap, once ``keep_top`` of the old candidates are picked (final, with these
-        # scores) every later pick scores lower and cannot be reported, nor change what is: it
-        # could only suppress candidates scoring less than itself.
-        picks, pick_scores = self._greedy(self._bar(), settle=old, settle_limit=self.keep_top)
+        # With a cap, once ``keep_top`` detections scoring at least the current pick are final
+        # (old candidates picked here, with these scores, and detections emitted before) every
+        # later pick scores lower and cannot be reported, nor change what is: it could only
+        # suppress candidates scoring less than itself.
+        picks, pick_scores = self._greedy(
+            self._bar(), settle=old, settle_limit=self.keep_top, final_scores=self._best
+        )
         settled = old[picks]
         picks, pick_scores = picks[settled], pick_scores[settled]
         fresh = ~pool.emitted[picks]  # some were final (and emitted) before
@@ -166,10 +169,12 @@ class ChunkMerger:
         limit: int | None = None,
         settle: np.ndarray | None = None,
         settle_limit: int | None = None,
+        final_scores: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(Soft-)NMS over the live pool (active candidates and anchors): pool indices of the
         picks, in pick order, and their scores; with ``settle`` (a pool mask), only until those
-        are all picked or suppressed, or ``settle_limit`` of them are picked."""
+        are all picked or suppressed, or ``settle_limit`` final detections (see
+        :func:`amnet.postprocess._suppress`) score at least the current pick."""
         pool = self._pool
         live = np.flatnonzero(pool.kind != _DEAD)
         if len(live) == 0:
@@ -189,6 +194,7 @@ class ChunkMerger:
             stop_below=stop_below,
             settle=None if settle is None else settle[live],
             settle_limit=settle_limit,
+            final_scores=final_scores,
         )
         return live[kept], kept_scores
 

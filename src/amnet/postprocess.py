@@ -348,6 +348,7 @@ def _suppress(
     stop_below: float = -np.inf,
     settle: np.ndarray | None = None,
     settle_limit: int | None = None,
+    final_scores: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Greedy (soft-)NMS; returns the kept indices into ``dets`` and their final scores.
 
@@ -356,7 +357,9 @@ def _suppress(
     (picks of an earlier round, :mod:`amnet.chunk_merge`): they are picked in score order and
     suppress the others as usual, but are never suppressed themselves. With ``settle`` (a mask),
     the loop stops as soon as every masked detection is picked or suppressed, or once
-    ``settle_limit`` of them are picked (what follows scores lower than those picks).
+    ``settle_limit`` detections scoring at least the current pick are final: the masked ones
+    picked so far, plus those of ``final_scores`` (ascending; detections made final before) that
+    score at least as much. What follows scores lower than all of them.
 
     Groups (classes, or everything when not multiclass) are laid out contiguously so that each
     step computes the tIoU of the pick against its own group only, as one vectorised operation.
@@ -388,7 +391,7 @@ def _suppress(
         unsettled = int(watched.sum())
         if unsettled == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
-        settled_picks, settle_limit = 0, unsettled if settle_limit is None else settle_limit
+        settled_picks = 0
 
     picked: list[int] = []
     picked_scores: list[float] = []
@@ -406,8 +409,14 @@ def _suppress(
             watched[i] = False
             unsettled -= 1
             settled_picks += 1
-            if unsettled == 0 or settled_picks >= settle_limit:
+            if unsettled == 0:
                 break
+            if settle_limit is not None:
+                final = settled_picks
+                if final_scores is not None and len(final_scores):
+                    final += len(final_scores) - int(np.searchsorted(final_scores, top, "left"))
+                if final >= settle_limit:
+                    break
         a, b = lo[i], hi[i]
         if b - a == 1:
             continue
