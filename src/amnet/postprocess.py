@@ -355,11 +355,12 @@ def _suppress(
     ``limit`` caps the picks (default ``cfg.max_detections``); the loop also stops once the best
     remaining score is below ``stop_below``. ``fixed`` marks detections whose score is settled
     (picks of an earlier round, :mod:`amnet.chunk_merge`): they are picked in score order and
-    suppress the others as usual, but are never suppressed themselves. With ``settle`` (a mask),
-    the loop stops as soon as every masked detection is picked or suppressed, or once
-    ``settle_limit`` detections scoring at least the current pick are final: the masked ones
-    picked so far, plus those of ``final_scores`` (ascending; detections made final before) that
-    score at least as much. What follows scores lower than all of them.
+    suppress the others as usual, but are never suppressed themselves. With ``settle`` (a mask
+    that leaves out the fixed detections: they are settled already), the loop stops as soon as
+    every masked detection is picked or suppressed, or once ``settle_limit`` detections scoring
+    at least the current pick are final: the masked ones picked so far, plus those of
+    ``final_scores`` (ascending; detections made final before) that score at least as much.
+    What follows scores lower than all of them.
 
     Groups (classes, or everything when not multiclass) are laid out contiguously so that each
     step computes the tIoU of the pick against its own group only, as one vectorised operation.
@@ -434,19 +435,23 @@ def _suppress(
             iou *= -inv_sigma
             group *= np.exp(iou, out=iou)
             # -inf * 0 (full underflow) gives NaN; the negated test removes it along with the rest.
-            group[~(group >= floor)] = -np.inf
+            dead = ~(group >= floor)
         else:
-            group[iou > cfg.iou_threshold] = -np.inf
+            dead = iou > cfg.iou_threshold
+        group[dead] = -np.inf
         if live_fixed is not None:
             keep = live_fixed[a:b]
             group[keep] = settled[a:b][keep]
         if watched is not None:
-            gone = watched[a:b] & (group == -np.inf)
-            if gone.any():
+            # Watched detections are never fixed, and those already at -inf are not watched:
+            # the newly suppressed ones are the watched ones this step killed.
+            gone = watched[a:b] & dead
+            count = np.count_nonzero(gone)
+            if count:
                 watched[a:b][gone] = False
-                unsettled -= int(gone.sum())
-            if unsettled == 0:
-                break
+                unsettled -= count
+                if unsettled == 0:
+                    break
     return order[np.asarray(picked, dtype=np.int64)], np.asarray(picked_scores, dtype=np.float64)
 
 
