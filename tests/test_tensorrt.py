@@ -168,7 +168,7 @@ def _gpu_ready() -> bool:
 
 
 @pytest.mark.skipif(not _gpu_ready(), reason="needs TensorRT, a CUDA GPU and torch with CUDA")
-def test_gpu_engines_match_onnx_runtime(tiny_onnx, tmp_path):
+def test_gpu_engines_match_onnx_runtime(tiny_onnx, tiny_model, tmp_path):
     pytest.importorskip("tensorrt")
     from amnet.deploy import Detector
     from amnet.deploy.backend_onnx import open_session
@@ -188,17 +188,25 @@ def test_gpu_engines_match_onnx_runtime(tiny_onnx, tmp_path):
     failures = []
     import tensorrt
 
-    # fp16 engines need TensorRT 10's FP16 builder flag (TensorRT 11 refuses --fp16).
-    precisions = ("fp32", "fp16") if hasattr(tensorrt.BuilderFlag, "FP16") else ("fp32",)
-    summary["precisions"] = list(precisions)
-    for precision in precisions:
+    from amnet.export.to_onnx import export_onnx
+
+    # fp16 engines: from the fp32 graph with TensorRT 10's FP16 builder flag (TensorRT 11
+    # refuses --fp16 there), and on both versions from the fp16 graph, strongly typed.
+    half_onnx = export_onnx(tiny_model["pt"], tmp_path / "tiny.onnx", fp16=True).fp16_path
+    builds = {"fp32": (tiny_onnx, False), "fp16-graph": (half_onnx, False)}
+    if hasattr(tensorrt.BuilderFlag, "FP16"):
+        builds["fp16"] = (tiny_onnx, True)
+    tolerance["fp16-graph"] = tolerance["fp16"]
+    summary["precisions"] = list(builds)
+    for precision, (graph, flag) in builds.items():
         plan = tmp_path / f"tiny.{precision}.plan"
         start = time.perf_counter()
-        out, sidecar = build_engine(tiny_onnx, plan, fp16=precision == "fp16", workspace_gb=1)
+        out, sidecar = build_engine(graph, plan, fp16=flag, workspace_gb=1)
         assert sidecar == plan_sidecar_path(out) and sidecar.is_file()
         build_s = time.perf_counter() - start
         side = read_plan_metadata(out)
-        assert side["engine"]["precision"] == precision
+        assert side["engine"]["precision"] == precision.removesuffix("-graph")
+        assert side["engine"]["strongly_typed"] == (precision == "fp16-graph")
         assert side["checkpoint_sha256"] == meta["checkpoint_sha256"]
         runner = TensorRTBackend(out)
         rows = []
@@ -236,7 +244,7 @@ def test_fp16_is_refused_in_one_line_where_tensorrt_has_no_fp16_flag():
     Checked with stand-ins for the two modules' ``BuilderFlag``: TensorRT cannot run here."""
     from types import SimpleNamespace
 
-    from amnet.export.to_tensorrt import check_precision_support
+    from amnet.export.to_tensorrt import _network_flags, check_precision_support
 
     trt10 = SimpleNamespace(__version__="10.13.0", BuilderFlag=SimpleNamespace(FP16=0, TF32=6))
     trt11 = SimpleNamespace(__version__="11.0.0", BuilderFlag=SimpleNamespace(TF32=6))
@@ -245,6 +253,11 @@ def test_fp16_is_refused_in_one_line_where_tensorrt_has_no_fp16_flag():
     check_precision_support(trt10, fp16=True)
     with pytest.raises(AMNetError, match=r"^--fp16: TensorRT 11\.0\.0 has no FP16 builder flag"):
         check_precision_support(trt11, fp16=True)
+    # An fp16 graph builds strongly typed (its types are the precision) on 10 and 11 alike.
+    flags = SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1)
+    for trt in (trt10, trt11):
+        trt.NetworkDefinitionCreationFlag = flags
+        assert _network_flags(trt) == 0 and _network_flags(trt, strongly_typed=True) == 1 << 1
     if HAVE_TRT:  # the installed TensorRT: the flag exists exactly where --fp16 is accepted
         import tensorrt
 

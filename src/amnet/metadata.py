@@ -78,7 +78,7 @@ _TYPES: dict[str, str] = {
 }
 METADATA_KEYS: tuple[str, ...] = tuple(_TYPES)
 # Optional keys: present on some models only (e.g. the INT8 one); kept as text when unknown.
-_OPTIONAL: dict[str, str] = {"quantization": "str", "source_sha256": "str"}
+_OPTIONAL: dict[str, str] = {"quantization": "str", "source_sha256": "str", "precision": "str"}
 
 
 def build_metadata(

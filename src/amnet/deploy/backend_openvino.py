@@ -89,6 +89,11 @@ class OpenVinoBackend:
         except Exception as exc:
             raise AMNetError(f"{self.path}: cannot load the model ({_first_line(exc)})") from None
         self.metadata = check_metadata(read_onnx_metadata(session, str(self.path)), str(self.path))
+        if self.metadata.get("precision") == "fp16":
+            raise AMNetError(
+                f"{self.path}: an fp16 graph (for TensorRT); OpenVINO takes the fp32 model and "
+                "lowers it itself (precision bf16)"
+            )
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"
         }

@@ -55,6 +55,10 @@ DEFAULT_OPSET = 17
 SCORES_ATOL = 1e-4  # absolute, on probabilities
 SEGMENTS_ATOL = 1e-3  # snippets, on valid points only
 HELD_OUT_WINDOWS = 2  # training windows that static INT8's parity is reported on
+# The fp16 graph against PyTorch fp32: the tolerances of an fp16 TensorRT engine (a head offset
+# of a few units times a level stride of up to 32 loses a fraction of a snippet to rounding).
+FP16_SCORES_ATOL = 5e-2
+FP16_SEGMENTS_ATOL = 2.0
 
 
 class ParityError(AMNetError):
@@ -80,6 +84,8 @@ class ExportResult:
     trt_problems: list[str] = field(default_factory=list)
     int8_path: Path | None = None
     int8_parity: list[ParityRow] = field(default_factory=list)
+    fp16_path: Path | None = None
+    fp16_parity: list[ParityRow] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -100,7 +106,15 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:240]
 
 
-def _chunk_module(model: Any) -> Any:
+def fp16_path_for(path: str | os.PathLike) -> Path:
+    """``model.onnx`` -> ``model.fp16.onnx``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.fp16{path.suffix}")
+
+
+def _chunk_module(model: Any, half: bool = False) -> Any:
+    """``half``: the model in fp16 behind fp32 inputs and outputs (the attention computes its
+    scores and softmax in fp32 whatever its inputs, DESIGN §5)."""
     from torch import nn
 
     class ChunkGraph(nn.Module):
@@ -108,10 +122,13 @@ def _chunk_module(model: Any) -> Any:
 
         def __init__(self, inner: nn.Module) -> None:
             super().__init__()
-            self.inner = inner
+            self.inner = inner.half() if half else inner
 
         def forward(self, features: Any, lengths: Any) -> Any:
-            return self.inner.predict(features, lengths)
+            if not half:
+                return self.inner.predict(features, lengths)
+            scores, segments = self.inner.predict(features.half(), lengths)
+            return scores.float(), segments.float()
 
     return ChunkGraph(model).eval()
 
@@ -136,7 +153,9 @@ def _silenced_stdout() -> Iterator[None]:
         os.close(saved)
 
 
-def _export_graph(model: Any, input_dim: int, max_seq_len: int, opset: int, path: Path) -> None:
+def _export_graph(
+    model: Any, input_dim: int, max_seq_len: int, opset: int, path: Path, half: bool = False
+) -> None:
     import torch
 
     # Example shapes only seed the trace: T is dynamic. A T that is not a multiple of the
@@ -155,7 +174,7 @@ def _export_graph(model: Any, input_dim: int, max_seq_len: int, opset: int, path
         # inside the attention entry point, which are skipped while exporting.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _chunk_module(model),
+            _chunk_module(model, half),
             (features, lengths),
             str(path),
             input_names=list(INPUT_NAMES),
@@ -281,6 +300,7 @@ def export_onnx(
     parity: bool = True,
     calibration: str | os.PathLike | None = None,
     calibration_windows: int | None = None,
+    fp16: bool = False,
 ) -> ExportResult:
     """Export ``ckpt`` to ``out`` (default: the checkpoint path with ``.onnx``) and verify it.
 
@@ -290,6 +310,9 @@ def export_onnx(
     for CPUs, see :mod:`amnet.export.quantize`) whose parity is reported, not enforced; with
     ``"static"``, that file is static INT8 (QDQ) calibrated on ``calibration_windows`` windows of
     the training split of ``calibration`` (a data folder in the checkpoint config's layout).
+    With ``fp16``, also writes ``<out stem>.fp16.onnx``: the model in fp16 behind fp32 inputs
+    and outputs (what TensorRT 11, whose networks are strongly typed, builds fp16 engines from),
+    checked against PyTorch fp32 within fp16 tolerances.
     """
     from amnet.export.trt_compat import check_opset
     from amnet.fileio import check_out_path, publish, temp_beside
@@ -314,6 +337,8 @@ def export_onnx(
         from amnet.export.quantize import int8_path_for
 
         check_out_path(int8_path_for(out), [ckpt])
+    if fp16:
+        check_out_path(fp16_path_for(out), [ckpt])
     windows = held_out = None
     if scheme == "static":
         if calibration is None:
@@ -328,6 +353,17 @@ def export_onnx(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if fp16:
+        result.fp16_path = fp16_path_for(out)
+        tmp = temp_beside(result.fp16_path)
+        try:
+            result.fp16_parity = _export_fp16(
+                ckpt, result.fp16_path, tmp, int(opset), use_ema, result.metadata, parity
+            )
+            publish(tmp, result.fp16_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     if scheme:
         from amnet.export.quantize import int8_path_for, quantize_int8, quantize_int8_static
 
@@ -455,13 +491,72 @@ def _export_checked(
         )
         failed = [r for r in result.parity if not r.ok]
         if failed:
-            worst = max(failed, key=lambda r: r.scores_diff / scores_atol)
+            worst = max(failed, key=lambda r: (r.scores_diff, r.segments_diff))
             raise ParityError(
                 f"ONNX Runtime differs from PyTorch (B={worst.batch}, T={worst.seq_len}: max "
                 f"|Δ scores| {worst.scores_diff:.3g} > {scores_atol:g} or |Δ segments| "
                 f"{worst.segments_diff:.3g} > {segments_atol:g}); {out} not written"
             )
     return result
+
+
+def _export_fp16(
+    ckpt: Path,
+    out: Path,
+    tmp: Path,
+    opset: int,
+    use_ema: bool | None,
+    meta: dict[str, Any],
+    parity: bool,
+) -> list[ParityRow]:
+    """The fp16 graph of ``ckpt`` into ``tmp`` (checked as the fp32 one is); its parity rows."""
+    import onnx
+
+    from amnet.checkpoint import load_model
+    from amnet.deploy.backend_onnx import open_session
+    from amnet.export.trt_compat import check_tensorrt_compatibility
+    from amnet.metadata import write_onnx_metadata
+
+    model, _, _ = load_model(ckpt, use_ema=use_ema)
+    half, _, _ = load_model(ckpt, use_ema=use_ema)
+    try:
+        _export_graph(half, meta["input_dim"], meta["max_seq_len"], opset, tmp, half=True)
+    except (RuntimeError, ValueError, TypeError, NotImplementedError) as exc:
+        raise AMNetError(f"fp16 ONNX export at opset {opset} failed: {_first_line(exc)}") from None
+    _fold_constants(tmp)
+    graph = onnx.load(str(tmp))
+    write_onnx_metadata(graph, {**meta, "precision": "fp16"})
+    graph.producer_name, graph.producer_version = "amnet", __version__
+    graph.doc_string = (
+        "AMNet chunk graph in fp16: features [B,T,C], lengths [B] -> scores, segments"
+    )
+    try:
+        onnx.checker.check_model(graph)
+    except onnx.checker.ValidationError as exc:
+        raise AMNetError(f"fp16 graph fails onnx.checker: {_first_line(exc)}") from None
+    onnx.save(graph, str(tmp))
+    for problem in check_tensorrt_compatibility(graph):
+        log.warning("TensorRT compatibility (fp16 graph): %s", problem)
+    del graph
+    if not parity:
+        return []
+    rows = check_parity(
+        open_session(tmp),
+        model,
+        meta["input_dim"],
+        parity_cases(meta["max_seq_len"]),
+        FP16_SCORES_ATOL,
+        FP16_SEGMENTS_ATOL,
+    )
+    failed = [r for r in rows if not r.ok]
+    if failed:
+        worst = max(failed, key=lambda r: (r.scores_diff, r.segments_diff))
+        raise ParityError(
+            f"the fp16 graph differs from PyTorch fp32 (B={worst.batch}, T={worst.seq_len}: max "
+            f"|Δ scores| {worst.scores_diff:.3g} > {FP16_SCORES_ATOL:g} or |Δ segments| "
+            f"{worst.segments_diff:.3g} > {FP16_SEGMENTS_ATOL:g}); {out} not written"
+        )
+    return rows
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -502,6 +597,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="how many inference windows to calibrate on (default 16)",
     )
+    parser.add_argument(
+        "--fp16",
+        action="store_true",
+        help="also write <out>.fp16.onnx: the model in fp16 behind fp32 inputs and outputs, "
+        "for fp16 TensorRT engines (TensorRT 11 builds them from such a graph)",
+    )
     parser.add_argument("--scores-atol", type=float, default=SCORES_ATOL, help=argparse.SUPPRESS)
     parser.add_argument(
         "--segments-atol", type=float, default=SEGMENTS_ATOL, help=argparse.SUPPRESS
@@ -529,6 +630,7 @@ def _main(argv: list[str] | None) -> int:
             segments_atol=args.segments_atol,
             calibration=args.calibration,
             calibration_windows=args.calibration_windows,
+            fp16=args.fp16,
         )
     except ParityError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -548,6 +650,10 @@ def _main(argv: list[str] | None) -> int:
     else:
         print("TensorRT 10 compatibility: ok (opset in range, all operators supported)")
     print(format_parity(result.parity, "parity, ONNX Runtime (CPU) vs PyTorch, fp32:"))
+    if result.fp16_path is not None:
+        print(f"wrote {result.fp16_path} (fp16, fp32 inputs and outputs)")
+        if result.fp16_parity:
+            print(format_parity(result.fp16_parity, "fp16 graph (ONNX Runtime) vs PyTorch fp32:"))
     if result.int8_path is not None:
         print(f"wrote {result.int8_path} ({args.int8} INT8 for CPUs)")
         if result.int8_parity:

@@ -139,24 +139,30 @@ def require_cuda_gpu() -> None:
 
 
 def check_precision_support(trt: Any, fp16: bool) -> None:
-    """``--fp16`` sets TensorRT 10's FP16 builder flag (weak typing: TensorRT may pick fp16
-    kernels for fp32 layers). TensorRT 11 removed that flag: its networks are strongly typed,
-    so the ONNX graph's own types decide the precision, and this graph is fp32."""
+    """``--fp16`` on an fp32 graph sets TensorRT 10's FP16 builder flag (weak typing: TensorRT
+    may pick fp16 kernels for fp32 layers). TensorRT 11 removed that flag: its networks are
+    strongly typed, so the graph's own types decide, and an fp16 engine comes from the fp16
+    graph (``amnet-export onnx --fp16``)."""
     if fp16 and not hasattr(trt.BuilderFlag, "FP16"):
         raise AMNetError(
             f"--fp16: TensorRT {trt.__version__} has no FP16 builder flag (its networks are "
-            "strongly typed: the graph's types decide, and this graph is fp32); build without "
-            "--fp16 for an fp32 engine, or use TensorRT 10 for an fp16 one"
+            "strongly typed: the graph's types decide); build the fp16 graph that "
+            "`amnet-export onnx --fp16` writes (model.fp16.onnx), without --fp16"
         )
 
 
-def _network_flags(trt: Any) -> int:
+def _network_flags(trt: Any, strongly_typed: bool = False) -> int:
+    """Creation flags: strongly typed for an fp16 graph (its types are the precision, on
+    TensorRT 10 as on 11, where every network is)."""
+    flags = 0
     # TensorRT 10 and 11 networks are always explicit-batch (the flag is deprecated there and
     # implicit batch is gone); 8.x still needs the flag for dynamic shapes.
     major = int(str(trt.__version__).split(".")[0])
-    if major >= 10:
-        return 0
-    return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if major < 10:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return flags
 
 
 def _parser_error_text(error: Any) -> str:
@@ -184,12 +190,13 @@ def _build_serialized(
     tf32: bool,
     workspace_gb: float,
     verbose: bool,
+    strongly_typed: bool = False,
 ) -> tuple[Any, float]:
     """Parse ``onnx_path`` and build the serialized engine; returns it and the seconds taken."""
     start = time.perf_counter()
     logger = _trt_logger(trt, verbose)
     builder = trt.Builder(logger)
-    network = builder.create_network(_network_flags(trt))
+    network = builder.create_network(_network_flags(trt, strongly_typed))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [_parser_error_text(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -212,7 +219,7 @@ def _build_serialized(
         # TensorRT lets fp32 layers use TF32 tensor cores by default (10-bit mantissa); an
         # "fp32" engine here means fp32, so that it meets the same parity as ONNX Runtime.
         config.clear_flag(trt.BuilderFlag.TF32)
-    if fp16:
+    if fp16 and not strongly_typed:  # a strongly typed network takes its types from the graph
         if not getattr(builder, "platform_has_fast_fp16", True):
             log.warning("this GPU has no fast fp16; building with the FP16 flag anyway")
         config.set_flag(trt.BuilderFlag.FP16)
@@ -223,7 +230,7 @@ def _build_serialized(
     log.info(
         "building a TensorRT %s engine (%s) from %s",
         trt.__version__,
-        "fp16" if fp16 else "fp32",
+        "fp16, strongly typed" if strongly_typed else ("fp16" if fp16 else "fp32"),
         onnx_path,
     )
     serialized = builder.build_serialized_network(network, config)
@@ -280,7 +287,9 @@ def build_engine(
     check_out_path(out, [onnx_path])
     check_out_path(plan_sidecar_path(out), [onnx_path])
     trt = import_tensorrt()
-    check_precision_support(trt, fp16)
+    fp16_graph = meta.get("precision") == "fp16"  # amnet-export onnx --fp16
+    if not fp16_graph:
+        check_precision_support(trt, fp16)
     require_cuda_gpu()
 
     # Created before the (long) build: it is the real test that the folder is writable.
@@ -289,12 +298,13 @@ def build_engine(
     sidecar_written = False
     try:
         serialized, seconds = _build_serialized(
-            trt, onnx_path, shapes, fp16, tf32, workspace_gb, verbose
+            trt, onnx_path, shapes, fp16, tf32, workspace_gb, verbose, strongly_typed=fp16_graph
         )
 
         engine_info = {
             "tensorrt_version": str(trt.__version__),
-            "precision": "fp16" if fp16 else "fp32",
+            "precision": "fp16" if fp16 or fp16_graph else "fp32",
+            "strongly_typed": fp16_graph,
             "tf32": bool(tf32),
             "profile": {name: {"min": lo, "opt": opt, "max": hi} for name, (lo, opt, hi) in shapes.items()},
             "min_len": shapes["features"][0][1],
