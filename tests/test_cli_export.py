@@ -69,4 +69,11 @@ def test_export_command_errors_are_one_line(tmp_path, capsys):
     assert export_main(["onnx", "--ckpt", str(tmp_path / "missing.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("amnet-export onnx: error:") and "missing.pt" in err[-1]
+    # The launcher's name is per call: the export tools keep their own in this process.
+    from amnet.export import to_onnx, to_tensorrt
+
+    assert to_onnx.main(["--ckpt", str(tmp_path / "missing.pt")]) == 2
+    assert to_tensorrt.main(["--onnx", str(tmp_path / "missing.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("to_onnx: error:") and err[1].startswith("to_tensorrt: error:")
     assert not list(tmp_path.iterdir())

@@ -40,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return 2
-    tool.PROG = f"{PROG} {target}"
-    return tool.main(rest)
+    return tool.main(rest, prog=f"{PROG} {target}")
 
 
 if __name__ == "__main__":

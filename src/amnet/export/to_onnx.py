@@ -489,15 +489,24 @@ def _export_checked(
         result.parity = check_parity(
             session, model, input_dim, parity_cases(max_seq_len), scores_atol, segments_atol
         )
-        failed = [r for r in result.parity if not r.ok]
-        if failed:
-            worst = max(failed, key=lambda r: (r.scores_diff, r.segments_diff))
-            raise ParityError(
-                f"ONNX Runtime differs from PyTorch (B={worst.batch}, T={worst.seq_len}: max "
-                f"|Δ scores| {worst.scores_diff:.3g} > {scores_atol:g} or |Δ segments| "
-                f"{worst.segments_diff:.3g} > {segments_atol:g}); {out} not written"
-            )
+        _refuse_failed_parity(
+            result.parity, "ONNX Runtime differs from PyTorch", scores_atol, segments_atol, out
+        )
     return result
+
+
+def _refuse_failed_parity(
+    rows: Sequence[ParityRow], what: str, scores_atol: float, segments_atol: float, out: Path
+) -> None:
+    """ParityError naming the worst failed case, when any failed."""
+    failed = [r for r in rows if not r.ok]
+    if failed:
+        worst = max(failed, key=lambda r: (r.scores_diff, r.segments_diff))
+        raise ParityError(
+            f"{what} (B={worst.batch}, T={worst.seq_len}: max |Δ scores| "
+            f"{worst.scores_diff:.3g} > {scores_atol:g} or |Δ segments| "
+            f"{worst.segments_diff:.3g} > {segments_atol:g}); {out} not written"
+        )
 
 
 def _export_fp16(
@@ -548,21 +557,16 @@ def _export_fp16(
         FP16_SCORES_ATOL,
         FP16_SEGMENTS_ATOL,
     )
-    failed = [r for r in rows if not r.ok]
-    if failed:
-        worst = max(failed, key=lambda r: (r.scores_diff, r.segments_diff))
-        raise ParityError(
-            f"the fp16 graph differs from PyTorch fp32 (B={worst.batch}, T={worst.seq_len}: max "
-            f"|Δ scores| {worst.scores_diff:.3g} > {FP16_SCORES_ATOL:g} or |Δ segments| "
-            f"{worst.segments_diff:.3g} > {FP16_SEGMENTS_ATOL:g}); {out} not written"
-        )
+    _refuse_failed_parity(
+        rows, "the fp16 graph differs from PyTorch fp32", FP16_SCORES_ATOL, FP16_SEGMENTS_ATOL, out
+    )
     return rows
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     from amnet.cli.common import OneLineParser
 
-    parser = OneLineParser(prog=PROG, description="Export an AMNet checkpoint to ONNX with checks.")
+    parser = OneLineParser(prog=prog, description="Export an AMNet checkpoint to ONNX with checks.")
     parser.add_argument("--ckpt", required=True, help="AMNet checkpoint (.pt)")
     parser.add_argument("--out", help="output .onnx (default: the checkpoint path with .onnx)")
     parser.add_argument(
@@ -611,10 +615,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _main(argv: list[str] | None) -> int:
+def _main(argv: list[str] | None, prog: str = PROG) -> int:
     from amnet.cli.common import setup_logging
 
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     setup_logging(verbose=args.verbose)
     for name in ("scores_atol", "segments_atol"):
         if not getattr(args, name) >= 0:
@@ -633,7 +637,7 @@ def _main(argv: list[str] | None) -> int:
             fp16=args.fp16,
         )
     except ParityError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     meta = result.metadata
     size_mb = result.path.stat().st_size / 2**20
@@ -668,10 +672,10 @@ def _main(argv: list[str] | None) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     from amnet.cli.common import run_cli
 
-    return run_cli(_main, argv, PROG)
+    return run_cli(lambda args: _main(args, prog), argv, prog)
 
 
 if __name__ == "__main__":

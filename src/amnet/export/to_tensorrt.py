@@ -343,11 +343,11 @@ def _gpu_name() -> str:
     return "unknown"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     from amnet.cli.common import OneLineParser
 
     parser = OneLineParser(
-        prog=PROG, description="Build a TensorRT engine from an AMNet ONNX export."
+        prog=prog, description="Build a TensorRT engine from an AMNet ONNX export."
     )
     parser.add_argument("--onnx", required=True, help="ONNX model written by to_onnx")
     parser.add_argument("--out", help="engine file (default: the ONNX path with .plan)")
@@ -375,10 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _main(argv: list[str] | None) -> int:
+def _main(argv: list[str] | None, prog: str = PROG) -> int:
     from amnet.cli.common import setup_logging
 
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     setup_logging(verbose=args.verbose)
     plan, sidecar = build_engine(
         args.onnx,
@@ -397,10 +397,10 @@ def _main(argv: list[str] | None) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     from amnet.cli.common import run_cli
 
-    return run_cli(_main, argv, PROG)
+    return run_cli(lambda args: _main(args, prog), argv, prog)
 
 
 if __name__ == "__main__":
