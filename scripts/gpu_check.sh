@@ -19,7 +19,8 @@
 #                         parity and speed next to SDPA, the table default_block_sizes follows
 #   e2e.log               the 212-video THUMOS14-shaped test set end to end on CUDA, PyTorch
 #                         fp32 and bf16: one JSON line per measurement
-#   tensorrt.json         TensorRT fp32/fp16 engines vs ONNX Runtime (only with tensorrt installed)
+#   tensorrt.json         TensorRT fp32 and fp16 engines (the fp16 graph, strongly typed; the
+#                         FP16 flag where TensorRT 10 has it) vs ONNX Runtime (with tensorrt)
 set -uo pipefail
 : "${OUT:?set OUT to the results folder}"
 cd "$(dirname "$0")/.."
@@ -104,8 +105,9 @@ step e2e 150 "$PY" benchmarks/bench_e2e_phases.py --config configs/thumos14_i3d.
   --pack 16 --batch-size 16
 
 # TensorRT step (only where `import tensorrt`, onnx and onnxruntime work): export a tiny
-# initialised checkpoint to ONNX, build fp32 and fp16 engines with export/to_tensorrt.py's API,
-# run them on CUDA buffers and compare with ONNX Runtime (tests/test_tensorrt.py). Writes ONE
+# initialised checkpoint to ONNX (fp32 and fp16 graphs), build fp32 and fp16 engines with
+# export/to_tensorrt.py's API, run them on CUDA buffers and compare with ONNX Runtime
+# (tests/test_tensorrt.py). Writes ONE
 # file, $OUT/tensorrt.json (the log goes to stdout only, to stay within the 8 files); 75 s.
 if ! wanted tensorrt; then
   :
