@@ -31,6 +31,7 @@ if __name__ == "__main__" and not __package__:
 
 import argparse
 import contextlib
+import copy
 import logging
 import time
 import warnings
@@ -527,9 +528,10 @@ def _export_fp16(
     from amnet.metadata import write_onnx_metadata
 
     model, _, _ = load_model(ckpt, use_ema=use_ema)
-    half, _, _ = load_model(ckpt, use_ema=use_ema)
-    try:
-        _export_graph(half, meta["input_dim"], meta["max_seq_len"], opset, tmp, half=True)
+    try:  # a copy goes to half precision; ``model`` stays the fp32 reference
+        _export_graph(
+            copy.deepcopy(model), meta["input_dim"], meta["max_seq_len"], opset, tmp, half=True
+        )
     except (RuntimeError, ValueError, TypeError, NotImplementedError) as exc:
         raise AMNetError(f"fp16 ONNX export at opset {opset} failed: {_first_line(exc)}") from None
     _fold_constants(tmp)
