@@ -23,6 +23,7 @@ Reported: median milliseconds, the ratio, and the largest output difference betw
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -41,20 +42,10 @@ from amnet.kernels.reference import group_attention_reference
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _form(inner: Callable) -> Callable:
-    """``reference._banded`` pinned to one of its two forms, in eager runs and in export."""
-
-    def banded(q, k, v, window, lengths, scale):
-        half, t = window // 2, q.shape[-2]
-        bias = reference._band_bias(t, half, lengths, q.device)
-        return inner(q.float() * scale, k.float(), v.float(), t, half, bias)
-
-    return banded
-
-
+# ``reference._banded`` pinned to one of its two forms, in eager runs and in export.
 BAND: dict[str, Callable] = {
-    "gathered": _form(reference._banded_gathered),
-    "shifted": _form(reference._banded_shifted),
+    "gathered": functools.partial(reference._banded, form=reference._banded_gathered),
+    "shifted": functools.partial(reference._banded, form=reference._banded_shifted),
 }
 GLOBAL: dict[str, Callable] = {
     "explicit": lambda q, k, v, key_bias, scale: reference._dense(q, k, v, None, key_bias, scale),

@@ -8,7 +8,7 @@ tensors, and rows past a video's length are zeroed on the ``[B, H, T, Dh]`` outp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -136,6 +136,7 @@ def _banded(
     window: int,
     lengths: torch.Tensor,
     scale: float,
+    form: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Windowed attention computed on the band only: query i scores the ``2 * (w // 2) + 1``
     keys ``i - w // 2 .. i + w // 2``, so cost and memory are O(T * w), not O(T^2). Keys
@@ -147,13 +148,13 @@ def _banded(
     diagonal at a time: 2-9x faster than the gathered form, without its ``[B, H, T, S, Dh]``
     copies. Traced for export, the gathered form: across the exported runtimes the two forms
     measured within their run-to-run spread, and its graph is about a thousand nodes smaller
-    (and the one the TensorRT, OpenVINO and INT8 paths were measured on)."""
+    (and the one the TensorRT, OpenVINO and INT8 paths were measured on). ``form`` pins one
+    (the benchmark compares them)."""
     half, t = window // 2, q.shape[-2]
     bias = _band_bias(t, half, lengths, q.device)
-    q_scaled, k32, v32 = q.float() * scale, k.float(), v.float()
-    if _tracing():
-        return _banded_gathered(q_scaled, k32, v32, t, half, bias)
-    return _banded_shifted(q_scaled, k32, v32, t, half, bias)
+    if form is None:
+        form = _banded_gathered if _tracing() else _banded_shifted
+    return form(q.float() * scale, k.float(), v.float(), t, half, bias)
 
 
 def _runs(windows: Sequence[int]) -> list[tuple[int, int, int]]:
