@@ -74,6 +74,9 @@ class ChunkMerger:
         self.keep_top = keep_top
         self._best: np.ndarray = np.zeros(0)  # scores emitted so far, for keep_top's bar
         self._pool = _Pool.empty()
+        # The NMS of the pool as it stands (its bar, picks, pick scores): what ready() reads
+        # until the next chunk changes the pool.
+        self._picks: tuple[float, np.ndarray, np.ndarray] | None = None
 
     # -- time -------------------------------------------------------------------------------
 
@@ -98,6 +101,7 @@ class ChunkMerger:
     ) -> Detections:
         """Add one chunk's raw outputs (``scores [P, K]``, ``segments [P, 2]`` in snippets from
         the chunk start) and retire what ends before it; returns the detections made final."""
+        self._picks = None  # the pool changes
         cand = select_candidates(scores, segments, self.cfg)
         segs = snippets_to_seconds(
             cand.segments + float(offset), self.fps, self.stride, self.frames
@@ -146,19 +150,27 @@ class ChunkMerger:
         waiting = (pool.kind == _ACTIVE) & ~pool.emitted & (pool.ends <= limit)
         if not waiting.any():
             return Detections.empty()
-        picks, pick_scores = self._greedy(self._bar(), settle=waiting)
-        due = (pool.kind[picks] == _ACTIVE) & ~pool.emitted[picks] & (pool.ends[picks] <= limit)
-        final = [
-            j for j in np.flatnonzero(due) if self._chain_closed(picks[j], pick_scores[j], limit)
-        ]
-        return self._emit(picks[final], pick_scores[final])
+        # Any NMS that runs until the waiting candidates are decided picks them as the whole
+        # NMS of the pool does (it is the same sequence, cut short), and the pool only changes
+        # with the next chunk: one NMS serves every call until then.
+        bar = self._bar()
+        if self._picks is None or self._picks[0] != bar:
+            self._picks = (bar, *self._greedy(bar))
+        _, picks, pick_scores = self._picks
+        due = np.flatnonzero(
+            (pool.kind[picks] == _ACTIVE) & ~pool.emitted[picks] & (pool.ends[picks] <= limit)
+        )
+        if len(due) == 0:
+            return Detections.empty()
+        closed = self._chain_closed(picks[due], pick_scores[due], limit)
+        return self._emit(picks[due[closed]], pick_scores[due[closed]])
 
     def finish(self) -> Detections:
         """The end of the video: every remaining pick."""
         picks, pick_scores = self._greedy(self._bar(), limit=self.keep_top)
         todo = (self._pool.kind[picks] == _ACTIVE) & ~self._pool.emitted[picks]
         out = self._emit(picks[todo], pick_scores[todo])
-        self._pool = _Pool.empty()
+        self._pool, self._picks = _Pool.empty(), None
         return out
 
     # -- internals --------------------------------------------------------------------------
@@ -198,24 +210,30 @@ class ChunkMerger:
         )
         return live[kept], kept_scores
 
-    def _chain_closed(self, index: int, score: float, limit: float) -> bool:
-        """Whether every candidate chained to ``index`` by overlap through candidates scoring
+    def _chain_closed(self, picks: np.ndarray, scores: np.ndarray, limit: float) -> np.ndarray:
+        """Per pick, whether every candidate chained to it by overlap through candidates scoring
         ``>= score`` (its class, or all with ``multiclass`` off) ends by ``limit``."""
         pool = self._pool
-        scores = np.where(pool.kind == _ANCHOR, pool.frozen, pool.scores)
-        member = (pool.kind != _DEAD) & (scores >= score)
-        if self.cfg.multiclass:
-            member &= pool.labels == pool.labels[index]
-        rows = np.flatnonzero(member)
-        order = rows[np.argsort(pool.segments[rows, 0], kind="stable")]
-        starts, ends = pool.segments[order, 0], pool.segments[order, 1]
-        # Intervals sorted by start: a new cluster begins where a start reaches the running end.
-        reach = np.maximum.accumulate(ends)
-        breaks = np.flatnonzero(starts[1:] >= reach[:-1]) + 1
-        bounds = np.concatenate([[0], breaks, [len(order)]])
-        pos = int(np.flatnonzero(order == index)[0])
-        c = int(np.searchsorted(bounds, pos, side="right")) - 1
-        return bool(reach[bounds[c + 1] - 1] <= limit)
+        live = np.flatnonzero(pool.kind != _DEAD)
+        by_start = live[np.argsort(pool.segments[live, 0], kind="stable")]  # once for all picks
+        current = np.where(pool.kind == _ANCHOR, pool.frozen, pool.scores)[by_start]
+        starts, ends = pool.segments[by_start, 0], pool.segments[by_start, 1]
+        labels = pool.labels[by_start]
+        closed = np.zeros(len(picks), dtype=bool)
+        for n, (index, score) in enumerate(zip(picks.tolist(), scores.tolist(), strict=True)):
+            member = current >= score
+            if self.cfg.multiclass:
+                member &= labels == pool.labels[index]
+            rows = np.flatnonzero(member)
+            # Intervals sorted by start: a new cluster begins where a start reaches the running
+            # end.
+            reach = np.maximum.accumulate(ends[rows])
+            breaks = np.flatnonzero(starts[rows[1:]] >= reach[:-1]) + 1
+            bounds = np.concatenate([[0], breaks, [len(rows)]])
+            pos = int(np.flatnonzero(by_start[rows] == index)[0])
+            c = int(np.searchsorted(bounds, pos, side="right")) - 1
+            closed[n] = reach[bounds[c + 1] - 1] <= limit
+        return closed
 
     def _emit(self, picks: np.ndarray, pick_scores: np.ndarray) -> Detections:
         if len(picks) == 0:
