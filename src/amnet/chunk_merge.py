@@ -125,21 +125,36 @@ class ChunkMerger:
         if not old.any():
             self._prune(cut)
             return Detections.empty()
-        # With a cap, once ``keep_top`` detections scoring at least the current pick are final
-        # (old candidates picked here, with these scores, and detections emitted before) every
-        # later pick scores lower and cannot be reported, nor change what is: it could only
-        # suppress candidates scoring less than itself.
-        picks, pick_scores = self._greedy(
-            self._bar(), settle=old, settle_limit=self.keep_top, final_scores=self._best
-        )
-        settled = old[picks]
-        picks, pick_scores = picks[settled], pick_scores[settled]
+        bar = self._bar()
+        if self.keep_top is None:
+            # Uncapped (a stream): the whole NMS of the pool. Its picks among the old candidates
+            # are those of an NMS stopped once they are decided, and it is also the NMS of the
+            # pool after this step, which ready() reads: an old pick becomes an anchor fixed at
+            # the score it is picked at, the other old candidates were never picked (they
+            # suppress nothing), and pruned anchors overlap no active candidate.
+            every, every_scores = self._greedy(bar)
+            settled = old[every]
+            picks, pick_scores = every[settled], every_scores[settled]
+        else:
+            # With a cap, once ``keep_top`` detections scoring at least the current pick are
+            # final (old candidates picked here, with these scores, and detections emitted
+            # before) every later pick scores lower and cannot be reported, nor change what is:
+            # it could only suppress candidates scoring less than itself.
+            picks, pick_scores = self._greedy(
+                bar, settle=old, settle_limit=self.keep_top, final_scores=self._best
+            )
+            settled = old[picks]
+            picks, pick_scores = picks[settled], pick_scores[settled]
         fresh = ~pool.emitted[picks]  # some were final (and emitted) before
         out = self._emit(picks[fresh], pick_scores[fresh])
         pool.kind[old] = _DEAD
         pool.kind[picks] = _ANCHOR
         pool.frozen[picks] = pick_scores
-        self._prune(cut)
+        kept = self._prune(cut)
+        if self.keep_top is None:
+            index = np.cumsum(kept) - 1  # pool positions after the prune
+            on = kept[every]
+            self._picks = (bar, index[every[on]], every_scores[on])
         return out
 
     def ready(self, frontier: float) -> Detections:
@@ -250,13 +265,16 @@ class ChunkMerger:
             self._best = np.sort(np.concatenate([self._best, pick_scores]))[-self.keep_top :]
         return Detections(segments, pick_scores, pool.labels[picks])
 
-    def _prune(self, cut: float) -> None:
+    def _prune(self, cut: float) -> np.ndarray:
         """Forget settled candidates that end before every active one and before ``cut`` (no
-        later chunk starts before it): nothing they could suppress or vote for is left."""
+        later chunk starts before it): nothing they could suppress or vote for is left. Returns
+        the mask of the candidates kept."""
         pool = self._pool
         active = pool.kind == _ACTIVE
         first = min(pool.segments[active, 0].min(), cut) if active.any() else cut
-        pool.keep(active | (pool.ends > first))
+        kept = active | (pool.ends > first)
+        pool.keep(kept)
+        return kept
 
 
 class _Pool:
