@@ -74,9 +74,10 @@ class ChunkMerger:
         self.keep_top = keep_top
         self._best: np.ndarray = np.zeros(0)  # scores emitted so far, for keep_top's bar
         self._pool = _Pool.empty()
-        # The NMS of the pool as it stands (its bar, picks, pick scores): what ready() reads
-        # until the next chunk changes the pool.
-        self._picks: tuple[float, np.ndarray, np.ndarray] | None = None
+        # The NMS of the pool as it stands (its bar, picks, pick scores, and each pick's chain
+        # reach once ready() needed it, NaN before): what ready() reads until the next chunk
+        # changes the pool.
+        self._picks: tuple[float, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     # -- time -------------------------------------------------------------------------------
 
@@ -154,7 +155,7 @@ class ChunkMerger:
         if self.keep_top is None:
             index = np.cumsum(kept) - 1  # pool positions after the prune
             on = kept[every]
-            self._picks = (bar, index[every[on]], every_scores[on])
+            self._picks = (bar, index[every[on]], every_scores[on], np.full(on.sum(), np.nan))
         return out
 
     def ready(self, frontier: float) -> Detections:
@@ -170,15 +171,20 @@ class ChunkMerger:
         # with the next chunk: one NMS serves every call until then.
         bar = self._bar()
         if self._picks is None or self._picks[0] != bar:
-            self._picks = (bar, *self._greedy(bar))
-        _, picks, pick_scores = self._picks
+            picks, pick_scores = self._greedy(bar)
+            self._picks = (bar, picks, pick_scores, np.full(len(picks), np.nan))
+        _, picks, pick_scores, reach = self._picks
         due = np.flatnonzero(
             (pool.kind[picks] == _ACTIVE) & ~pool.emitted[picks] & (pool.ends[picks] <= limit)
         )
         if len(due) == 0:
             return Detections.empty()
-        closed = self._chain_closed(picks[due], pick_scores[due], limit)
-        return self._emit(picks[due[closed]], pick_scores[due[closed]])
+        # A chain's reach depends on the pool only, not on the frontier: each is found once.
+        todo = due[np.isnan(reach[due])]
+        if len(todo):
+            reach[todo] = self._chain_reach(picks[todo], pick_scores[todo])
+        final = due[reach[due] <= limit]
+        return self._emit(picks[final], pick_scores[final])
 
     def finish(self) -> Detections:
         """The end of the video: every remaining pick."""
@@ -225,16 +231,17 @@ class ChunkMerger:
         )
         return live[kept], kept_scores
 
-    def _chain_closed(self, picks: np.ndarray, scores: np.ndarray, limit: float) -> np.ndarray:
-        """Per pick, whether every candidate chained to it by overlap through candidates scoring
-        ``>= score`` (its class, or all with ``multiclass`` off) ends by ``limit``."""
+    def _chain_reach(self, picks: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Per pick, the latest end of the candidates chained to it by overlap through
+        candidates scoring ``>= score`` (its class, or all with ``multiclass`` off): the pick is
+        final once no later chunk can start before that."""
         pool = self._pool
         live = np.flatnonzero(pool.kind != _DEAD)
         by_start = live[np.argsort(pool.segments[live, 0], kind="stable")]  # once for all picks
         current = np.where(pool.kind == _ANCHOR, pool.frozen, pool.scores)[by_start]
         starts, ends = pool.segments[by_start, 0], pool.segments[by_start, 1]
         labels = pool.labels[by_start]
-        closed = np.zeros(len(picks), dtype=bool)
+        reach_of = np.empty(len(picks))
         for n, (index, score) in enumerate(zip(picks.tolist(), scores.tolist(), strict=True)):
             member = current >= score
             if self.cfg.multiclass:
@@ -247,8 +254,8 @@ class ChunkMerger:
             bounds = np.concatenate([[0], breaks, [len(rows)]])
             pos = int(np.flatnonzero(by_start[rows] == index)[0])
             c = int(np.searchsorted(bounds, pos, side="right")) - 1
-            closed[n] = reach[bounds[c + 1] - 1] <= limit
-        return closed
+            reach_of[n] = reach[bounds[c + 1] - 1]
+        return reach_of
 
     def _emit(self, picks: np.ndarray, pick_scores: np.ndarray) -> Detections:
         if len(picks) == 0:
