@@ -544,3 +544,43 @@ def test_score_voting_in_row_blocks_equals_one_block(monkeypatch):
     blocked = pp.nms(dets, pp.PostprocessConfig())
     np.testing.assert_allclose(blocked.segments, whole.segments, rtol=0, atol=1e-9)
     np.testing.assert_array_equal(blocked.scores, whole.scores)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_an_nms_run_to_its_end_over_overlap_lists_equals_the_group_by_group_one(seed, monkeypatch):
+    """A full NMS (a stream's) touches only the segments each pick overlaps, from lists built
+    once; with those lists disabled (their size budget at 0) it computes each pick's tIoU over
+    its whole group. Both give the same picks and scores to the bit: soft and hard NMS, per
+    class or not, anchors (fixed scores), a stop score, tied scores and touching or empty
+    segments, decays that underflow."""
+    from amnet import postprocess
+
+    rng = np.random.default_rng(seed)
+    for case in range(12):
+        n = int(rng.integers(1, 300))
+        starts = rng.uniform(0, 60, n)
+        segs = np.stack([starts, starts + rng.choice([0.0, 0.3, 3.0, 25.0], n) * rng.random(n)], 1)
+        if case % 3 == 0:
+            segs = np.round(segs)  # touching segments, equal starts, segments of no length
+        scores = rng.random(n) if case % 2 else np.round(rng.random(n), 1)  # ties
+        dets = Detections(segs, scores, rng.integers(0, 3, n))
+        cfg = PostprocessConfig(
+            nms_method=("soft", "hard")[case % 2],
+            sigma=float(rng.choice([0.5, 0.05, 1e-4])),
+            iou_threshold=float(rng.choice([0.0, 0.1, 0.7])),
+            multiclass=bool(case % 4),
+            min_score=float(rng.choice([0.001, 0.0, 0.3])),
+        )
+        kwargs = dict(
+            limit=n,
+            fixed=rng.random(n) < 0.1 if case % 5 else None,
+            stop_below=float(rng.choice([-np.inf, 0.2])),
+        )
+        with np.errstate(invalid="ignore"):  # -inf * 0 where a decay underflows, as before
+            got = postprocess._suppress(dets, cfg, **kwargs)
+            monkeypatch.setattr(postprocess, "_PAIRS_PER_SEGMENT", 0)
+            want = postprocess._suppress(dets, cfg, **kwargs)
+            monkeypatch.undo()
+        assert len(want[0]) > 0
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])

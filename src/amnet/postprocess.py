@@ -339,6 +339,103 @@ def _group_bounds(keys: np.ndarray) -> tuple[np.ndarray, list[int], list[int]]:
     return order, lo.tolist(), (lo + np.repeat(counts, counts)).tolist()
 
 
+# Past this many overlapping pairs per segment the pair lists cost more memory than they save
+# time, and the NMS computes each pick's tIoU against its whole group instead.
+_PAIRS_PER_SEGMENT = 64
+
+
+def _overlap_pairs(
+    starts: np.ndarray, ends: np.ndarray, lengths: np.ndarray, lo: list[int], hi: list[int]
+) -> tuple[list[int], np.ndarray, np.ndarray] | None:
+    """The pairs of segments of a group whose tIoU is positive, as rows: ``cols[ptr[i] :
+    ptr[i + 1]]`` overlap segment i, with tIoU ``iou[ptr[i] : ptr[i + 1]]`` (computed as
+    :func:`_tiou_one_to_many` does, so to the bit). None when there are too many, or the
+    segments are not all finite (their tIoU is not an overlap test)."""
+    n = len(starts)
+    if not (np.isfinite(starts).all() and np.isfinite(ends).all()):
+        return None
+    groups = []
+    for a in sorted(set(lo)):
+        b = hi[a]
+        # By start, the segments that start inside segment i (after its start) follow it.
+        by_start = a + np.argsort(starts[a:b], kind="stable")
+        first = np.arange(1, b - a + 1)
+        count = np.maximum(np.searchsorted(starts[by_start], ends[by_start], "left") - first, 0)
+        groups.append((by_start, first, count))
+    if sum(int(count.sum()) for _, _, count in groups) > _PAIRS_PER_SEGMENT * n:
+        return None
+    rows_by_group, cols_by_group = [], []
+    for by_start, first, count in groups:
+        steps = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+        rows_by_group.append(np.repeat(by_start, count))
+        cols_by_group.append(by_start[np.repeat(first, count) + steps])
+    rows = np.concatenate(rows_by_group) if rows_by_group else np.zeros(0, np.int64)
+    cols = np.concatenate(cols_by_group) if cols_by_group else np.zeros(0, np.int64)
+    iou = np.minimum(ends[cols], ends[rows])
+    iou -= np.maximum(starts[cols], starts[rows])
+    np.maximum(iou, 0.0, out=iou)
+    union = lengths[cols] + lengths[rows]
+    union -= iou
+    np.maximum(union, _EPS, out=union)
+    iou /= union
+    hit = iou > 0  # segments of no length overlap nothing
+    rows, cols, iou = rows[hit], cols[hit], iou[hit]
+    rows, cols, iou = np.r_[rows, cols], np.r_[cols, rows], np.r_[iou, iou]  # tIoU is symmetric
+    by_row = np.argsort(rows, kind="stable")
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=ptr[1:])
+    return ptr.tolist(), cols[by_row], iou[by_row]
+
+
+def _greedy_over_pairs(
+    cur: np.ndarray,
+    pairs: tuple[list[int], np.ndarray, np.ndarray],
+    cfg: PostprocessConfig,
+    floor: float,
+    limit: int,
+    stop_below: float,
+    fixed_scores: tuple[np.ndarray, np.ndarray] | None,
+) -> tuple[list[int], list[float]]:
+    """:func:`_suppress`'s loop (no ``settle``) over the lists of :func:`_overlap_pairs`: each
+    pick updates only the segments it overlaps, with the same arithmetic, in the same order."""
+    ptr, neighbours, iou = pairs
+    soft = cfg.nms_method == "soft"
+    if soft:
+        iou *= iou
+        iou *= -1.0 / cfg.sigma
+        decay = np.exp(iou, out=iou)
+    else:
+        drop = iou > cfg.iou_threshold
+    live_fixed, settled = fixed_scores if fixed_scores is not None else (None, None)
+    picked: list[int] = []
+    picked_scores: list[float] = []
+    while len(picked) < limit:
+        i = int(cur.argmax())
+        top = float(cur[i])
+        if top == -np.inf or top < stop_below:
+            break
+        picked.append(i)
+        picked_scores.append(top)
+        cur[i] = -np.inf
+        if live_fixed is not None:
+            live_fixed[i] = False
+        a, b = ptr[i], ptr[i + 1]
+        if a == b:
+            continue
+        near = neighbours[a:b]
+        scores = cur[near]
+        if soft:
+            scores *= decay[a:b]
+            scores[~(scores >= floor)] = -np.inf
+        else:
+            scores[drop[a:b]] = -np.inf
+        if live_fixed is not None:
+            keep = live_fixed[near]
+            scores[keep] = settled[near][keep]
+        cur[near] = scores
+    return picked, picked_scores
+
+
 def _suppress(
     dets: Detections,
     cfg: PostprocessConfig,
@@ -393,6 +490,20 @@ def _suppress(
         if unsettled == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
         settled_picks = 0
+
+    # An NMS run to its end (a stream's) picks most candidates: it pays to list once which
+    # segments overlap which, and to touch only those at each pick.
+    pairs = (
+        None
+        if settle is not None or limit < len(cur)
+        else _overlap_pairs(starts, ends, lengths, lo, hi)
+    )
+    if pairs is not None:
+        fixed_scores = (live_fixed, settled) if live_fixed is not None else None
+        kept, kept_scores = _greedy_over_pairs(
+            cur, pairs, cfg, floor, limit, stop_below, fixed_scores
+        )
+        return order[np.asarray(kept, dtype=np.int64)], np.asarray(kept_scores)
 
     picked: list[int] = []
     picked_scores: list[float] = []
