@@ -387,6 +387,27 @@ def _overlap_pairs(
     return ptr.tolist(), cols[by_row], iou[by_row]
 
 
+def _take_best(
+    cur: np.ndarray,
+    stop_below: float,
+    picked: list[int],
+    picked_scores: list[float],
+    live_fixed: np.ndarray | None,
+) -> int:
+    """One greedy step: the position of the best current score, now picked (-1 when nothing is
+    left at or above ``stop_below``)."""
+    i = int(cur.argmax())
+    top = float(cur[i])
+    if top == -np.inf or top < stop_below:
+        return -1
+    picked.append(i)
+    picked_scores.append(top)
+    cur[i] = -np.inf
+    if live_fixed is not None:
+        live_fixed[i] = False
+    return i
+
+
 def _greedy_over_pairs(
     cur: np.ndarray,
     pairs: tuple[list[int], np.ndarray, np.ndarray],
@@ -410,15 +431,9 @@ def _greedy_over_pairs(
     picked: list[int] = []
     picked_scores: list[float] = []
     while len(picked) < limit:
-        i = int(cur.argmax())
-        top = float(cur[i])
-        if top == -np.inf or top < stop_below:
+        i = _take_best(cur, stop_below, picked, picked_scores, live_fixed)
+        if i < 0:
             break
-        picked.append(i)
-        picked_scores.append(top)
-        cur[i] = -np.inf
-        if live_fixed is not None:
-            live_fixed[i] = False
         a, b = ptr[i], ptr[i + 1]
         if a == b:
             continue
@@ -508,15 +523,9 @@ def _suppress(
     picked: list[int] = []
     picked_scores: list[float] = []
     while len(picked) < limit:
-        i = int(cur.argmax())
-        top = float(cur[i])
-        if top == -np.inf or top < stop_below:
+        i = _take_best(cur, stop_below, picked, picked_scores, live_fixed)
+        if i < 0:
             break
-        picked.append(i)
-        picked_scores.append(top)
-        cur[i] = -np.inf
-        if live_fixed is not None:
-            live_fixed[i] = False
         if watched is not None and watched[i]:
             watched[i] = False
             unsettled -= 1
@@ -526,6 +535,7 @@ def _suppress(
             if settle_limit is not None:
                 final = settled_picks
                 if final_scores is not None and len(final_scores):
+                    top = picked_scores[-1]
                     final += len(final_scores) - int(np.searchsorted(final_scores, top, "left"))
                 if final >= settle_limit:
                     break
