@@ -13,9 +13,10 @@ Three measurements, the forms interleaved round by round in one process:
    training shape, the paper model's training crop and its inference window;
 2. the paper-size model (``configs/thumos14_i3d.yaml``, initialised) through ``predict`` on one
    2,304-snippet window in PyTorch: each change alone and both;
-3. the same model exported to ONNX with each band form and run on that window by ONNX Runtime
-   (fp32 and dynamic INT8) and OpenVINO bf16 where installed (``--ckpt`` a checkpoint to
-   export instead of an initialised model).
+3. the same model exported to ONNX with the traced band form before ("stacked": one slice per
+   offset) and now ("gathered": one index), its export and loading times, and the graph run on
+   that window by ONNX Runtime (fp32 and dynamic INT8) and OpenVINO bf16 where installed
+   (``--ckpt`` a checkpoint to export instead of an initialised model).
 
 Reported: median milliseconds, the ratio, and the largest output difference between the forms.
 """
@@ -42,10 +43,25 @@ from amnet.kernels.reference import group_attention_reference
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# ``reference._banded`` pinned to one of its two forms, in eager runs and in export.
+def _banded_stacked(q, k, v, t: int, half: int, bias: torch.Tensor) -> torch.Tensor:
+    """The traced form before the gathered one: the band's keys and values stacked from one
+    shifted slice per offset (Slice, Unsqueeze and Concat per offset in ONNX, plus the shape
+    arithmetic of each dynamic slice); otherwise the gathered form's arithmetic."""
+    k_pad = torch.nn.functional.pad(k, (0, 0, half, half))
+    v_pad = torch.nn.functional.pad(v, (0, 0, half, half))
+    span = 2 * half + 1
+    k_band = torch.stack([k_pad[:, :, d : d + t] for d in range(span)], dim=3)
+    v_band = torch.stack([v_pad[:, :, d : d + t] for d in range(span)], dim=3)
+    scores = torch.matmul(k_band, q.unsqueeze(-1)).squeeze(-1)
+    probs = torch.softmax(scores + bias, dim=-1)
+    return torch.matmul(probs.unsqueeze(-2), v_band).squeeze(-2)
+
+
+# ``reference._banded`` pinned to one of its forms, in eager runs and in export.
 BAND: dict[str, Callable] = {
     "gathered": functools.partial(reference._banded, form=reference._banded_gathered),
     "shifted": functools.partial(reference._banded, form=reference._banded_shifted),
+    "stacked": functools.partial(reference._banded, form=_banded_stacked),
 }
 GLOBAL: dict[str, Callable] = {
     "explicit": lambda q, k, v, key_bias, scale: reference._dense(q, k, v, None, key_bias, scale),
@@ -198,17 +214,24 @@ def model_rows(ckpt: Path, rounds: int, folder: Path) -> list[dict]:
         ("PyTorch, both (gathered + explicit -> the model's eager forms)",
          torch_run("gathered", "explicit"), torch_run(None, None)),
     ]  # fmt: skip
-    graphs, nodes = {}, {}
-    for form in BAND:
-        _use(form, None)
-        path = export_onnx(ckpt, folder / f"{form}.onnx", parity=False).path
-        nodes[form] = len(onnx.load(str(path), load_external_data=False).graph.node)
-        graphs[form] = _runners(path, torch.get_num_threads(), feed)
+    # The exported graph: the traced band form before (stacked slices) and now (one gather).
+    traced = ("stacked", "gathered")
+    graphs, nodes, exports, loads = {}, {}, {}, {}
+    for _ in range(rounds):  # export and session creation interleaved too
+        for form in traced:
+            _use(form, None)
+            began = time.perf_counter()
+            path = export_onnx(ckpt, folder / f"{form}.onnx", parity=False).path
+            exports.setdefault(form, []).append(time.perf_counter() - began)
+            began = time.perf_counter()
+            graphs[form] = _runners(path, torch.get_num_threads(), feed)
+            loads.setdefault(form, []).append(time.perf_counter() - began)
+            nodes[form] = len(onnx.load(str(path), load_external_data=False).graph.node)
     _use(None, None)
-    for runtime in graphs["shifted"]:
-        label = (f"{runtime}, graph traced gathered -> shifted "
-                 f"({nodes['gathered']:,} -> {nodes['shifted']:,} nodes)")  # fmt: skip
-        compared.append((label, graphs["gathered"][runtime], graphs["shifted"][runtime]))
+    for runtime in graphs["gathered"]:
+        label = (f"{runtime}, graph traced stacked -> gathered "
+                 f"({nodes['stacked']:,} -> {nodes['gathered']:,} nodes)")  # fmt: skip
+        compared.append((label, graphs["stacked"][runtime], graphs["gathered"][runtime]))
 
     times: dict[tuple[str, int], list[float]] = {(c[0], i): [] for c in compared for i in (1, 2)}
     outs = {}
@@ -218,7 +241,13 @@ def model_rows(ckpt: Path, rounds: int, folder: Path) -> list[dict]:
                 times[label, index].append(_median_ms(run, 1))
                 outs[label, index] = run()
     _use(None, None)
-    rows = []
+    rows = [
+        {"run": f"{what}, stacked -> gathered", "T": length, "before_ms": old, "after_ms": new,
+         "speedup": old / new, "max_diff": 0.0}
+        for what, seconds in (("export (no parity check)", exports),
+                              ("INT8 quantization and loading into every runtime", loads))
+        for old, new in [(1e3 * statistics.median(seconds[f]) for f in traced)]
+    ]  # fmt: skip
     for label, _, _ in compared:
         old, new = (statistics.median(times[label, i]) for i in (1, 2))
         diff = max(

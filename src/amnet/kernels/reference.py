@@ -116,14 +116,17 @@ def _banded_shifted(
 def _banded_gathered(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t: int, half: int, bias: torch.Tensor
 ) -> torch.Tensor:
-    """The band gathered into ``[B, H, T, S, Dh]`` keys and values (stacked shifted slices:
-    Pad, Slice, Concat in ONNX), then one small matrix product per query for the scores and
-    one for the output."""
+    """The band gathered into ``[B, H, T, S, Dh]`` keys and values by one index (row
+    ``i * S + d`` takes padded key ``i + d``: a single Gather in ONNX), then one small matrix
+    product per query for the scores and one for the output."""
     k_pad = torch.nn.functional.pad(k, (0, 0, half, half))
     v_pad = torch.nn.functional.pad(v, (0, 0, half, half))
     span = 2 * half + 1
-    k_band = torch.stack([k_pad[:, :, d : d + t] for d in range(span)], dim=3)
-    v_band = torch.stack([v_pad[:, :, d : d + t] for d in range(span)], dim=3)
+    index = torch.arange(t, device=q.device).view(t, 1) + torch.arange(span, device=q.device)
+    index = index.view(-1)
+    b, h, dh = k.shape[0], k.shape[1], k.shape[-1]
+    k_band = k_pad.index_select(2, index).view(b, h, t, span, dh)
+    v_band = v_pad.index_select(2, index).view(b, h, t, span, dh)
     scores = torch.matmul(k_band, q.unsqueeze(-1)).squeeze(-1)  # [B, H, T, S]
     probs = torch.softmax(scores + bias, dim=-1)
     return torch.matmul(probs.unsqueeze(-2), v_band).squeeze(-2)
@@ -147,9 +150,9 @@ def _banded(
     bench_attention_forms.py). Run eagerly (training and the PyTorch backend on a CPU), one
     diagonal at a time: 2-9x faster than the gathered form, without its ``[B, H, T, S, Dh]``
     copies. Traced for export, the gathered form: across the exported runtimes the two forms
-    measured within their run-to-run spread, and its graph is about a thousand nodes smaller
-    (and the one the TensorRT, OpenVINO and INT8 paths were measured on). ``form`` pins one
-    (the benchmark compares them)."""
+    measured within their run-to-run spread, and its band is one Gather per tensor, so the
+    graph is the smallest (faster export, loads and quantization). ``form`` pins one (the
+    benchmark compares them)."""
     half, t = window // 2, q.shape[-2]
     bias = _band_bias(t, half, lengths, q.device)
     if form is None:
