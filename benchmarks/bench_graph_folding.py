@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = {"traced": work / "traced.onnx", "folded": work / "folded.onnx"}
     export_s, _ = _timed(lambda: _export_graph(model, dim, max_len, 17, paths["traced"]))
     shutil.copy(paths["traced"], paths["folded"])
-    fold_s, _ = _timed(lambda: _fold_constants(paths["folded"]))
+    fold_s, _ = _timed(lambda: onnx.save(_fold_constants(paths["folded"]), str(paths["folded"])))
 
     rng = np.random.default_rng(0)
     length = min(args.length, max_len)
