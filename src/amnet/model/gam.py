@@ -28,8 +28,10 @@ class GroupAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
         hh = self.half_heads
-        # Head order: long self, short self, long→short, short→long.
-        self.windows = [0] * hh + [short_window] * hh + [0] * hh + [short_window] * hh
+        # Head order: long self, long→short (global), short self, short→long (windowed). Heads
+        # of one window are adjacent, so the reference attention takes one run per window: the
+        # same numbers, a 14% smaller exported graph (DESIGN §4).
+        self.windows = [0] * (2 * hh) + [short_window] * (2 * hh)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         long_x, short_x = x.split(self.half_dim, dim=-1)
@@ -39,11 +41,11 @@ class GroupAttention(nn.Module):
         qs, ks, vs = (
             split_heads(t, self.half_heads) for t in self.qkv_short(short_x).chunk(3, dim=-1)
         )
-        q = torch.cat([ql, qs, ql, qs], dim=1)
+        q = torch.cat([ql, ql, qs, qs], dim=1)
         k = torch.cat([kl, ks, ks, kl], dim=1)
         v = torch.cat([vl, vs, vs, vl], dim=1)
         out = group_attention(q, k, v, self.windows, lengths)
-        long_self, short_self, long_cross, short_cross = out.chunk(4, dim=1)
+        long_self, long_cross, short_self, short_cross = out.chunk(4, dim=1)
         long_out = merge_heads(long_self + long_cross)
         short_out = merge_heads(short_self + short_cross)
         return self.drop(self.proj(torch.cat([long_out, short_out], dim=-1)))
