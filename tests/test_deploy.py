@@ -621,6 +621,37 @@ def test_openvino_f32_is_exact_on_a_paper_width_model(tmp_path):
         assert np.abs(got[1] - ref[1]).max() < 1e-3
 
 
+def test_openvino_full_window_runs_static_with_the_dynamic_models_numbers(models, monkeypatch):
+    """Chunks of the full window, and those padded to it, run on the static-shape model and
+    come back with exactly the points and (to f32 rounding) the numbers of the dynamic model;
+    shorter chunks and batches run on the dynamic one."""
+    pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
+    from amnet.deploy.backend_openvino import STATIC_PAD_FRACTION, OpenVinoBackend
+
+    # Pad from half the window: chunks that the pyramid pads to less than the window.
+    monkeypatch.setitem(STATIC_PAD_FRACTION, "fp32", 0.5)
+
+    static = OpenVinoBackend(models["onnx"], intra_op_threads=1)
+    dynamic = OpenVinoBackend(models["onnx"], intra_op_threads=1, static_window=False)
+    assert static.static is not None and dynamic.static is None
+    window = static.window
+    padded = int(np.ceil(window * STATIC_PAD_FRACTION["fp32"]))
+    cases = [(window, window), (window, window - 40), (padded, padded), (padded, padded - 3)]
+    cases += [(padded + 22, padded + 19), (padded - 1, padded - 1), (97, 60)]
+    for t, length in cases:
+        x, lengths = video(t, seed=t + length)[None], np.array([length])
+        static._local = threading.local()  # the model that ran shows as the request it made
+        got, ref = static.run(x, lengths), dynamic.run(x, lengths)
+        assert hasattr(static._local, "static_request") == (t >= padded), (t, length)
+        assert got[0].shape == ref[0].shape and got[1].shape == ref[1].shape
+        assert np.abs(got[0] - ref[0]).max() < 1e-5
+        assert np.abs(got[1] - ref[1]).max() < 1e-3
+    batch = np.stack([video(window, seed=2), video(window, seed=3)])
+    got = static.run(batch, np.array([window, 100]))
+    ref = dynamic.run(batch, np.array([window, 100]))
+    assert np.abs(got[0] - ref[0]).max() == 0.0
+
+
 def test_openvino_is_refused_when_it_disagrees_with_onnx_runtime(models, monkeypatch):
     """The load-time check compares OpenVINO with ONNX Runtime on one window: outputs beyond
     the tolerance (here made zero, so the real last-bit differences exceed it) refuse the
