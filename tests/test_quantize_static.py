@@ -135,6 +135,14 @@ def test_openvino_runs_the_static_model_like_onnx_runtime(models, static_model):
     scores, segments = vino.backend.run(video, lengths)
     assert np.abs(scores - ref[0]).max() < 0.05
     assert np.abs(segments - ref[1]).max() < 2.0
+    # The full window runs on the static-shape model here too (DESIGN §6.2).
+    assert vino.backend.static is not None
+    full = np.concatenate(training_videos(models))[None, : vino.backend.window]
+    lengths = np.array([full.shape[1]], dtype=np.int64)
+    ref = ort_session.run(None, {"features": full, "lengths": lengths})
+    scores, segments = vino.backend.run(full, lengths)
+    assert np.abs(scores - ref[0]).max() < 0.05
+    assert np.abs(segments - ref[1]).max() < 2.0
 
 
 @needs_openvino

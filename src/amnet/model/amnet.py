@@ -168,7 +168,11 @@ class AMNet(nn.Module):
             out.cls_logits.dtype
         )
         step = out.offsets * out.strides[None, :, None]
-        segments = torch.stack([out.centers - step[..., 0], out.centers + step[..., 1]], dim=-1)
+        # centre - start offset, centre + end offset, as one signed sum: the same numbers
+        # (negation is exact), and a graph OpenVINO can compile with static shapes when the
+        # model is statically quantized (per-column gathers broke its shape inference there).
+        sign = torch.tensor([-1.0, 1.0], dtype=step.dtype, device=step.device)
+        segments = out.centers[None, :, None] + step * sign
         return scores, segments
 
 
