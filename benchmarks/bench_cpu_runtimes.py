@@ -5,8 +5,8 @@ machine slows all alike), scored with the ActivityNet metric:
 
 - PyTorch fp32 and bf16 (autocast) on the ``.pt`` checkpoint,
 - ONNX Runtime fp32 on ``--onnx`` and INT8 on ``--int8`` (dynamic or static),
-- OpenVINO f32 and bf16 on ``--onnx``, and on every static (QDQ) INT8 model (when OpenVINO is
-  installed).
+- OpenVINO f32 and bf16 on ``--onnx``, and every static (QDQ) INT8 model with its float
+  remainder in f32 and in bf16 (when OpenVINO is installed).
 
     amnet-export onnx --ckpt work/bench_train/runs/thumos14_i3d-seed0/last.pt \
         --out work/runtimes/model.onnx --int8
@@ -74,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
             ]
         for path in args.int8:
             if read_onnx_metadata(path).get("quantization", "").startswith("static"):
-                plans.append((f"OpenVINO INT8 ({label(path)})", path, {"runtime": "openvino"}))
+                name = f"OpenVINO INT8 ({label(path)})"
+                plans.append((name, path, {"runtime": "openvino"}))
+                # The float remainder (attention products, norms) in bf16.
+                bf16 = {"runtime": "openvino", "precision": "bf16"}
+                plans.append((f"{name}, rest bf16", path, bf16))
     detectors = {}
     for name, path, options in plans:
         try:

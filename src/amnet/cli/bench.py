@@ -4,7 +4,8 @@
 
     amnet-bench (--config CFG | --engine MODEL)
         [--layout ANNOTATIONS.json [--subset test] | --preset thumos14|tiny] [--videos N]
-        [--seed S] [--backends torch,torch-bf16,onnxruntime,onnxruntime-int8,openvino-bf16,openvino-int8,tensorrt]
+        [--seed S] [--backends torch,torch-bf16,onnxruntime,onnxruntime-int8,openvino-bf16,openvino-int8,
+                    openvino-int8-bf16,tensorrt]
         [--device cpu|cuda]
         [--threads N] [--rounds 2] [--latency 256,2304,12551] [--repeats 3] [--work DIR]
         [--json] [--keep-going]
@@ -23,7 +24,8 @@ What it does (DESIGN §7):
    autocast on ``--device`` (skipped where it has no bfloat16 arithmetic). ``openvino-int8``
    runs a static INT8 (QDQ) model: the sibling when it is static, else one quantized here,
    calibrated on 16 windows of the benchmark's own features (it measures speed; static INT8's
-   accuracy is measured on a trained model by ``benchmarks/bench_cpu_runtimes.py``). Backends
+   accuracy is measured on a trained model by ``benchmarks/bench_cpu_runtimes.py``);
+   ``openvino-int8-bf16`` runs that model with its float remainder in bf16. Backends
    that cannot run are reported as skipped, with the reason.
 3. **Throughput**, in ``--rounds`` rounds with the backends taking turns (A B C, A B C), so a
    change in the machine's load hits them alike; each row is a backend's median round. Each
@@ -85,9 +87,16 @@ BACKENDS = (
     "onnxruntime-int8",
     "openvino-bf16",
     "openvino-int8",
+    "openvino-int8-bf16",
     "tensorrt",
 )
-ONNX_BACKENDS = ("onnxruntime", "onnxruntime-int8", "openvino-bf16", "openvino-int8")
+ONNX_BACKENDS = (
+    "onnxruntime",
+    "onnxruntime-int8",
+    "openvino-bf16",
+    "openvino-int8",
+    "openvino-int8-bf16",
+)
 # Static INT8 for openvino-int8: calibrated on this many windows of the benchmark's own
 # features (the benchmark measures speed; static INT8's accuracy is measured on a trained
 # model by benchmarks/bench_cpu_runtimes.py).
@@ -97,6 +106,7 @@ BACKEND_OPTIONS: dict[str, dict[str, str]] = {
     "torch-bf16": {"precision": "bf16"},
     "openvino-bf16": {"runtime": "openvino", "precision": "bf16"},
     "openvino-int8": {"runtime": "openvino"},
+    "openvino-int8-bf16": {"runtime": "openvino", "precision": "bf16"},
 }
 PRESETS = ("thumos14", "tiny")
 _WORKER_TIMEOUT_S = 3 * 3600
@@ -446,12 +456,19 @@ def _models(
             if not int8.is_file():
                 int8 = quantize_int8(onnx, work / int8.name)
             models["onnxruntime-int8"] = int8
-        if "openvino-int8" in wanted:
-            reason = _openvino_missing()
+        static = None
+        for name, why in (
+            ("openvino-int8", _openvino_missing),
+            ("openvino-int8-bf16", _openvino_bf16_missing),
+        ):
+            if name not in wanted:
+                continue
+            reason = why()
             if reason:
-                skipped["openvino-int8"] = reason
+                skipped[name] = reason
             else:
-                models["openvino-int8"] = _static_int8(onnx, work, features)
+                static = static or _static_int8(onnx, work, features)
+                models[name] = static
     else:
         for name in ONNX_BACKENDS:
             skipped[name] = "needs an ONNX model (--config, --engine CKPT.pt or MODEL.onnx)"

@@ -3,7 +3,9 @@
 Chosen with ``Detector(path, runtime="openvino", precision="bf16")`` or ``amnet-infer --runtime
 openvino --precision bf16`` (the ``[openvino]`` extra). On CPUs with bfloat16 arithmetic
 (AVX-512 BF16, AMX) the bf16 graph runs about twice as fast as ONNX Runtime fp32 and faster than
-ONNX Runtime's INT8 model (docs/BENCHMARKS.md); ``precision="fp32"`` (the default) is f32
+ONNX Runtime's INT8 model (docs/BENCHMARKS.md); a statically quantized (QDQ) model runs its
+int8 operators as integers and, with ``precision="bf16"``, the rest in bf16: the fastest CPU
+path measured. ``precision="fp32"`` (the default) is f32
 inference (with OpenVINO's generated kernels switched off: they computed this graph wrongly in
 f32). Every model is checked against ONNX Runtime on one window when it is opened: a wrong
 runtime must be an error, never a silent wrong answer.
