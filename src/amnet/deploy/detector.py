@@ -158,7 +158,8 @@ class Detector:
         batch_size: chunks per backend call for long videos (bounded by TensorRT's profile);
             default 1 on a CPU, 4 on a GPU.
         precision: ``"fp32"`` or ``"bf16"`` (``.pt`` models under bfloat16 autocast, or the
-            OpenVINO runtime in bf16; on hardware with bf16 arithmetic).
+            OpenVINO runtime in bf16, for a static INT8 model its float part; on hardware with
+            bf16 arithmetic).
         runtime: ``"openvino"`` runs an ``.onnx`` model on OpenVINO instead of ONNX Runtime
             (the ``[openvino]`` extra; CPU only).
         postprocess_workers: processes that post-process the videos of

@@ -174,8 +174,8 @@ def build_parser() -> OneLineParser:
         "--precision",
         choices=("fp32", "bf16"),
         default="fp32",
-        help=".pt models and --runtime openvino: bf16 on hardware with bfloat16 "
-        "(default: %(default)s)",
+        help=".pt models and --runtime openvino (for a static INT8 model, its float part): "
+        "bf16 on hardware with bfloat16 (default: %(default)s)",
     )
     parser.add_argument(
         "--runtime",
