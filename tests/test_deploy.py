@@ -508,8 +508,11 @@ def test_a_stream_of_videos_is_consumed_lazily_and_answered_in_order(
                   postprocess_workers=workers) as det:  # fmt: skip
         stream = det.detect_raw_iter(feed())
         first = next(stream)
-        if workers is None:  # one window per call, inline post-processing: nothing read ahead
-            assert pulled == [300]
+        if workers is None:
+            # One window per call, one call in flight, inline post-processing: the stream is
+            # read only as far as the next call (the empty video, then the 700-snippet one,
+            # whose window runs while the first video's result is handed out).
+            assert pulled == [300, 0, 700]
         got = [first, *stream]
     assert pulled == lengths and len(got) == len(lengths)
     for n, dets in zip(lengths, got, strict=True):
@@ -517,6 +520,28 @@ def test_a_stream_of_videos_is_consumed_lazily_and_answered_in_order(
         np.testing.assert_array_equal(dets.labels, want.labels)
         np.testing.assert_allclose(dets.scores, want.scores, atol=1e-5)
         np.testing.assert_allclose(dets.segments, want.segments, atol=1e-4)
+
+
+def test_a_failed_backend_call_in_a_stream_is_raised_to_the_caller(models, monkeypatch):
+    """The batch paths call the backend on the Detector's thread: a failure there reaches the
+    caller as the same one-line error, and the Detector serves the next stream."""
+    det = Detector(models["onnx"], intra_op_threads=1)
+    real_run, calls = det.backend.run, []
+
+    def failing_second_call(x, lengths):
+        calls.append(x.shape[1])
+        if len(calls) == 2:
+            raise AMNetError("model.onnx: ONNX Runtime failed (out of memory)")
+        return real_run(x, lengths)
+
+    monkeypatch.setattr(det.backend, "run", failing_second_call)
+    videos = [video(n, seed=n) for n in (120, 90, 200)]
+    with pytest.raises(AMNetError, match=r"^model.onnx: ONNX Runtime failed \(out of memory\)$"):
+        list(det.detect_raw_iter(iter(videos)))
+    got = det.detect_raw_many(videos)
+    for dets, v in zip(got, videos, strict=True):
+        assert_same(dets, det.detect_raw(v))
+    det.close()
 
 
 def _cpu_has_bf16() -> bool:
@@ -552,12 +577,21 @@ def test_precision_is_checked(models):
 
 def test_openvino_runtime_matches_onnx_runtime(models, onnx_detector):
     pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
+    from amnet.deploy import backend_openvino
+
     vino = Detector(models["onnx"], runtime="openvino", intra_op_threads=1)
     assert vino.backend_name == "openvino" and vino.class_names == onnx_detector.class_names
-    x, lengths = video(256, seed=12)[None], np.array([200])
-    a, b = onnx_detector.backend.run(x, lengths), vino.backend.run(x, lengths)
-    np.testing.assert_allclose(b[0], a[0], atol=1e-5)
-    np.testing.assert_allclose(b[1], a[1], atol=1e-3)
+    # Lengths on both sides of the dynamic model's shape step (padded to it, outputs cut back),
+    # one chunk and a batch of two.
+    step = backend_openvino.DYNAMIC_STEP
+    for t, valid in [(256, 200), (step - 31, step - 31), (step, step), (step + 1, step - 7)]:
+        for x, lengths in [
+            (video(t, seed=t)[None], np.array([valid])),
+            (np.stack([video(t, seed=1), video(t, seed=2)]), np.array([valid, max(valid // 3, 1)])),
+        ]:
+            a, b = onnx_detector.backend.run(x, lengths), vino.backend.run(x, lengths)
+            np.testing.assert_allclose(b[0], a[0], atol=1e-5)
+            np.testing.assert_allclose(b[1], a[1], atol=1e-3)
     features = video(700, seed=13)
     assert_same(vino.detect_raw(features), onnx_detector.detect_raw(features))
     # One compiled model, an infer request per thread: threads may share the detector.

@@ -31,8 +31,9 @@ What it does (DESIGN §7):
    change in the machine's load hits them alike; each row is a backend's median round. Each
    backend has a process of its own (so that its peak RSS is its own), started for its first
    round and kept for its other rounds and its latency runs: it opens the
-   :class:`~amnet.deploy.Detector` once, and each round runs one short warm-up call, then for
-   every video reads the ``.npy``, detects, and finally writes the results JSON. ``seconds``
+   :class:`~amnet.deploy.Detector` once, and each round runs one short warm-up call, then the
+   videos as ``amnet-infer`` runs a folder (the ``.npy`` files read one ahead on a thread, one
+   stream of videos through the Detector), and finally writes the results JSON. ``seconds``
    covers reading, inference, post-processing and writing, not the model load (``load_s``);
    ``snippets_per_s`` = snippets / seconds; ``peak_rss_mb`` = the process's peak resident
    memory; ``speedup`` = torch seconds / backend seconds and ``rss_ratio`` = backend peak RSS /

@@ -18,7 +18,9 @@ memory ahead and drops the layout changes around the convolutions. On the paper-
 window that is 1.5x faster in bf16 and 1.2x in f32 (docs/BENCHMARKS.md, "OpenVINO: static
 shapes"). A single chunk nearly as long (:data:`STATIC_PAD_FRACTION`) is padded to the window;
 padding is masked, so its valid points get the same numbers, and the outputs are cut back to
-the points of the chunk's own length.
+the points of the chunk's own length. Other chunks run on the dynamic model padded the same way
+to a multiple of :data:`DYNAMIC_STEP` snippets, so that videos of many lengths share a few
+shapes (1.04x over the full THUMOS14-shaped set, where most videos have a length of their own).
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ PARITY_TOLERANCE = {"fp32": (1e-4, 1e-2), "bf16": (1e-2, 0.5), "int8": (5e-2, 2.
 # the padded run measured as fast as the dynamic one (the static model's gain is 1.5x in bf16,
 # 1.2x in f32), so padding never costs more than it saves.
 STATIC_PAD_FRACTION = {"fp32": 0.9, "bf16": 0.75}
+# Other chunks run on the dynamic model padded to a multiple of this many snippets, so that
+# the lengths of many videos share a few shapes (see OpenVinoBackend.run).
+DYNAMIC_STEP = 128
 
 
 def import_openvino() -> Any:
@@ -196,9 +201,10 @@ class OpenVinoBackend:
         x = np.abs(rng.normal(0.0, 0.2, (1, length, self._input_dim))).astype(np.float32)
         lengths = np.array([length], dtype=np.int64)
         reference = session.run(list(OUTPUT_NAMES), {INPUT_NAMES[0]: x, INPUT_NAMES[1]: lengths})
-        runs = [self._infer(self.compiled, "request", x, lengths)]
+        # Throwaway requests: the threads that run the model later make their own.
+        runs = [self._infer(self.compiled, None, x, lengths)]
         if self.static is not None:
-            runs.append(self._run_static(x, lengths))
+            runs.append(self._padded_run(self.static, None, x, lengths, self.window))
         score_tol, segment_tol = PARITY_TOLERANCE["int8" if self.quantized else self.precision]
         for scores, segments in runs:
             score_diff = float(np.abs(scores - reference[0]).max())
@@ -220,47 +226,63 @@ class OpenVinoBackend:
             and self.window * STATIC_PAD_FRACTION[self.precision] <= t <= self.window
             and 1 <= lengths[0] <= t
         ):
-            return self._run_static(features, lengths)
+            return self._padded_run(self.static, "static_request", features, lengths, self.window)
+        if t > 0 and lengths.min() >= 1 and lengths.max() <= t:
+            # A multiple of DYNAMIC_STEP: OpenVINO prepares its kernels anew for every shape
+            # it has not seen (40 windows of new lengths took 1.7x their second run), and
+            # videos of every length would each bring one.
+            return self._padded_run(
+                self.compiled, "request", features, lengths, -(-t // DYNAMIC_STEP) * DYNAMIC_STEP
+            )
         return self._infer(self.compiled, "request", features, lengths)
 
-    def _run_static(
-        self, features: np.ndarray, lengths: np.ndarray
+    def _padded_run(
+        self,
+        compiled: Any,
+        slot: str | None,
+        features: np.ndarray,
+        lengths: np.ndarray,
+        padded: int,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """One chunk of at most the full window on the static-shape model: zero-padded to the
-        window, and its outputs cut back to the points the chunk's own length has."""
-        t = features.shape[1]
-        if t < self.window:
-            padded = np.zeros((1, self.window, self._input_dim), dtype=np.float32)
-            padded[:, :t] = features
-            features = padded
-        scores, segments = self._infer(self.static, "static_request", features, lengths)
-        if t < self.window:
-            keep = self._points_of(t)
+        """A batch of chunks run zero-padded to ``padded`` snippets, and its outputs cut back
+        to the points the batch's own length has. Padding is masked (``lengths``): the valid
+        points get the same numbers."""
+        b, t, c = features.shape
+        if t < padded:
+            grown = np.zeros((b, padded, c), dtype=np.float32)
+            grown[:, :t] = features
+            features = grown
+        scores, segments = self._infer(compiled, slot, features, lengths)
+        if t < padded:
+            keep = self._points_of(t, padded)
             scores, segments = scores[:, keep], segments[:, keep]
         return scores, segments
 
-    def _points_of(self, t: int) -> np.ndarray:
-        """Indices, in the full window's output, of the points of a chunk of ``t`` snippets.
+    def _points_of(self, t: int, padded: int) -> np.ndarray:
+        """Indices, in the output of a chunk padded to ``padded`` snippets, of the points of
+        one of ``t`` snippets.
 
-        The pyramid pads T to ``pad_multiple`` and level ``l`` has ``padded / 2**l`` points,
-        listed level after level; the window's level ``l`` starts with the chunk's."""
+        The pyramid pads T to ``pad_multiple`` and level ``l`` has ``padded_t / 2**l`` points,
+        listed level after level; the longer chunk's level ``l`` starts with the shorter's."""
         pad = int(self.metadata["pad_multiple"])
-        padded = -(-t // pad) * pad
+        own, full = -(-t // pad) * pad, -(-padded // pad) * pad
         keep, offset, level = [], 0, 0
         while 2**level <= pad:
-            keep.append(offset + np.arange(padded >> level))
-            offset += self.window >> level
+            keep.append(offset + np.arange(own >> level))
+            offset += full >> level
             level += 1
         return np.concatenate(keep)
 
     def _infer(
-        self, compiled: Any, slot: str, features: np.ndarray, lengths: np.ndarray
+        self, compiled: Any, slot: str | None, features: np.ndarray, lengths: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Run ``compiled`` with this thread's infer request for it (kept under ``slot``)."""
-        request = getattr(self._local, slot, None)
+        """Run ``compiled`` with this thread's infer request for it (kept under ``slot``; a
+        new one, not kept, for ``slot=None``)."""
+        request = getattr(self._local, slot, None) if slot else None
         if request is None:
             request = compiled.create_infer_request()
-            setattr(self._local, slot, request)
+            if slot:
+                setattr(self._local, slot, request)
         try:
             result = request.infer({INPUT_NAMES[0]: features, INPUT_NAMES[1]: lengths})
         except Exception as exc:

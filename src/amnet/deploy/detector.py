@@ -33,6 +33,11 @@ raise :class:`amnet.errors.AMNetError` with a one-line message.
 
 A Detector holds no per-call state: one instance may serve many threads at once.
 
+The batch paths (:meth:`Detector.detect_raw_many`, :meth:`Detector.detect_raw_iter`) make
+their backend calls on a thread of the Detector's, one call in flight and the next queued: the
+caller's thread meanwhile takes the next video (a generator may be reading it) and
+post-processes the videos whose windows are back.
+
 Post-processing (decoding, NMS, score voting) runs on the CPU. With ``postprocess_workers=N``,
 :meth:`Detector.detect_raw_many` hands each video to a pool of N processes as soon as its last
 window is back from the backend, so it overlaps the backend calls of the next videos and
@@ -50,7 +55,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -195,6 +200,7 @@ class Detector:
             _positive("postprocess_workers", postprocess_workers, integer=True) or 0
         )
         self._pool: ProcessPoolExecutor | None = None
+        self._runners: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
         self.backend: Backend = open_backend(path, device, intra_op_threads, precision, runtime)
@@ -340,6 +346,13 @@ class Detector:
             chunks, duration, fps, self.feature_stride, self.num_frames, post, min_score
         )
 
+    def _runner(self) -> ThreadPoolExecutor:
+        """The thread that makes the backend calls of the batch paths."""
+        with self._pool_lock:
+            if self._runners is None:
+                self._runners = ThreadPoolExecutor(1, thread_name_prefix="amnet-run")
+            return self._runners
+
     def _executor(self) -> ProcessPoolExecutor:
         with self._pool_lock:
             if self._pool is None:
@@ -405,15 +418,23 @@ class Detector:
     def _pipeline(
         self, jobs: Iterable[tuple[np.ndarray, PostprocessConfig, float | None]]
     ) -> Iterator[Detections]:
+        """Jobs ``(video, post, min_score)`` -> their detections, in order.
+
+        Backend calls run on the Detector's runner thread, one in flight and the next one
+        queued: the calling thread meanwhile takes the next video from ``jobs`` (a generator
+        may be reading it) and post-processes the videos whose windows are back."""
         pool = self._executor() if self.postprocess_workers else None
+        runner = self._runner()
         waiting_limit = 4 * self.postprocess_workers
         # One slot per video in input order: [result, raw outputs, settings]. The result is
         # None until its last window is back, then its Detections (or their Future in the pool).
         slots: deque[list[Any]] = deque()
         # Windows not yet run: (slot, video, start, end).
         queue: deque[tuple[list[Any], np.ndarray, int, int]] = deque()
+        # Backend calls in flight, oldest first: (their windows, the call's Future).
+        running: deque[tuple[list[tuple[list[Any], np.ndarray, int, int]], Future]] = deque()
 
-        def run_batch() -> None:
+        def submit() -> None:
             group = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
             if len(group) == 1:
                 _, video, start, end = group[0]
@@ -424,21 +445,27 @@ class Detector:
                 for j, (_, video, start, end) in enumerate(group):
                     x[j, : end - start] = video[start:end]
             lengths = np.array([end - start for _, _, start, end in group], dtype=np.int64)
-            scores, segments = self.backend.run(x, lengths)
-            scores = np.asarray(scores, dtype=np.float32)
-            segments = np.asarray(segments, dtype=np.float32)
-            for j, (slot, video, start, end) in enumerate(group):
-                outputs, (post, floor) = slot[1], slot[2]
-                outputs.append((scores[j], segments[j], start, end - start))
-                if end == video.shape[0]:  # its last window: post-process, drop raw outputs
-                    slot[1] = None
-                    job = (outputs, self.duration_of(end), self.fps, self.feature_stride,
-                           self.num_frames, post, floor)  # fmt: skip
-                    slot[0] = (
-                        _postprocess_video(*job)
-                        if pool is None
-                        else pool.submit(_postprocess_video, *job)
-                    )
+            running.append((group, runner.submit(self.backend.run, x, lengths)))
+
+        def collect(limit: int) -> None:
+            """Wait for the oldest calls until at most ``limit`` are in flight."""
+            while len(running) > limit:
+                group, call = running.popleft()
+                scores, segments = call.result()
+                scores = np.asarray(scores, dtype=np.float32)
+                segments = np.asarray(segments, dtype=np.float32)
+                for j, (slot, video, start, end) in enumerate(group):
+                    slot[1].append((scores[j], segments[j], start, end - start))
+                    if end == video.shape[0]:  # its last window: post-process, drop raw outputs
+                        outputs, (post, floor) = slot[1], slot[2]
+                        slot[1] = None
+                        job = (outputs, self.duration_of(end), self.fps, self.feature_stride,
+                               self.num_frames, post, floor)  # fmt: skip
+                        slot[0] = (
+                            _postprocess_video(*job)
+                            if pool is None
+                            else pool.submit(_postprocess_video, *job)
+                        )
 
         def ready(final: bool) -> Iterator[Detections]:
             while slots and slots[0][0] is not None:
@@ -459,10 +486,13 @@ class Detector:
                 for start, end in plan_chunks(video.shape[0], self.max_seq_len, self.chunk_overlap):
                     queue.append((slot, video, start, end))
             while len(queue) >= self.batch_size:
-                run_batch()
+                submit()
+                collect(1)
             yield from ready(final=False)
         while queue:
-            run_batch()
+            submit()
+            collect(1)
+        collect(0)
         yield from ready(final=True)
 
     def detect_many(
@@ -483,8 +513,11 @@ class Detector:
     def close(self) -> None:
         with self._pool_lock:
             pool, self._pool = self._pool, None
+            runners, self._runners = self._runners, None
         if pool is not None:
             pool.shutdown()
+        if runners is not None:
+            runners.shutdown()
         self.backend.close()
 
     def __enter__(self) -> Detector:
