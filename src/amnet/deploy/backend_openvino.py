@@ -20,7 +20,7 @@ shapes"). A single chunk nearly as long (:data:`STATIC_PAD_FRACTION`) is padded 
 padding is masked, so its valid points get the same numbers, and the outputs are cut back to
 the points of the chunk's own length. Other chunks run on the dynamic model padded the same way
 to a multiple of :data:`DYNAMIC_STEP` snippets, so that videos of many lengths share a few
-shapes (1.04x over the full THUMOS14-shaped set, where most videos have a length of their own).
+shapes (1.11x on the THUMOS14-shaped set's shorter videos, nearly each of a length of its own).
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ class OpenVinoBackend:
             return self._padded_run(self.static, "static_request", features, lengths, self.window)
         if t > 0 and lengths.min() >= 1 and lengths.max() <= t:
             # A multiple of DYNAMIC_STEP: OpenVINO prepares its kernels anew for every shape
-            # it has not seen (40 windows of new lengths took 1.7x their second run), and
+            # it has not seen (40 windows of new lengths took 1.8x their second run), and
             # videos of every length would each bring one.
             return self._padded_run(
                 self.compiled, "request", features, lengths, -(-t // DYNAMIC_STEP) * DYNAMIC_STEP
