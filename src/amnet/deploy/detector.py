@@ -36,7 +36,8 @@ A Detector holds no per-call state: one instance may serve many threads at once.
 The batch paths (:meth:`Detector.detect_raw_many`, :meth:`Detector.detect_raw_iter`) make
 their backend calls on a thread of the Detector's, one call in flight and the next queued: the
 caller's thread meanwhile takes the next video (a generator may be reading it) and
-post-processes the videos whose windows are back.
+post-processes the videos whose windows are back. Batch calls from several threads share that
+thread, so their backend calls take turns (on a CPU one call already uses every core).
 
 Post-processing (decoding, NMS, score voting) runs on the CPU. With ``postprocess_workers=N``,
 :meth:`Detector.detect_raw_many` hands each video to a pool of N processes as soon as its last
