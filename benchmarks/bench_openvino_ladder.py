@@ -29,11 +29,9 @@ import numpy as np
 
 
 def _rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    from amnet.cli.bench_worker import _proc_status_mb
+
+    return _proc_status_mb("VmRSS") or float("nan")
 
 
 def main() -> None:
