@@ -26,8 +26,7 @@ import argparse
 import json
 import statistics
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -46,22 +45,13 @@ class _Inline:
 
 
 def _run(detector: Any, files: list[Path]) -> tuple[float, list[Any]]:
-    from amnet.fileio import read_features
+    from amnet.fileio import read_ahead, read_features
 
     def read(path: Path) -> np.ndarray:
         return read_features(path, detector.input_dim, mmap=True)
 
-    def videos(reader: ThreadPoolExecutor) -> Iterator[np.ndarray]:
-        ahead = [reader.submit(read, path) for path in files[:2]]
-        for i in range(len(files)):
-            array = ahead.pop(0).result()
-            if i + 2 < len(files):
-                ahead.append(reader.submit(read, files[i + 2]))
-            yield array
-
     began = time.perf_counter()
-    with ThreadPoolExecutor(1) as reader:
-        found = list(detector.detect_raw_iter(videos(reader)))
+    found = list(detector.detect_raw_iter(read_ahead(files, read)))
     return time.perf_counter() - began, found
 
 

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +20,13 @@ from amnet.cli.train import main as train_main
 from amnet.deploy import Detector
 from amnet.deploy.infer_cli import main as infer_main
 from amnet.errors import AMNetError
-from amnet.fileio import STALE_TEMP_SECONDS, StagedFiles, atomic_write_text
+from amnet.fileio import (
+    STALE_TEMP_SECONDS,
+    StagedFiles,
+    atomic_write_text,
+    read_ahead,
+    read_features,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny_cpu.yaml")
@@ -259,3 +266,28 @@ def test_staged_files_appear_together_or_not_at_all(tmp_path):
         with pytest.raises(AMNetError, match="twice"):
             staged.write_bytes(tmp_path / "." / "a.png", b"again")
     assert (tmp_path / "a.png").read_bytes() == b"new"
+
+
+def test_files_are_read_ahead_in_order_and_a_bad_one_fails_at_its_turn(tmp_path):
+    """``read_ahead`` (how ``amnet-infer`` and ``amnet-bench`` read a folder) yields the files
+    in order, never reads more than ``depth`` beyond the one being handed out, and raises a
+    bad file's error when that file's turn comes, after the good ones before it."""
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"v{i}.npy")
+        np.save(paths[-1], np.full((10 + i, 4), i, dtype=np.float32))
+    paths[4].write_bytes(b"not numpy")
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def read(path):
+        with lock:
+            started.append(paths.index(path))
+        return read_features(path, 4)
+
+    got = []
+    with pytest.raises(AMNetError, match=r"v4\.npy: not a \.npy file"):
+        for i, array in enumerate(read_ahead(paths, read, depth=2)):
+            assert max(started) <= i + 2  # at most two files beyond this one
+            got.append(int(array[0, 0]))
+    assert got == [0, 1, 2, 3]

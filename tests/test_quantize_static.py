@@ -184,6 +184,17 @@ def test_attention_products_are_quantized_on_request(models, static_model, tmp_p
     assert "calibrated on 3 windows" in read_onnx_metadata(int8)["quantization"]
 
 
+def test_the_benchmark_runs_a_given_static_model_as_it_is(static_model, tmp_path):
+    """``amnet-bench --engine model.int8.onnx`` (a static QDQ model) for the OpenVINO INT8
+    backends: the model itself, never quantized a second time (that gave an invalid graph)."""
+    from amnet.cli.bench import _static_int8
+
+    fp32, static, _ = static_model
+    assert _static_int8(static, tmp_path, []) == static  # no features needed: nothing to do
+    assert _static_int8(fp32, tmp_path, []) == static  # the fp32 model's static sibling
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_quantize_static_needs_windows(static_model, tmp_path):
     with pytest.raises(ValueError, match="at least one calibration window"):
         quantize_int8_static(static_model[0], tmp_path / "x.int8.onnx", [])

@@ -11,13 +11,18 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from amnet.errors import AMNetError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def _read_umask() -> int:
@@ -409,3 +414,16 @@ def read_features(path: Path, input_dim: int | None, *, mmap: bool = False) -> n
         return load_features(path, expected_dim=input_dim, mmap=mmap)
     except MemoryError:
         raise AMNetError(f"{path}: too large to load") from None
+
+
+def read_ahead(items: Sequence[T], read: Callable[[T], R], depth: int = 2) -> Iterator[R]:
+    """``read(item)`` for each item, in order, with up to ``depth`` items being read ahead on
+    a thread (file reads release the GIL) while the caller works on the current one. An
+    exception from ``read`` is raised when its item's turn comes."""
+    with ThreadPoolExecutor(1, thread_name_prefix="amnet-read") as reader:
+        ahead = deque(reader.submit(read, item) for item in items[:depth])
+        for i in range(len(items)):
+            result = ahead.popleft().result()
+            if i + depth < len(items):
+                ahead.append(reader.submit(read, items[i + depth]))
+            yield result

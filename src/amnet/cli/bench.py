@@ -452,8 +452,9 @@ def _models(
             models["openvino-bf16"] = onnx
         if "onnxruntime-int8" in wanted:
             from amnet.export.quantize import int8_path_for, quantize_int8
+            from amnet.metadata import read_onnx_metadata
 
-            int8 = int8_path_for(onnx)
+            int8 = onnx if "quantization" in read_onnx_metadata(onnx) else int8_path_for(onnx)
             if not int8.is_file():
                 int8 = quantize_int8(onnx, work / int8.name)
             models["onnxruntime-int8"] = int8
@@ -493,18 +494,20 @@ def _models(
 
 
 def _static_int8(onnx: Path, work: Path, features: Sequence[str]) -> Path:
-    """The static INT8 (QDQ) model of ``onnx``: its sibling when that one is static, else
-    quantized here, calibrated on the benchmark's features."""
+    """The static INT8 (QDQ) model of ``onnx``: ``onnx`` itself or its sibling when static,
+    else quantized here, calibrated on the benchmark's features."""
     from amnet.export.quantize import calibration_windows, int8_path_for, quantize_int8_static
     from amnet.fileio import file_sha256, load_features
     from amnet.metadata import read_onnx_metadata
 
+    meta = read_onnx_metadata(onnx)
+    if meta.get("quantization", "").startswith("static"):
+        return onnx
     sibling = int8_path_for(onnx)
     if sibling.is_file() and read_onnx_metadata(sibling).get("quantization", "").startswith(
         "static"
     ):
         return sibling
-    meta = read_onnx_metadata(onnx)
     out = work / f"{onnx.name[: -len('.onnx')]}.static-int8.onnx"
     if out.is_file() and read_onnx_metadata(out).get("source_sha256") == file_sha256(onnx):
         return out

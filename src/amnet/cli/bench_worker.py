@@ -88,11 +88,9 @@ class _Measurements:
         return self.opened[key]
 
     def throughput(self, spec: Mapping[str, Any]) -> dict[str, Any]:
-        """The videos as ``amnet-infer`` runs a folder: files read one ahead on a thread, and
-        one stream of videos through :meth:`Detector.detect_raw_iter`."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        from amnet.fileio import atomic_write_json, read_features
+        """The videos as ``amnet-infer`` runs a folder: files read ahead on a thread, and one
+        stream of videos through :meth:`Detector.detect_raw_iter`."""
+        from amnet.fileio import atomic_write_json, read_ahead, read_features
         from amnet.results import results_to_json
 
         detector, load_s = self.detector(spec)
@@ -103,21 +101,13 @@ class _Measurements:
         sizes: list[int] = []
 
         def read(path: Path) -> Any:
-            return read_features(path, detector.input_dim, mmap=True)
-
-        def videos(reader: ThreadPoolExecutor) -> Any:
-            ahead = [reader.submit(read, path) for path in files[:2]]
-            for i in range(len(files)):
-                array = ahead.pop(0).result()
-                if i + 2 < len(files):
-                    ahead.append(reader.submit(read, files[i + 2]))
-                sizes.append(array.shape[0])
-                yield array
+            array = read_features(path, detector.input_dim, mmap=True)
+            sizes.append(array.shape[0])
+            return array
 
         began = time.perf_counter()
-        with ThreadPoolExecutor(1, thread_name_prefix="amnet-read") as reader:
-            found = detector.detect_raw_iter(videos(reader))
-            results = {path.stem: dets for path, dets in zip(files, found, strict=True)}
+        found = detector.detect_raw_iter(read_ahead(files, read))
+        results = {path.stem: dets for path, dets in zip(files, found, strict=True)}
         atomic_write_json(spec["results"], results_to_json(results, detector.class_names))
         seconds = time.perf_counter() - began
         snippets = sum(sizes)

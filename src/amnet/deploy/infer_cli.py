@@ -58,9 +58,7 @@ import logging
 import math
 import sys
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +74,7 @@ from amnet.fileio import (
     atomic_write_text,
     channel_mismatch,
     check_out_path,
+    read_ahead,
     read_features,
     temp_beside,
 )
@@ -420,9 +419,9 @@ def _run(argv: list[str] | None) -> int:
         disable=args.quiet or len(good) < 2 or bar_disabled(),
         leave=False,
     )
-    # Files are read one ahead of the backend (a thread: reading releases the GIL) and fed to
-    # the detector as a stream; windows of consecutive videos share backend calls
-    # (--batch-size) and --postprocess-workers post-process while the next windows run.
+    # Files are read ahead of the backend (fileio.read_ahead: a thread; reading releases the
+    # GIL) and fed to the detector as a stream; windows of consecutive videos share backend
+    # calls (--batch-size) and --postprocess-workers post-process while the next windows run.
     skipped: set[str] = set()
     sizes: dict[str, int] = {}
     arrays: dict[str, np.ndarray] = {}  # kept for --plot until the video's detections are in
@@ -436,12 +435,8 @@ def _run(argv: list[str] | None) -> int:
         except AMNetError as exc:
             return exc
 
-    def stream(reader: ThreadPoolExecutor) -> Iterator[np.ndarray]:
-        ahead = deque(reader.submit(read, f) for f in good[:2])
-        for i, f in enumerate(good):
-            array = ahead.popleft().result()
-            if i + 2 < len(good):
-                ahead.append(reader.submit(read, good[i + 2]))
+    def stream() -> Iterator[np.ndarray]:
+        for f, array in zip(good, read_ahead(good, read), strict=True):
             if isinstance(array, AMNetError):
                 if not args.skip_bad:
                     raise array
@@ -457,17 +452,16 @@ def _run(argv: list[str] | None) -> int:
     # PNGs (--plot) are staged and published after the results: a failure leaves no partial set.
     staged = StagedFiles()
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="amnet-read") as reader:
-            found = detector.detect_raw_iter(stream(reader))
-            for f, dets in zip(bar, found, strict=True):
-                if f.video_id in skipped:
-                    del durations[f.video_id]
-                    continue
-                results[f.video_id] = dets
-                if plot_dir is not None:
-                    array = arrays.pop(f.video_id)
-                    _plot(plot_dir, f.video_id, array, dets, detector, staged)
-                snippets += sizes[f.video_id]
+        found = detector.detect_raw_iter(stream())
+        for f, dets in zip(bar, found, strict=True):
+            if f.video_id in skipped:
+                del durations[f.video_id]
+                continue
+            results[f.video_id] = dets
+            if plot_dir is not None:
+                array = arrays.pop(f.video_id)
+                _plot(plot_dir, f.video_id, array, dets, detector, staged)
+            snippets += sizes[f.video_id]
         bar.close()
         if not results:
             raise AMNetError(f"none of the {len(files)} feature files is usable:\n{_bad_list(bad)}")
