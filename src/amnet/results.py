@@ -87,12 +87,15 @@ def _other_format_hint(path: str | os.PathLike) -> str | None:
     )
 
 
-def read_results(path: str | os.PathLike, class_names: Sequence[str]) -> dict[str, Detections]:
+def read_results(
+    path: str | os.PathLike, class_names: Sequence[str], agnostic: bool = False
+) -> dict[str, Detections]:
     """Read and validate a results file; returns detections per video in file order.
 
     ``label`` must be one of ``class_names``; ``label_id`` is optional, but when present it
-    must name the same class. Any problem is an AMNetError naming the file, the video and the
-    entry.
+    must name the same class. With ``agnostic`` every detection is read as class 0, whatever
+    its label (the detections of a class-agnostic localizer, or a class-agnostic evaluation).
+    Any problem is an AMNetError naming the file, the video and the entry.
     """
     try:
         data = read_json(path, "results file")
@@ -126,13 +129,13 @@ def read_results(path: str | os.PathLike, class_names: Sequence[str]) -> dict[st
             label = entry.get("label")
             if not isinstance(label, str):
                 raise AMNetError(f"{where} has no 'label' string")
-            c = class_index.get(label)
+            c = 0 if agnostic else class_index.get(label)
             if c is None:
                 raise AMNetError(
                     f"{where}: label {label!r} is not one of the {len(class_names)} classes of "
                     "the annotation file"
                 )
-            if "label_id" in entry:
+            if "label_id" in entry and not agnostic:
                 label_id = entry["label_id"]
                 if isinstance(label_id, bool) or not isinstance(label_id, int):
                     raise AMNetError(f"{where}: 'label_id' must be an integer, found {label_id!r}")

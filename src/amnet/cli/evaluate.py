@@ -14,6 +14,11 @@ Model mode::
 
 runs a checkpoint over a split (videos longer than max_seq_len in overlapping chunks, merged by
 the shared post-processing), writes ActivityNet results JSON and prints the same table.
+
+Class-agnostic models (``dataset.num_classes: 1``, the ActivityNet protocol): ``--class-scores
+SCORES.json [--class-topk 2]`` fuses their detections with a video-level classifier's classes
+in either mode (:mod:`amnet.class_scores`); without it a one-class checkpoint is scored
+class-agnostically, and ``--class-agnostic`` does the same for a results file.
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from amnet.annotations import build_label_map, load_annotations, select_subset
+from amnet.class_scores import (
+    AGNOSTIC_CLASS,
+    DEFAULT_TOPK,
+    agnostic_ground_truth,
+    fuse_results,
+    read_class_scores,
+)
 from amnet.cli.common import OneLineParser, run_cli, setup_logging
 from amnet.errors import AMNetError
 from amnet.metrics import EvaluationResult, evaluate_detection, format_table, parse_tiou
@@ -70,6 +82,27 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"tIoU thresholds, start:stop:step or a comma list (default: {DEFAULT_TIOU}; "
         "model mode: the config's test_cfg.tiou_thresholds)",
     )
+    fusion = parser.add_argument_group("class-agnostic models (the ActivityNet protocol)")
+    fusion.add_argument(
+        "--class-scores",
+        metavar="SCORES.json",
+        help="video-level class probabilities, {'results': {video_id: [p...]}, 'class': "
+        "[names]}: each class-agnostic detection is repeated for the video's --class-topk "
+        "classes, scored sqrt(score * p)",
+    )
+    fusion.add_argument(
+        "--class-topk",
+        type=int,
+        default=DEFAULT_TOPK,
+        metavar="K",
+        help=f"classes per video with --class-scores (default: {DEFAULT_TOPK})",
+    )
+    fusion.add_argument(
+        "--class-agnostic",
+        action="store_true",
+        help="file mode: score detections whatever their class, against every action as one "
+        "class (a one-class model's checkpoint is always scored so without --class-scores)",
+    )
     parser.add_argument(
         "--json", action="store_true", help="also print the result as JSON on the last line"
     )
@@ -82,17 +115,42 @@ def evaluate_files(
     subset: str,
     pred_path: str | os.PathLike,
     tiou: str | Sequence[float] | np.ndarray = DEFAULT_TIOU,
+    class_scores: str | os.PathLike | None = None,
+    topk: int = DEFAULT_TOPK,
+    agnostic: bool = False,
 ) -> tuple[EvaluationResult, list[str]]:
     """Evaluate a results file against one subset of an annotation file.
 
     Class names come from every video of the annotation file (not only the subset), so label
-    ids agree with those of training. Returns the result and the class names.
+    ids agree with those of training. With ``class_scores`` (a classifier file) the results'
+    detections are read class-agnostically and fused with the video-level classes first; with
+    ``agnostic`` every action and detection counts as one class. Returns the result and the
+    class names.
     """
+    if class_scores is not None and agnostic:
+        raise AMNetError("--class-scores and --class-agnostic exclude each other")
     thresholds = parse_tiou(tiou) if isinstance(tiou, str) else tiou
     videos = load_annotations(gt_path)
     class_names = build_label_map(videos.values(), gt_path)
     ground_truth = select_subset(videos, subset, gt_path)
-    predictions = read_results(pred_path, class_names)
+    if class_scores is not None:
+        scores = read_class_scores(class_scores, class_names)
+        predictions = fuse_results(read_results(pred_path, [], agnostic=True), scores, topk)
+        class_names = scores.names
+    elif agnostic:
+        predictions = read_results(pred_path, [], agnostic=True)
+        ground_truth = agnostic_ground_truth(ground_truth.values())
+        class_names = [AGNOSTIC_CLASS]
+    else:
+        try:
+            predictions = read_results(pred_path, class_names)
+        except AMNetError as exc:
+            if f"label {AGNOSTIC_CLASS!r} is not one of" not in str(exc):
+                raise
+            raise AMNetError(
+                f"{exc}; results of a class-agnostic model: add --class-scores SCORES.json or "
+                "--class-agnostic"
+            ) from None
     log.info(
         "%d ground-truth videos (subset %s), %d predicted videos, %d classes",
         len(ground_truth),
@@ -124,7 +182,10 @@ def _main(argv: list[str] | None) -> int:
         raise AMNetError(
             "file mode needs --gt ANNOTATIONS.json, --subset SUBSET and --pred RESULTS.json"
         )
-    result, _ = evaluate_files(args.gt, args.subset, args.pred, args.tiou or DEFAULT_TIOU)
+    result, _ = evaluate_files(
+        args.gt, args.subset, args.pred, args.tiou or DEFAULT_TIOU,
+        args.class_scores, args.class_topk, args.class_agnostic,
+    )  # fmt: skip
     report(result, args.json)
     return 0
 
@@ -134,6 +195,11 @@ def _model_mode(args: argparse.Namespace) -> int:
         raise AMNetError("model mode needs --data DIR (annotations.json + features/)")
     if args.gt is not None or args.pred is not None:
         raise AMNetError("--ckpt cannot be combined with --gt/--pred (file mode)")
+    if args.class_agnostic:
+        raise AMNetError(
+            "--class-agnostic is for file mode; a one-class model's checkpoint is scored "
+            "class-agnostically by itself"
+        )
     import torch
 
     from amnet.checkpoint import load_model
@@ -150,17 +216,25 @@ def _model_mode(args: argparse.Namespace) -> int:
     if args.tiou is not None:
         cfg["test_cfg"]["tiou_thresholds"] = parse_tiou(args.tiou).tolist()
     dataset = make_dataset(cfg, args.data, "val_split", training=False, class_names=class_names)
+    scores = None
+    if args.class_scores is not None:
+        every = load_annotations(dataset.annotation_file)
+        scores = read_class_scores(
+            args.class_scores, build_label_map(every.values(), dataset.annotation_file)
+        )
     if args.out is not None:
         # Before inference, and never onto an input (annotations, features, the checkpoint).
         inputs = [dataset.annotation_file, args.ckpt]
+        inputs += [args.class_scores] if args.class_scores is not None else []
         inputs += [dataset.feature_path(v.video_id) for v in dataset.videos]
         check_out_path(args.out, inputs)
     model = model.to(args.device)
     detections, result = evaluate_model(
-        model, dataset, cfg, torch.device(args.device), progress=not args.json
-    )
+        model, dataset, cfg, torch.device(args.device), progress=not args.json,
+        class_scores=scores, topk=args.class_topk,
+    )  # fmt: skip
     if args.out is not None:
-        write_results(args.out, detections, class_names)
+        write_results(args.out, detections, scores.names if scores else class_names)
     report(result, args.json)
     return 0
 

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from amnet.annotations import VideoAnnotation, build_label_map, load_annotations, select_subset
+from amnet.class_scores import AGNOSTIC_CLASS
 from amnet.console import bar_disabled
 from amnet.errors import AMNetError
 from amnet.fileio import load_features, refuse_special_input
@@ -96,6 +97,9 @@ def _feature_problem(path: Path, input_dim: int) -> str | None:
 class VideoFeatureDataset(Dataset):
     """Videos of some subsets of an annotation file with their features.
 
+    With ``class_agnostic`` (or one class name given), every action is of the one class:
+    :data:`~amnet.class_scores.AGNOSTIC_CLASS` when the file has several.
+
     Each item is a dict: ``video_id``, ``feats`` (float32 tensor ``[T, C]``), ``segments``
     (float32 ``[N, 2]`` in snippet units of the item, after any crop), ``labels`` (int64 ``[N]``),
     ``fps``, ``duration``, ``feat_stride``, ``num_frames`` and ``offset`` (crop start).
@@ -118,13 +122,15 @@ class VideoFeatureDataset(Dataset):
         class_names: Sequence[str] | None = None,
         file_ext: str = ".npy",
         seed: int = 0,
+        class_agnostic: bool = False,
     ) -> None:
         all_videos = load_annotations(annotation_file)
-        self.class_names = (
-            list(class_names)
-            if class_names is not None
-            else build_label_map(all_videos.values(), annotation_file)
-        )
+        if class_names is not None:
+            self.class_names = list(class_names)
+        else:
+            self.class_names = build_label_map(all_videos.values(), annotation_file)
+            if class_agnostic and len(self.class_names) != 1:
+                self.class_names = [AGNOSTIC_CLASS]
         self.videos: list[VideoAnnotation] = sorted(
             select_subset(all_videos, subsets, annotation_file).values(), key=lambda v: v.video_id
         )
@@ -144,6 +150,12 @@ class VideoFeatureDataset(Dataset):
         self._check_files()
 
     def _check_labels(self, path: str | os.PathLike) -> None:
+        if len(self.class_names) == 1:
+            # One class: a class-agnostic localizer, every action is of that class (labels
+            # keep their names for an evaluation with video-level class scores).
+            for v in self.videos:
+                v.label_ids = np.zeros(len(v.labels), dtype=np.int64)
+            return
         known = set(self.class_names)
         unknown = sorted({lab for v in self.videos for lab in v.labels} - known)
         if unknown:

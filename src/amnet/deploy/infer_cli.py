@@ -6,6 +6,7 @@
         [--min-score S] [--top-k K] [--device cpu|cuda] [--fps F] [--feature-stride N]
         [--num-frames N] [--threads N] [--precision fp32|bf16] [--runtime openvino]
         [--batch-size N] [--postprocess-workers N] [--plot DIR] [--skip-bad] [--quiet]
+        [--class-scores SCORES.json [--class-topk K]]
 
     amnet-infer --engine MODEL FEATURES... --workers N [--ray-address ADDR] [--resume-from OUT]
     amnet-infer --engine MODEL --stream --dim C [--min-score S] [...]   < raw float32 rows
@@ -24,6 +25,11 @@ Files are read one ahead of the model and run as one stream: windows of consecut
 share backend calls of ``--batch-size`` (on a GPU, fuller calls), and ``--postprocess-workers
 N`` post-processes each video in a pool of N processes while the next windows run (on a GPU
 host the CPU's post-processing otherwise takes longer than the model).
+
+``--class-scores SCORES.json`` (a class-agnostic model, ``dataset.num_classes: 1``) takes each
+video's classes from a video-level classifier: every detection is repeated for the video's
+``--class-topk`` (default 2) most likely classes, scored ``sqrt(score * p)``
+(:mod:`amnet.class_scores`); the file's ``"class"`` list names the classes.
 
 ``--workers N`` runs the files on a Ray cluster (the ``[scale]`` extra; a local one unless
 ``--ray-address``), one Detector per worker, with the same output as one process; finished
@@ -66,6 +72,7 @@ from typing import Any
 import numpy as np
 
 from amnet import __version__
+from amnet.class_scores import DEFAULT_TOPK, fuse_class_scores, read_class_scores
 from amnet.cli.common import OneLineParser, run_cli, setup_logging
 from amnet.detections import Detections
 from amnet.errors import AMNetError
@@ -182,6 +189,19 @@ def build_parser() -> OneLineParser:
         help=".onnx models: ONNX Runtime (default) or OpenVINO (the [openvino] extra)",
     )
     parser.add_argument(
+        "--class-scores",
+        metavar="SCORES.json",
+        help="a class-agnostic (one-class) model: take each video's classes from this "
+        "video-level classifier file ({'results': {video_id: [p...]}, 'class': [names]}); "
+        "each detection is repeated for the --class-topk classes, scored sqrt(score * p)",
+    )
+    parser.add_argument(
+        "--class-topk",
+        type=int,
+        metavar="K",
+        help=f"--class-scores: classes per video (default: {DEFAULT_TOPK})",
+    )
+    parser.add_argument(
         "--plot", metavar="DIR", help="also write a timeline PNG per video here (matplotlib)"
     )
     parser.add_argument(
@@ -284,11 +304,18 @@ def _check_options(args: Any) -> None:
         ("--threads", args.threads),
         ("--batch-size", args.batch_size),
         ("--postprocess-workers", args.postprocess_workers),
+        ("--class-topk", args.class_topk),
     ):
         if value is not None and value < 1:
             raise AMNetError(f"{flag} must be >= 1, got {value}")
     if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
         raise AMNetError(f"--fps must be > 0, got {args.fps}")
+    if args.class_topk is not None and args.class_scores is None:
+        raise AMNetError("--class-topk goes with --class-scores")
+    if args.class_scores is not None and (args.stream or args.workers is not None):
+        raise AMNetError(
+            "--class-scores works on files in one process, not with --stream or --workers"
+        )
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -340,8 +367,10 @@ def _run(argv: list[str] | None) -> int:
             raise AMNetError("--resume-from OUT writes OUT; give no other --output")
         args.output = args.resume_from
     if args.output and args.output != "-":
-        # Before any work, and never onto an input: a feature file or the model itself.
-        output = check_out_path(args.output, [f.path for f in files] + [args.engine])
+        # Before any work, and never onto an input: a feature file, the model, the class scores.
+        inputs = [f.path for f in files] + [args.engine]
+        inputs += [args.class_scores] if args.class_scores is not None else []
+        output = check_out_path(args.output, inputs)
     if args.workers is not None:
         return _run_workers(args, files, output)
     plot_dir = Path(args.plot) if args.plot else None
@@ -383,7 +412,25 @@ def _run(argv: list[str] | None) -> int:
         if not args.skip_bad:
             _refuse_bad(bad, files)
         raise AMNetError(f"none of the {len(files)} feature files is usable:\n{_bad_list(bad)}")
+    fusion = None
+    if args.class_scores is not None:
+        fusion = read_class_scores(args.class_scores)
+        missing = [f.video_id for f in files if f.video_id in shapes]
+        missing = [vid for vid in missing if not fusion.has(vid)]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise AMNetError(
+                f"{args.class_scores}: no class scores for {len(missing)} video(s): "
+                f"{', '.join(missing[:3])}{more}"
+            )
     detector = Detector(args.engine, **detector_options(args))
+    if fusion is not None and len(detector.class_names) != 1:
+        detector.close()
+        raise AMNetError(
+            f"--class-scores needs a class-agnostic model (one class); {args.engine} has "
+            f"{len(detector.class_names)}"
+        )
+    class_names = fusion.names if fusion is not None else detector.class_names
     good: list[FeatureFile] = []
     for f in files:
         if f.video_id not in shapes:
@@ -457,15 +504,19 @@ def _run(argv: list[str] | None) -> int:
             if f.video_id in skipped:
                 del durations[f.video_id]
                 continue
+            if fusion is not None:
+                dets = fuse_class_scores(
+                    dets, fusion.of(f.video_id), args.class_topk or DEFAULT_TOPK
+                )
             results[f.video_id] = dets
             if plot_dir is not None:
                 array = arrays.pop(f.video_id)
-                _plot(plot_dir, f.video_id, array, dets, detector, staged)
+                _plot(plot_dir, f.video_id, array, dets, detector, class_names, staged)
             snippets += sizes[f.video_id]
         bar.close()
         if not results:
             raise AMNetError(f"none of the {len(files)} feature files is usable:\n{_bad_list(bad)}")
-        text = format_output(args.format, results, durations, detector.class_names)
+        text = format_output(args.format, results, durations, class_names)
         if output is not None:
             atomic_write_text(output, text)
         else:
@@ -686,13 +737,14 @@ def _plot(
     features: np.ndarray,
     dets: Detections,
     detector: Any,
+    class_names: Sequence[str],
     staged: StagedFiles,
 ) -> None:
     from amnet import viz
 
     duration = detector.duration_of(features.shape[0])
     viz.plot_timeline(
-        plot_dir / f"{video_id}.png", video_id, dets, detector.class_names, duration,
+        plot_dir / f"{video_id}.png", video_id, dets, class_names, duration,
         staged=staged,
     )  # fmt: skip
     if detector.backend_name == "torch":
