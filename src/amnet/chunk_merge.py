@@ -61,15 +61,16 @@ class ChunkMerger:
         self,
         cfg: PostprocessConfig,
         fps: float,
-        feature_stride: int,
-        num_frames: int,
+        feature_stride: float,
+        num_frames: float,
         duration: float | None = None,
         keep_top: int | None = None,
         min_score: float | None = None,
     ) -> None:
         self.cfg = cfg
         self.min_score = -math.inf if min_score is None else float(min_score)
-        self.fps, self.stride, self.frames = float(fps), int(feature_stride), int(num_frames)
+        # Floats: a resampled video's stride is fractional (amnet.timebase.resampled_timebase).
+        self.fps, self.stride, self.frames = float(fps), float(feature_stride), float(num_frames)
         self.duration = duration
         self.keep_top = keep_top
         self._best: np.ndarray = np.zeros(0)  # scores emitted so far, for keep_top's bar

@@ -33,6 +33,9 @@ DEFAULTS: dict[str, Any] = {
         "feature_stride": 4,
         "num_frames": 16,
         "max_seq_len": 2304,
+        # Resample every video to exactly max_seq_len snippets (ActivityNet's fixed-length
+        # features): one window per video, its own time base (DESIGN §3).
+        "force_upsampling": False,
         "trunc_thresh": 0.5,
         "crop_ratio": [0.9, 1.0],
         "file_ext": ".npy",
@@ -166,6 +169,11 @@ def validate_config(cfg: Mapping[str, Any], where: str) -> None:
     for key in ("num_classes", "input_dim", "feature_stride", "num_frames", "max_seq_len"):
         if not _is_int(data[key]) or data[key] < 1:
             raise AMNetError(f"{where}: dataset.{key} must be an integer >= 1, got {data[key]!r}")
+    if not isinstance(data["force_upsampling"], bool):
+        raise AMNetError(
+            f"{where}: dataset.force_upsampling must be true or false, got "
+            f"{data['force_upsampling']!r}"
+        )
     if not _is_number(data["default_fps"]) or data["default_fps"] <= 0:
         raise AMNetError(
             f"{where}: dataset.default_fps must be a finite number > 0, got {data['default_fps']!r}"

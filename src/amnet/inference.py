@@ -79,9 +79,14 @@ def detect_video(
     fps: float | None = None,
     device: torch.device | str = "cpu",
     post: PostprocessConfig | None = None,
+    timebase: tuple[float, float] | None = None,
 ) -> Detections:
-    """Detections (seconds) of one video with the config's chunk policy and post-processing."""
+    """Detections (seconds) of one video with the config's chunk policy and post-processing.
+
+    ``timebase``: the ``(feature_stride, num_frames)`` of ``feats`` when not the config's (a
+    video a dataset resampled, ``dataset.force_upsampling``)."""
     data = cfg["dataset"]
+    stride, frames = timebase or (data["feature_stride"], data["num_frames"])
     chunks = predict_chunks(
         model, feats, data["max_seq_len"], cfg["test_cfg"]["chunk_overlap"], device
     )
@@ -89,8 +94,8 @@ def detect_video(
         chunks,
         duration=duration,
         fps=fps or data["default_fps"],
-        feature_stride=data["feature_stride"],
-        num_frames=data["num_frames"],
+        feature_stride=stride,
+        num_frames=frames,
         cfg=post or postprocess_config(cfg),
     )
 
@@ -117,6 +122,7 @@ def detect_dataset(
     ):
         feats = item["feats"].numpy() if torch.is_tensor(item["feats"]) else item["feats"]
         results[item["video_id"]] = detect_video(
-            model, feats, cfg, item["duration"], item["fps"], device, post
-        )
+            model, feats, cfg, item["duration"], item["fps"], device, post,
+            (item["feat_stride"], item["num_frames"]),
+        )  # fmt: skip
     return results

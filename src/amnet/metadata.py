@@ -39,7 +39,9 @@ __all__ = [
 ]
 
 FORMAT = "amnet-onnx"
-FORMAT_VERSION = 1
+# 2 adds force_upsampling. A model without it is still written as 1, so that older runtimes
+# keep reading it; one with it is 2, which they refuse instead of chunking it wrongly.
+FORMAT_VERSION = 2
 # The graph contract every exporter and backend shares (DESIGN §6.1): one chunk in, raw
 # per-point outputs out, and how many chunks a backend call takes by default.
 INPUT_NAMES: tuple[str, str] = ("features", "lengths")  # [B, T, C] float32, [B] int64
@@ -78,7 +80,13 @@ _TYPES: dict[str, str] = {
 }
 METADATA_KEYS: tuple[str, ...] = tuple(_TYPES)
 # Optional keys: present on some models only (e.g. the INT8 one); kept as text when unknown.
-_OPTIONAL: dict[str, str] = {"quantization": "str", "source_sha256": "str", "precision": "str"}
+_OPTIONAL: dict[str, str] = {
+    "quantization": "str",
+    "source_sha256": "str",
+    "precision": "str",
+    # Videos are resampled to max_seq_len snippets before the graph (absent: False).
+    "force_upsampling": "bool",
+}
 
 
 def build_metadata(
@@ -96,9 +104,10 @@ def build_metadata(
         raise AMNetError(
             f"{len(class_names)} class names for {data['num_classes']} classes in the config"
         )
-    return {
+    resampled = bool(data.get("force_upsampling", False))
+    meta = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if resampled else 1,
         "config": json.loads(json.dumps(cfg)),  # a plain, JSON-safe copy
         "class_names": [str(n) for n in class_names],
         "fps": float(data["default_fps"]),
@@ -114,6 +123,9 @@ def build_metadata(
         "checkpoint_sha256": str(checkpoint_sha256),
         "weights": str(weights),
     }
+    if resampled:
+        meta["force_upsampling"] = True
+    return meta
 
 
 def encode_metadata(meta: Mapping[str, Any]) -> dict[str, str]:
@@ -152,6 +164,12 @@ def _decode_value(kind: str, raw: Any) -> Any:
     silent coercion (``int(2.7)`` or ``float(True)`` would hide a damaged file)."""
     if kind == "json":
         return json.loads(raw) if isinstance(raw, str) else raw
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        if raw in ("True", "False"):  # as encode_metadata writes it
+            return raw == "True"
+        raise TypeError(f"expected True or False, got {raw!r}")
     if kind == "str":
         if not isinstance(raw, str):
             raise TypeError(f"expected text, got {type(raw).__name__}")
@@ -242,6 +260,8 @@ def validate_metadata(meta: Mapping[str, Any], where: str = "model") -> dict[str
         or not 0 <= overlap < 1  # NaN fails this too
     ):
         raise bad("chunk_overlap", "must be a number in [0, 1)")
+    if not isinstance(meta.get("force_upsampling", False), bool):
+        raise bad("force_upsampling", "must be true or false")
     pad = meta.get("pad_multiple", 1)
     if pad & (pad - 1):
         raise bad("pad_multiple", "must be a power of two")

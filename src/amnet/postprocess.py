@@ -643,8 +643,8 @@ def postprocess_chunks(
     chunks: Sequence[tuple[Any, ...]],
     duration: float,
     fps: float,
-    feature_stride: int,
-    num_frames: int,
+    feature_stride: float,
+    num_frames: float,
     cfg: PostprocessConfig | None = None,
     min_score: float | None = None,
 ) -> Detections:

@@ -263,7 +263,12 @@ def resume_run(run: TrainingRun, path: str | os.PathLike) -> None:
     saved = config_from_dict(ckpt["config"], f"{path} (config)")
     for section in ("model", "dataset"):
         for key, value in run.cfg[section].items():
-            if section == "dataset" and key not in ("input_dim", "num_classes", "max_seq_len"):
+            if section == "dataset" and key not in (
+                "input_dim",
+                "num_classes",
+                "max_seq_len",
+                "force_upsampling",
+            ):
                 continue  # paths and augmentation may change between sessions
             if saved[section].get(key) != value:
                 raise AMNetError(

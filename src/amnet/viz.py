@@ -529,8 +529,15 @@ def _run(argv: list[str] | None) -> int:
                 out / f"{vid}.png", vid, dets, class_names, duration, gt, args.top, args.min_score,
                 staged=staged,
             )  # fmt: skip
-            if model is not None and feats is not None:
+            if model is not None and feats is not None and len(feats):
                 data = cfg["dataset"]
+                stride, frames = data["feature_stride"], data["num_frames"]
+                if data["force_upsampling"]:  # the snippets the model sees
+                    from amnet.timebase import resample_snippets, resampled_timebase
+
+                    length = data["max_seq_len"]
+                    stride, frames = resampled_timebase(len(feats), stride, frames, length)
+                    feats = resample_snippets(feats, length)
                 profile = ame_profile(
                     model, feats, data["max_seq_len"], cfg["test_cfg"]["chunk_overlap"]
                 )
@@ -545,8 +552,8 @@ def _run(argv: list[str] | None) -> int:
                         vid,
                         profile,
                         fps,
-                        data["feature_stride"],
-                        data["num_frames"],
+                        stride,
+                        frames,
                         gt,
                         staged=staged,
                     )

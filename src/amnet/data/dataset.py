@@ -22,7 +22,7 @@ from amnet.class_scores import AGNOSTIC_CLASS
 from amnet.console import bar_disabled
 from amnet.errors import AMNetError
 from amnet.fileio import load_features, refuse_special_input
-from amnet.timebase import seconds_to_snippets
+from amnet.timebase import resample_snippets, resampled_timebase, seconds_to_snippets
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,10 @@ def _feature_problem(path: Path, input_dim: int) -> str | None:
 class VideoFeatureDataset(Dataset):
     """Videos of some subsets of an annotation file with their features.
 
+    With ``force_upsampling`` every video's features are resampled to ``max_seq_len`` snippets
+    (:func:`~amnet.timebase.resample_snippets`) and its items carry their own
+    ``feat_stride``/``num_frames`` (:func:`~amnet.timebase.resampled_timebase`).
+
     With ``class_agnostic`` (or one class name given), every action is of the one class:
     :data:`~amnet.class_scores.AGNOSTIC_CLASS` when the file has several.
 
@@ -123,6 +127,7 @@ class VideoFeatureDataset(Dataset):
         file_ext: str = ".npy",
         seed: int = 0,
         class_agnostic: bool = False,
+        force_upsampling: bool = False,
     ) -> None:
         all_videos = load_annotations(annotation_file)
         if class_names is not None:
@@ -145,6 +150,7 @@ class VideoFeatureDataset(Dataset):
         self.trunc_thresh = trunc_thresh
         self.crop_ratio = crop_ratio
         self.file_ext = file_ext
+        self.force_upsampling = force_upsampling
         self.rng = np.random.default_rng(seed)
         self._check_labels(annotation_file)
         self._check_files()
@@ -202,7 +208,12 @@ class VideoFeatureDataset(Dataset):
         video = self.videos[index]
         feats = load_features(self.feature_path(video.video_id), self.input_dim)
         fps = video.fps or self.default_fps
-        segments = seconds_to_snippets(video.segments, fps, self.feature_stride, self.num_frames)
+        stride, frames = self.feature_stride, self.num_frames
+        if self.force_upsampling:
+            # Every video becomes max_seq_len snippets with a time base of its own.
+            stride, frames = resampled_timebase(feats.shape[0], stride, frames, self.max_seq_len)
+            feats = resample_snippets(feats, self.max_seq_len)
+        segments = seconds_to_snippets(video.segments, fps, stride, frames)
         segments = np.clip(segments, 0, feats.shape[0])
         labels = video.label_ids
         offset = 0
@@ -223,8 +234,8 @@ class VideoFeatureDataset(Dataset):
             "labels": torch.as_tensor(labels, dtype=torch.int64),
             "fps": fps,
             "duration": video.duration,
-            "feat_stride": self.feature_stride,
-            "num_frames": self.num_frames,
+            "feat_stride": stride,
+            "num_frames": frames,
             "offset": offset,
         }
 

@@ -75,7 +75,7 @@ from amnet.postprocess import (
     postprocess_chunks,
     run_chunked,
 )
-from amnet.timebase import snippets_duration
+from amnet.timebase import resample_snippets, resampled_timebase, snippets_duration
 
 if TYPE_CHECKING:
     from amnet.deploy.stream import StreamingDetector
@@ -128,8 +128,8 @@ def _postprocess_video(
     chunks: list[tuple[np.ndarray, np.ndarray, int, int]],
     duration: float,
     fps: float,
-    feature_stride: int,
-    num_frames: int,
+    feature_stride: float,
+    num_frames: float,
     post: PostprocessConfig,
     min_score: float | None,
 ) -> Detections:
@@ -220,8 +220,16 @@ class Detector:
         self.num_frames = num_frames if num_frames is not None else int(meta["num_frames"])
         self.min_score = None if min_score is None else float(min_score)
         self.top_k = top_k
+        # ActivityNet-style models see every video resampled to max_seq_len snippets.
+        self.force_upsampling = bool(meta.get("force_upsampling", False))
         # A TensorRT profile may allow shorter chunks or fewer of them per call than the model.
         engine_len = getattr(self.backend, "max_len", None)
+        if engine_len is not None and engine_len < self.max_seq_len and self.force_upsampling:
+            raise AMNetError(
+                f"{self.path}: engine profile max length {engine_len} < max_seq_len "
+                f"{self.max_seq_len}, the length every video is resampled to; rebuild the "
+                f"engine with --max-len {self.max_seq_len}"
+            )
         if engine_len is not None and engine_len < self.max_seq_len:
             logger.warning(
                 "%s: engine profile max length %d < max_seq_len %d; chunking at %d",
@@ -254,6 +262,23 @@ class Detector:
     def duration_of(self, num_snippets: int) -> float:
         """The duration (seconds) of a video of ``num_snippets`` snippets (see the module doc)."""
         return snippets_duration(num_snippets, self.fps, self.feature_stride, self.num_frames)
+
+    def timebase(self, num_snippets: int) -> tuple[float, float]:
+        """``(feature_stride, num_frames)`` of the snippets the model sees for a video of
+        ``num_snippets``: the model's own, or those of the video resampled to
+        ``max_seq_len`` (``force_upsampling``)."""
+        if not self.force_upsampling:
+            return self.feature_stride, self.num_frames
+        return resampled_timebase(
+            num_snippets, self.feature_stride, self.num_frames, self.max_seq_len
+        )
+
+    def model_input(self, array: np.ndarray) -> np.ndarray:
+        """A prepared video as the model takes it: resampled to ``max_seq_len`` snippets for a
+        ``force_upsampling`` model, else itself."""
+        if self.force_upsampling and array.shape[0]:
+            return resample_snippets(array, self.max_seq_len)
+        return array
 
     # -- input ------------------------------------------------------------------------------
 
@@ -333,19 +358,9 @@ class Detector:
             raise AMNetError(f"duration must be a finite number >= 0, got {duration!r}")
         if array.shape[0] == 0:
             return Detections.empty()
-        return self._postprocess(self.run_chunks(array), float(duration), fps, post, min_score)
-
-    def _postprocess(
-        self,
-        chunks: list[tuple[np.ndarray, np.ndarray, int, int]],
-        duration: float,
-        fps: float,
-        post: PostprocessConfig,
-        min_score: float | None,
-    ) -> Detections:
-        return _postprocess_video(
-            chunks, duration, fps, self.feature_stride, self.num_frames, post, min_score
-        )
+        chunks = self.run_chunks(self.model_input(array))
+        stride, frames = self.timebase(array.shape[0])
+        return _postprocess_video(chunks, float(duration), fps, stride, frames, post, min_score)
 
     def _runner(self) -> ThreadPoolExecutor:
         """The thread that makes the backend calls of the batch paths."""
@@ -458,10 +473,9 @@ class Detector:
                 for j, (slot, video, start, end) in enumerate(group):
                     slot[1].append((scores[j], segments[j], start, end - start))
                     if end == video.shape[0]:  # its last window: post-process, drop raw outputs
-                        outputs, (post, floor) = slot[1], slot[2]
+                        outputs, (post, floor, duration, stride, frames) = slot[1], slot[2]
                         slot[1] = None
-                        job = (outputs, self.duration_of(end), self.fps, self.feature_stride,
-                               self.num_frames, post, floor)  # fmt: skip
+                        job = (outputs, duration, self.fps, stride, frames, post, floor)
                         slot[0] = (
                             _postprocess_video(*job)
                             if pool is None
@@ -479,11 +493,15 @@ class Detector:
                 yield head
 
         for video, post, floor in jobs:
-            slot: list[Any] = [None, [], (post, floor)]
+            length = video.shape[0]
+            slot: list[Any] = [
+                None, [], (post, floor, self.duration_of(length), *self.timebase(length))
+            ]  # fmt: skip
             slots.append(slot)
-            if video.shape[0] == 0:
+            if length == 0:
                 slot[0] = Detections.empty()
             else:
+                video = self.model_input(video)
                 for start, end in plan_chunks(video.shape[0], self.max_seq_len, self.chunk_overlap):
                     queue.append((slot, video, start, end))
             while len(queue) >= self.batch_size:

@@ -748,17 +748,22 @@ def _plot(
         staged=staged,
     )  # fmt: skip
     if detector.backend_name == "torch":
+        # The mask over the snippets the model sees (resampled for a force_upsampling model).
         profile = viz.ame_profile(
-            detector.backend.model, features, detector.max_seq_len, detector.chunk_overlap
+            detector.backend.model,
+            detector.model_input(features),
+            detector.max_seq_len,
+            detector.chunk_overlap,
         )
         if profile is not None:
+            stride, frames = detector.timebase(features.shape[0])
             viz.plot_ame(
                 plot_dir / f"{video_id}_ame.png",
                 video_id,
                 profile,
                 detector.fps,
-                detector.feature_stride,
-                detector.num_frames,
+                stride,
+                frames,
                 staged=staged,
             )
 

@@ -91,6 +91,7 @@ class DetectionService:
             "feature_stride": d.feature_stride,
             "num_frames": d.num_frames,
             "max_seq_len": d.max_seq_len,
+            "force_upsampling": d.force_upsampling,
             "chunk_overlap": d.chunk_overlap,
             "max_detections": d.postprocess.max_detections,
             "max_body_bytes": self.max_body_bytes,

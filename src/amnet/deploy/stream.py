@@ -46,6 +46,11 @@ class StreamingDetector:
     :meth:`Detector.stream`."""
 
     def __init__(self, detector: Detector) -> None:
+        if detector.force_upsampling:
+            raise AMNetError(
+                f"{detector.path}: this model resamples whole videos to {detector.max_seq_len} "
+                "snippets (force_upsampling); it cannot follow a live stream"
+            )
         self.detector = detector
         self.window = int(detector.max_seq_len)
         self.step = max(self.window - round(self.window * detector.chunk_overlap), 1)
