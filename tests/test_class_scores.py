@@ -204,6 +204,9 @@ def test_fusion_refuses_what_it_cannot_do_in_one_line(agnostic_run, models, tmp_
          ">= 1"),
         ((*infer, str(ckpt), "--stream", "--dim", "2048", "--class-scores", str(classes)),
          "not with --stream"),
+        # On Ray too, before any cluster starts.
+        ((*infer, str(ckpt), str(one), "--workers", "2", "--class-scores", str(partial)),
+         "no class scores for 1 video"),
         (("amnet.cli.evaluate", "--ckpt", str(models["pt"]), "--data", str(models["data"]),
           "--class-scores", str(classes)), "class-agnostic model"),
         (("amnet.cli.evaluate", "--ckpt", str(ckpt), "--data", str(models["data"]),

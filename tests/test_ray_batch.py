@@ -152,3 +152,34 @@ def test_bad_worker_options(models, corpus, extra, message):
                       "-q", *extra)  # fmt: skip
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_class_scores_on_workers_give_the_single_process_output(corpus, cluster, tmp_path):
+    """A one-class model's detections fused with video-level classes (amnet.class_scores): on
+    Ray, fused once all videos are in, the same bytes as in one process."""
+    import torch
+
+    from amnet.checkpoint import save_checkpoint
+    from amnet.config import load_config
+    from amnet.export.to_onnx import export_onnx
+    from amnet.model import AMNet
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml")
+    cfg["dataset"]["num_classes"] = 1
+    torch.manual_seed(0)
+    ckpt = tmp_path / "agnostic.pt"
+    net = AMNet.from_config(cfg)
+    save_checkpoint(ckpt, config=cfg, class_names=["action"], model=net.state_dict(), ema=None)
+    onnx = export_onnx(ckpt, tmp_path / "agnostic.onnx", parity=False).path
+    rng = np.random.default_rng(1)
+    scores = {f"video_{i}": rng.dirichlet(np.ones(3)).tolist() for i in range(7)}
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps({"results": scores, "class": ["A", "B", "C"]}))
+    args = ["--engine", str(onnx), str(corpus), "--class-scores", str(classes), "-q"]
+    one, ray = tmp_path / "one.json", tmp_path / "ray.json"
+    assert infer(*args, "--threads", "1", "-o", str(one)).returncode == 0
+    proc = infer(*args, "--workers", "2", "--ray-address", cluster, "-o", str(ray))
+    assert proc.returncode == 0, proc.stderr
+    assert ray.read_text() == one.read_text()
+    labels = {d["label"] for ds in json.loads(one.read_text())["results"].values() for d in ds}
+    assert labels and labels <= {"A", "B", "C"}

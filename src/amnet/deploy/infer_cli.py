@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 
 from amnet import __version__
-from amnet.class_scores import DEFAULT_TOPK, fuse_class_scores, read_class_scores
+from amnet.class_scores import DEFAULT_TOPK, ClassScores, fuse_class_scores, read_class_scores
 from amnet.cli.common import OneLineParser, run_cli, setup_logging
 from amnet.detections import Detections
 from amnet.errors import AMNetError
@@ -312,10 +312,8 @@ def _check_options(args: Any) -> None:
         raise AMNetError(f"--fps must be > 0, got {args.fps}")
     if args.class_topk is not None and args.class_scores is None:
         raise AMNetError("--class-topk goes with --class-scores")
-    if args.class_scores is not None and (args.stream or args.workers is not None):
-        raise AMNetError(
-            "--class-scores works on files in one process, not with --stream or --workers"
-        )
+    if args.class_scores is not None and args.stream:
+        raise AMNetError("--class-scores works on files, not with --stream")
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -336,6 +334,40 @@ def detector_options(args: Any) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "postprocess_workers": args.postprocess_workers,
     }
+
+
+def _class_scores(args: Any, video_ids: Sequence[str]) -> ClassScores | None:
+    """``--class-scores``, read and checked to hold every video, before any inference."""
+    if args.class_scores is None:
+        return None
+    fusion = read_class_scores(args.class_scores)
+    missing = [vid for vid in video_ids if not fusion.has(vid)]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise AMNetError(
+            f"{args.class_scores}: no class scores for {len(missing)} video(s): "
+            f"{', '.join(missing[:3])}{more}"
+        )
+    return fusion
+
+
+def _output_classes(args: Any, fusion: ClassScores | None, model_classes: list[str]) -> list[str]:
+    """The class names the output's labels index: the classifier's with ``--class-scores``
+    (which needs a one-class model), else the model's."""
+    if fusion is None:
+        return model_classes
+    if len(model_classes) != 1:
+        raise AMNetError(
+            f"--class-scores needs a class-agnostic model (one class); {args.engine} has "
+            f"{len(model_classes)}"
+        )
+    return fusion.names
+
+
+def _fuse(args: Any, fusion: ClassScores | None, video_id: str, dets: Detections) -> Detections:
+    if fusion is None:
+        return dets
+    return fuse_class_scores(dets, fusion.of(video_id), args.class_topk or DEFAULT_TOPK)
 
 
 def _refuse_bad(bad: list[tuple[Path, str]], files: list[FeatureFile]) -> None:
@@ -412,25 +444,13 @@ def _run(argv: list[str] | None) -> int:
         if not args.skip_bad:
             _refuse_bad(bad, files)
         raise AMNetError(f"none of the {len(files)} feature files is usable:\n{_bad_list(bad)}")
-    fusion = None
-    if args.class_scores is not None:
-        fusion = read_class_scores(args.class_scores)
-        missing = [f.video_id for f in files if f.video_id in shapes]
-        missing = [vid for vid in missing if not fusion.has(vid)]
-        if missing:
-            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-            raise AMNetError(
-                f"{args.class_scores}: no class scores for {len(missing)} video(s): "
-                f"{', '.join(missing[:3])}{more}"
-            )
+    fusion = _class_scores(args, [f.video_id for f in files if f.video_id in shapes])
     detector = Detector(args.engine, **detector_options(args))
-    if fusion is not None and len(detector.class_names) != 1:
+    try:
+        class_names = _output_classes(args, fusion, detector.class_names)
+    except AMNetError:
         detector.close()
-        raise AMNetError(
-            f"--class-scores needs a class-agnostic model (one class); {args.engine} has "
-            f"{len(detector.class_names)}"
-        )
-    class_names = fusion.names if fusion is not None else detector.class_names
+        raise
     good: list[FeatureFile] = []
     for f in files:
         if f.video_id not in shapes:
@@ -504,11 +524,7 @@ def _run(argv: list[str] | None) -> int:
             if f.video_id in skipped:
                 del durations[f.video_id]
                 continue
-            if fusion is not None:
-                dets = fuse_class_scores(
-                    dets, fusion.of(f.video_id), args.class_topk or DEFAULT_TOPK
-                )
-            results[f.video_id] = dets
+            results[f.video_id] = _fuse(args, fusion, f.video_id, dets)
             if plot_dir is not None:
                 array = arrays.pop(f.video_id)
                 _plot(plot_dir, f.video_id, array, dets, detector, class_names, staged)
@@ -564,9 +580,10 @@ def _run_workers(args: Any, files: list[FeatureFile], output: Path | None) -> in
     if args.resume_from and output is None:
         raise AMNetError("--resume-from needs a file to write (not stdout)")
     ray_batch.import_ray()  # a missing extra is one line, before any work
+    fusion = _class_scores(args, [f.video_id for f in files])
     options = {**detector_options(args), "intra_op_threads": args.threads or 1}
     with Detector(args.engine, **options) as detector:  # the model, checked here once
-        class_names = detector.class_names
+        class_names = _output_classes(args, fusion, detector.class_names)
         settings = {
             "min_score": args.min_score,
             "top_k": detector.postprocess.max_detections,
@@ -638,9 +655,10 @@ def _run_workers(args: Any, files: list[FeatureFile], output: Path | None) -> in
     if not results:
         raise AMNetError(f"none of the {len(files)} feature files is usable:\n{_bad_list(bad)}")
     ordered = [f.video_id for f in files if f.video_id in results]
+    # Shards keep the model's own detections (a resumed run may fuse them); fused here.
     text = format_output(
         args.format,
-        {v: results[v][0] for v in ordered},
+        {v: _fuse(args, fusion, v, results[v][0]) for v in ordered},
         {v: results[v][1] for v in ordered},
         class_names,
     )
