@@ -15,7 +15,7 @@ average mAP of:
     python benchmarks/bench_class_fusion.py --data work/tiny_data --config configs/tiny_cpu.yaml \
         --seeds 0,1 --epochs 12 --out work/bench_fusion [--json]
 
-``--data`` is made (``amnet-synth --preset tiny``) when it does not exist. Prints a markdown
+The data: ``amnet-synth --out work/tiny_data --preset tiny --seed 0``. Prints a markdown
 table (mean over seeds, and each seed).
 """
 
@@ -84,9 +84,7 @@ def evaluate(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--data", required=True, help="dataset folder (made with the tiny preset if absent)"
-    )
+    p.add_argument("--data", required=True, help="a dataset folder (amnet-synth --preset tiny)")
     p.add_argument("--config", default="configs/tiny_cpu.yaml")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--epochs", type=int, default=None, help="default: the config's")
@@ -95,10 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
-    if not data.exists():
-        from amnet.cli.synth import main as synth
-
-        assert synth(["--out", str(data), "--preset", "tiny", "--seed", "0", "--quiet"]) == 0
     ann = data / "annotations.json"
     every = load_annotations(ann)
     names = build_label_map(every.values(), ann)

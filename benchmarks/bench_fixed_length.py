@@ -8,7 +8,7 @@ evaluation (the same videos, post-processing and metric).
     python benchmarks/bench_fixed_length.py --data work/tiny_data --config configs/tiny_cpu.yaml \
         --seeds 0,1,2 --lengths 256,128 --out work/bench_fixed [--json]
 
-``--data`` is made (``amnet-synth --preset tiny``) when it does not exist.
+The data: ``amnet-synth --out work/tiny_data --preset tiny --seed 0``.
 """
 
 from __future__ import annotations
@@ -30,9 +30,7 @@ from amnet.train import train
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--data", required=True, help="dataset folder (made with the tiny preset if absent)"
-    )
+    p.add_argument("--data", required=True, help="a dataset folder (amnet-synth --preset tiny)")
     p.add_argument("--config", default="configs/tiny_cpu.yaml")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--lengths", default="256,128", help="force_upsampling lengths to compare")
@@ -41,10 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
-    if not data.exists():
-        from amnet.cli.synth import main as synth
-
-        assert synth(["--out", str(data), "--preset", "tiny", "--seed", "0", "--quiet"]) == 0
     variants = [None] + [int(v) for v in args.lengths.split(",") if v.strip()]
     rows: dict[str, dict[str, list[float]]] = {}
     for seed in [int(s) for s in args.seeds.split(",")]:
