@@ -362,8 +362,10 @@ def _train(
             record["val_average_mAP"] = scores[chosen]
             record["val_ema_mAP"], record["val_raw_mAP"] = scores["ema"], scores["raw"]
             log.info(
-                "epoch %d validation average mAP %.4f (EMA %.4f, raw %.4f)",
+                "epoch %d validation average mAP %.4f (EMA %.4f, raw %.4f)%s",
                 epoch + 1, scores[chosen], scores["ema"], scores["raw"],
+                # A one-class model is scored on finding actions, whatever their class.
+                ", class-agnostic" if len(run.class_names) == 1 else "",
             )  # fmt: skip
             if scores[chosen] > run.best_map:
                 run.best_map = scores[chosen]
