@@ -223,3 +223,38 @@ def test_fusion_refuses_what_it_cannot_do_in_one_line(agnostic_run, models, tmp_
         assert proc.returncode == 2, (args, proc.stderr)
         assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert not out.exists()
+
+
+def test_activitynet_file_names_and_ids_with_the_v_prefix(models, tmp_path):
+    """ActivityNet's features are often ``v_<id>.npy`` for annotation ids ``<id>``:
+    ``dataset.file_prefix`` finds them, and file-mode evaluation matches results keyed by
+    either form."""
+    import shutil
+
+    from amnet.config import load_config
+    from amnet.data import make_dataset
+
+    data = tmp_path / "data"
+    (data / "features").mkdir(parents=True)
+    shutil.copy(models["data"] / "annotations.json", data / "annotations.json")
+    for f in (models["data"] / "features").glob("*.npy"):
+        shutil.copy(f, data / "features" / f"v_{f.name}")
+    cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml")
+    with pytest.raises(AMNetError, match="feature file"):
+        make_dataset(cfg, data, "val_split", False)
+    cfg["dataset"]["file_prefix"] = "v_"
+    dataset = make_dataset(cfg, data, "val_split", False)
+    assert dataset.feature_path(dataset.videos[0].video_id).name.startswith("v_")
+    assert dataset[0]["feats"].shape[1] == 2048
+
+    ann = data / "annotations.json"
+    plain = tmp_path / "plain.json"
+    proc = run_main("amnet.cli.evaluate", "--ckpt", str(models["pt"]), "--data",
+                    str(models["data"]), "--subset", "test", "--out", str(plain), "--json")  # fmt: skip
+    want = mean_ap(proc)
+    results = json.loads(plain.read_text())
+    results["results"] = {f"v_{k}": v for k, v in results["results"].items()}
+    prefixed = write(tmp_path / "prefixed.json", results)
+    got = run_main("amnet.cli.evaluate", "--gt", str(ann), "--subset", "test", "--pred",
+                   str(prefixed), "--json")  # fmt: skip
+    assert mean_ap(got) == want

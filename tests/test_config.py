@@ -59,6 +59,11 @@ def test_unknown_key_is_named(tmp_path):
         ("- a\n- b\n", "mapping"),
         ("model: {embd_dim: 64\n", "malformed YAML"),
         ("base: missing.yaml\n", "not found"),
+        # Feature file names: never a path out of the feature folder.
+        ("dataset:\n  file_prefix: ../v_\n", "file_prefix must be text without path"),
+        ("dataset:\n  file_ext: .npy/x\n", "file_ext must be text without path"),
+        ("dataset:\n  file_ext: 3\n", "file_ext must be text"),
+        ("dataset:\n  force_upsampling: yes please\n", "force_upsampling must be true or false"),
     ],
 )
 def test_bad_configs_give_one_line_errors(tmp_path, text, message):

@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
         "force_upsampling": False,
         "trunc_thresh": 0.5,
         "crop_ratio": [0.9, 1.0],
+        "file_prefix": "",  # feature files are <file_prefix><video_id><file_ext>
         "file_ext": ".npy",
     },
     "model": ModelConfig().to_dict(),  # amnet.model.config.ModelConfig: fields and defaults
@@ -169,6 +170,17 @@ def validate_config(cfg: Mapping[str, Any], where: str) -> None:
     for key in ("num_classes", "input_dim", "feature_stride", "num_frames", "max_seq_len"):
         if not _is_int(data[key]) or data[key] < 1:
             raise AMNetError(f"{where}: dataset.{key} must be an integer >= 1, got {data[key]!r}")
+    for key in ("file_prefix", "file_ext"):
+        value = data[key]
+        if (
+            not isinstance(value, str)
+            or any(c in value for c in "/\\")
+            or any(ord(c) < 32 or ord(c) == 127 for c in value)
+        ):
+            raise AMNetError(
+                f"{where}: dataset.{key} must be text without path separators or control "
+                f"characters, got {value!r}"
+            )
     if not isinstance(data["force_upsampling"], bool):
         raise AMNetError(
             f"{where}: dataset.force_upsampling must be true or false, got "

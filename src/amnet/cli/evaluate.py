@@ -27,7 +27,7 @@ import argparse
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from amnet.class_scores import (
     read_class_scores,
 )
 from amnet.cli.common import OneLineParser, run_cli, setup_logging
+from amnet.detections import Detections
 from amnet.errors import AMNetError
 from amnet.metrics import EvaluationResult, evaluate_detection, format_table, parse_tiou
 from amnet.results import read_results
@@ -151,6 +152,7 @@ def evaluate_files(
                 f"{exc}; results of a class-agnostic model: add --class-scores SCORES.json or "
                 "--class-agnostic"
             ) from None
+    predictions = match_video_ids(predictions, ground_truth)
     log.info(
         "%d ground-truth videos (subset %s), %d predicted videos, %d classes",
         len(ground_truth),
@@ -163,6 +165,24 @@ def evaluate_files(
     except AMNetError as exc:
         raise AMNetError(f"{gt_path} / {pred_path}: {exc}") from None
     return result, class_names
+
+
+def match_video_ids(
+    predictions: dict[str, Detections], ground_truth: Mapping[str, object]
+) -> dict[str, Detections]:
+    """Predictions keyed by the ground truth's ids where they differ only by ActivityNet's
+    ``v_`` prefix (feature files are often named ``v_<id>.npy``, annotations ``<id>``)."""
+    out: dict[str, Detections] = {}
+    renamed = 0
+    for vid, dets in predictions.items():
+        if vid not in ground_truth:
+            other = vid[2:] if vid.startswith("v_") else "v_" + vid
+            if other in ground_truth and other not in predictions:
+                vid, renamed = other, renamed + 1
+        out[vid] = dets
+    if renamed:
+        log.info("%d predicted video ids matched the ground truth by their 'v_' prefix", renamed)
+    return out
 
 
 def report(result: EvaluationResult, as_json: bool = False) -> None:

@@ -125,6 +125,7 @@ class VideoFeatureDataset(Dataset):
         crop_ratio: Sequence[float] | None = None,
         class_names: Sequence[str] | None = None,
         file_ext: str = ".npy",
+        file_prefix: str = "",
         seed: int = 0,
         class_agnostic: bool = False,
         force_upsampling: bool = False,
@@ -150,6 +151,7 @@ class VideoFeatureDataset(Dataset):
         self.trunc_thresh = trunc_thresh
         self.crop_ratio = crop_ratio
         self.file_ext = file_ext
+        self.file_prefix = file_prefix
         self.force_upsampling = force_upsampling
         self.rng = np.random.default_rng(seed)
         self._check_labels(annotation_file)
@@ -173,7 +175,7 @@ class VideoFeatureDataset(Dataset):
             v.label_ids = np.asarray([index[lab] for lab in v.labels], dtype=np.int64)
 
     def feature_path(self, video_id: str) -> Path:
-        return self.feature_folder / f"{video_id}{self.file_ext}"
+        return self.feature_folder / f"{self.file_prefix}{video_id}{self.file_ext}"
 
     def _check_files(self) -> None:
         """Fail early, naming the files, rather than mid-epoch: every feature file is read once

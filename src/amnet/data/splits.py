@@ -46,7 +46,7 @@ def make_dataset(
         ann, feats, d[split], is_training=training, input_dim=d["input_dim"], max_seq_len=d["max_seq_len"],
         feature_stride=d["feature_stride"], num_frames=d["num_frames"], default_fps=d["default_fps"],
         trunc_thresh=d["trunc_thresh"], crop_ratio=d["crop_ratio"] if training else None,
-        class_names=class_names, file_ext=d["file_ext"], seed=seed,
+        class_names=class_names, file_ext=d["file_ext"], file_prefix=d["file_prefix"], seed=seed,
         class_agnostic=d["num_classes"] == 1, force_upsampling=d["force_upsampling"],
     )  # fmt: skip
     if class_names is None and len(dataset.class_names) < d["num_classes"]:
