@@ -191,8 +191,11 @@ def test_fusion_refuses_what_it_cannot_do_in_one_line(agnostic_run, models, tmp_
     ckpt, classes, ann = agnostic_run["ckpt"], agnostic_run["classes"], agnostic_run["ann"]
     feats = models["data"] / "features"
     one = sorted(feats.glob("*.npy"))[0]
-    partial = write(tmp_path / "partial.json", {"results": {"nobody": [1.0] * 5},
-                                               "class": list("ABCDE")})  # fmt: skip
+    known = read_class_scores(classes)
+    other = write(tmp_path / "other.json", {"results": {v: p.tolist() for v, p in known.scores.items()},
+                                            "class": ["X" + n for n in known.names]})  # fmt: skip
+    partial = write(tmp_path / "partial.json", {"results": {"nobody": [0.2] * 5},
+                                               "class": known.names})  # fmt: skip
     out = tmp_path / "out.json"
     infer = ("amnet.deploy.infer_cli", "--engine")
     cases = [
@@ -215,6 +218,11 @@ def test_fusion_refuses_what_it_cannot_do_in_one_line(agnostic_run, models, tmp_
           "--class-scores", str(partial), "--out", str(out)), "no class scores for video"),
         (("amnet.cli.evaluate", "--gt", str(ann), "--subset", "test", "--pred", str(ann),
           "--class-scores", str(classes), "--class-agnostic"), "exclude each other"),
+        # A classifier of other classes than the ground truth's, in either mode.
+        (("amnet.cli.evaluate", "--gt", str(ann), "--subset", "test", "--pred",
+          str(agnostic_run["raw"]), "--class-scores", str(other)), "are not among its 5 classes"),
+        (("amnet.cli.evaluate", "--ckpt", str(ckpt), "--data", str(models["data"]),
+          "--class-scores", str(other), "--out", str(out)), "are not among its 5 classes"),
         (("amnet.cli.evaluate", "--gt", str(ann), "--subset", "test", "--pred",
           str(agnostic_run["raw"])), "add --class-scores SCORES.json or --class-agnostic"),
     ]  # fmt: skip

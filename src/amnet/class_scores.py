@@ -63,6 +63,16 @@ class ClassScores:
     def has(self, video_id: str) -> bool:
         return self._find(video_id) is not None
 
+    def check_classes(self, videos: Iterable[VideoAnnotation]) -> None:
+        """Every ground-truth label must be one of the classifier's classes (else one error
+        naming the file and the first missing labels)."""
+        missing = sorted({label for v in videos for label in v.labels} - set(self.names))
+        if missing:
+            raise AMNetError(
+                f"{self.path}: the ground truth's classes {missing[:3]} are not among its "
+                f"{len(self.names)} classes"
+            )
+
     def of(self, video_id: str) -> np.ndarray:
         """The probabilities of one video (its id with or without the ``v_`` prefix)."""
         found = self._find(video_id)

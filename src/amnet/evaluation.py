@@ -39,7 +39,8 @@ def evaluate_model(
             f"this one has {len(dataset.class_names)} classes"
         )
     if class_scores is not None:
-        # Before inference: a video the classifier file lacks fails now, not at the end.
+        # Before inference: a video or class the classifier file lacks fails now, not at the end.
+        class_scores.check_classes(dataset.videos)
         for video in dataset.videos:
             class_scores.of(video.video_id)
     items = (dataset[i] for i in range(len(dataset)))

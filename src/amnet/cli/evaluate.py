@@ -136,6 +136,7 @@ def evaluate_files(
     ground_truth = select_subset(videos, subset, gt_path)
     if class_scores is not None:
         scores = read_class_scores(class_scores, class_names)
+        scores.check_classes(ground_truth.values())
         predictions = fuse_results(read_results(pred_path, [], agnostic=True), scores, topk)
         class_names = scores.names
     elif agnostic:
