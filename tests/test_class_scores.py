@@ -192,8 +192,9 @@ def test_fusion_refuses_what_it_cannot_do_in_one_line(agnostic_run, models, tmp_
     feats = models["data"] / "features"
     one = sorted(feats.glob("*.npy"))[0]
     known = read_class_scores(classes)
-    other = write(tmp_path / "other.json", {"results": {v: p.tolist() for v, p in known.scores.items()},
-                                            "class": ["X" + n for n in known.names]})  # fmt: skip
+    probabilities = {v: p.tolist() for v, p in known.scores.items()}
+    other_names = ["X" + n for n in known.names]
+    other = write(tmp_path / "other.json", {"results": probabilities, "class": other_names})
     partial = write(tmp_path / "partial.json", {"results": {"nobody": [0.2] * 5},
                                                "class": known.names})  # fmt: skip
     out = tmp_path / "out.json"
