@@ -177,3 +177,15 @@ def test_a_resampled_model_gets_its_timeline_and_mask_plots(resampled_model, mod
         f"{video.stem}.png",
         f"{video.stem}_ame.png",
     }
+
+
+def test_static_int8_calibrates_on_what_the_model_sees():
+    from amnet.export.quantize import calibration_windows
+
+    rng = np.random.default_rng(0)
+    videos = [rng.normal(size=(t, 8)).astype(np.float32) for t in (30, 500, 64)]
+    windows = calibration_windows(videos, 64, 0.25, 10, force_upsampling=True)
+    assert [(x.shape, int(n[0])) for x, n in windows] == [((1, 64, 8), 64)] * 3
+    np.testing.assert_array_equal(windows[1][0][0], resample_snippets(videos[1], 64))
+    # Without it, the videos' own windows (the 500-snippet one in several).
+    assert len(calibration_windows(videos, 64, 0.25, 10)) > 3

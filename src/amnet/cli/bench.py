@@ -513,8 +513,9 @@ def _static_int8(onnx: Path, work: Path, features: Sequence[str]) -> Path:
         return out
     videos = (load_features(path, meta["input_dim"]) for path in features)
     windows = calibration_windows(
-        videos, meta["max_seq_len"], meta["chunk_overlap"], BENCH_CALIBRATION_WINDOWS
-    )
+        videos, meta["max_seq_len"], meta["chunk_overlap"], BENCH_CALIBRATION_WINDOWS,
+        bool(meta.get("force_upsampling", False)),
+    )  # fmt: skip
     logger.info("quantizing %s statically (%d calibration windows)", onnx, len(windows))
     return quantize_int8_static(onnx, out, windows)
 

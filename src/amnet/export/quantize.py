@@ -267,13 +267,19 @@ def attention_products(model: Any) -> list[str]:
 
 
 def calibration_windows(
-    videos: Iterable[np.ndarray], max_len: int, overlap: float, count: int
+    videos: Iterable[np.ndarray],
+    max_len: int,
+    overlap: float,
+    count: int,
+    force_upsampling: bool = False,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Up to ``count`` model inputs ``(features [1, L, C] float32, lengths [1] int64)`` cut
     from ``videos`` (``[T, C]`` arrays) in the windows inference uses (one per video when it
     fits, else windows of ``max_len``; :func:`amnet.postprocess.plan_chunks`), taken from the
-    videos in turn so that a long first video does not fill the set alone."""
+    videos in turn so that a long first video does not fill the set alone. With
+    ``force_upsampling`` each video is first resampled to ``max_len``, as the runtime does."""
     from amnet.postprocess import plan_chunks
+    from amnet.timebase import resample_snippets
 
     if count < 1:
         raise ValueError(f"calibration needs at least one window, got {count}")
@@ -281,6 +287,8 @@ def calibration_windows(
     for video in videos:
         if len(video) == 0:
             continue
+        if force_upsampling:
+            video = resample_snippets(video, max_len)
         plan = plan_chunks(len(video), max_len, overlap)
         queues.append([video[start:end] for start, end in plan])
         if len(queues) >= count:  # one window from each of `count` videos is enough

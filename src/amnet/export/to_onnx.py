@@ -422,8 +422,9 @@ def _calibration_set(
     d = cfg["dataset"]
     videos = (load_features(data.feature_path(v.video_id), d["input_dim"]) for v in data.videos)
     windows = calibration_windows(
-        videos, d["max_seq_len"], cfg["test_cfg"]["chunk_overlap"], count + HELD_OUT_WINDOWS
-    )
+        videos, d["max_seq_len"], cfg["test_cfg"]["chunk_overlap"], count + HELD_OUT_WINDOWS,
+        d["force_upsampling"],
+    )  # fmt: skip
     return windows[:count], windows[count:]
 
 
