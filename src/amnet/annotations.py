@@ -61,6 +61,12 @@ def check_video_id(vid: object, path: os.PathLike | str) -> str:
     return vid
 
 
+def prefix_twin(video_id: str) -> str:
+    """The same video's id with ActivityNet's ``v_`` prefix added or removed (files and
+    classifier outputs often carry it, annotation files not)."""
+    return video_id[2:] if video_id.startswith("v_") else "v_" + video_id
+
+
 def parse_database(data: object, path: os.PathLike | str) -> dict[str, VideoAnnotation]:
     """Validate the ``database`` of an annotation file and return its videos."""
     if not isinstance(data, Mapping) or not isinstance(data.get("database"), Mapping):

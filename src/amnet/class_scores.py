@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from amnet.annotations import VideoAnnotation, check_video_id
+from amnet.annotations import VideoAnnotation, check_video_id, prefix_twin
 from amnet.detections import Detections
 from amnet.errors import AMNetError
 from amnet.fileio import read_json
@@ -54,7 +54,7 @@ class ClassScores:
     path: str = "class scores"
 
     def _find(self, video_id: str) -> np.ndarray | None:
-        for key in (video_id, video_id[2:] if video_id.startswith("v_") else "v_" + video_id):
+        for key in (video_id, prefix_twin(video_id)):
             found = self.scores.get(key)
             if found is not None:
                 return found

@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from amnet.annotations import build_label_map, load_annotations, select_subset
+from amnet.annotations import build_label_map, load_annotations, prefix_twin, select_subset
 from amnet.class_scores import (
     AGNOSTIC_CLASS,
     DEFAULT_TOPK,
@@ -177,7 +177,7 @@ def match_video_ids(
     renamed = 0
     for vid, dets in predictions.items():
         if vid not in ground_truth:
-            other = vid[2:] if vid.startswith("v_") else "v_" + vid
+            other = prefix_twin(vid)
             if other in ground_truth and other not in predictions:
                 vid, renamed = other, renamed + 1
         out[vid] = dets
