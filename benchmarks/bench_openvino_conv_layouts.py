@@ -100,14 +100,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    from amnet.deploy.backend_openvino import import_openvino
+    from amnet.deploy.backend_openvino import compile_config, import_openvino
 
     ov = import_openvino()
     core = ov.Core()
-    config = {
-        "INFERENCE_PRECISION_HINT": "bf16" if args.precision == "bf16" else "f32",
-        "INFERENCE_NUM_THREADS": args.threads,
-    }
+    config = compile_config(args.precision, args.threads)
     torch.manual_seed(0)
     reference = Transposes(args.dim).eval()
     x = torch.randn(1, args.length, args.dim)

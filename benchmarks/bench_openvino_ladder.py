@@ -44,17 +44,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from amnet.deploy.backend_openvino import import_openvino
+    from amnet.deploy.backend_openvino import compile_config, import_openvino
     from amnet.metadata import INPUT_NAMES
 
     ov = import_openvino()
     core = ov.Core()
-    config = {
-        "INFERENCE_PRECISION_HINT": "bf16" if args.precision == "bf16" else "f32",
-        "INFERENCE_NUM_THREADS": args.threads,
-    }
-    if args.precision == "fp32":
-        config["SNIPPETS_MODE"] = "DISABLE"  # as the backend compiles f32
+    config = compile_config(args.precision, args.threads)  # as the backend compiles
     model = core.read_model(args.onnx)
     dim = int(model.input(INPUT_NAMES[0]).get_partial_shape()[2].get_length())
     lengths = [int(v) for v in args.lengths.split(",")]

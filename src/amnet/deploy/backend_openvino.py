@@ -67,6 +67,20 @@ def import_openvino() -> Any:
     return openvino
 
 
+def compile_config(precision: str, threads: int | None = None) -> dict[str, Any]:
+    """The CPU plugin settings the backend compiles with (benchmarks use the same)."""
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+    if precision == "fp32":
+        # OpenVINO's generated ("snippets") kernels give wrong f32 results on this graph
+        # with dynamic T (scores off by 0.06, segments by snippets; measured with OpenVINO
+        # 2026.4); without them f32 matches ONNX Runtime to 1e-6 at the same speed. bf16
+        # is right either way and faster with them.
+        config["SNIPPETS_MODE"] = "DISABLE"
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return config
+
+
 class OpenVinoBackend:
     """An AMNet ``.onnx`` chunk graph compiled by OpenVINO for the CPU.
 
@@ -119,17 +133,7 @@ class OpenVinoBackend:
                 f"{self.path}: an fp16 graph (for TensorRT); OpenVINO takes the fp32 model and "
                 "lowers it itself (precision bf16)"
             )
-        config: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"
-        }
-        if precision == "fp32":
-            # OpenVINO's generated ("snippets") kernels give wrong f32 results on this graph
-            # with dynamic T (scores off by 0.06, segments by snippets; measured with OpenVINO
-            # 2026.4); without them f32 matches ONNX Runtime to 1e-6 at the same speed. bf16
-            # is right either way and faster with them.
-            config["SNIPPETS_MODE"] = "DISABLE"
-        if intra_op_threads:
-            config["INFERENCE_NUM_THREADS"] = int(intra_op_threads)
+        config = compile_config(precision, intra_op_threads)
         try:
             model = core.read_model(str(self.path))
         except Exception as exc:  # OpenVINO raises RuntimeError with long multi-line texts
