@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy  # the package's annotations (it ships py.typed); settings in pyproject.toml
 # The tests write up to about 1 GB to the temp folder at their peak (paper-size checkpoints): say
 # so up front on a nearly full disk, where they would fail one by one on write errors.
 .venv/bin/python -c 'import shutil, sys, tempfile

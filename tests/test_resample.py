@@ -94,14 +94,19 @@ def test_dataset_items_are_resampled_with_their_own_time_base(models):
 
 @pytest.fixture(scope="module")
 def resampled_model(models, tmp_path_factory) -> dict[str, Path]:
-    """A tiny AMNet trained one epoch with force_upsampling (64 snippets), and its ONNX export."""
-    from amnet.export.to_onnx import export_onnx
-    from amnet.train import train
+    """A tiny AMNet trained one epoch with force_upsampling (64 snippets), and its ONNX export;
+    built once per run for all pytest workers (read-only)."""
+    from conftest import shared
 
-    base = tmp_path_factory.mktemp("resampled")
-    train(resampled_cfg(), models["data"], base / "run", epochs=1, progress=False)
-    ckpt = base / "run" / "last.pt"
-    return {"pt": ckpt, "onnx": export_onnx(ckpt, base / "model.onnx").path}
+    def build(base: Path) -> dict[str, Path]:
+        from amnet.export.to_onnx import export_onnx
+        from amnet.train import train
+
+        train(resampled_cfg(), models["data"], base / "run", epochs=1, progress=False)
+        ckpt = base / "run" / "last.pt"
+        return {"pt": ckpt, "onnx": export_onnx(ckpt, base / "model.onnx").path}
+
+    return shared(tmp_path_factory, "resampled_model", build)
 
 
 def test_runtime_gives_the_evaluations_detections(resampled_model, models):

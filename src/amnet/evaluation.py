@@ -4,7 +4,7 @@ post-processing, then the ActivityNet metric."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,11 +14,14 @@ from amnet.errors import AMNetError
 from amnet.inference import detect_dataset
 from amnet.metrics import EvaluationResult, evaluate_detection
 
+if TYPE_CHECKING:
+    from amnet.model import AMNet
+
 __all__ = ["evaluate_model"]
 
 
 def evaluate_model(
-    model: torch.nn.Module,
+    model: AMNet,
     dataset: VideoFeatureDataset,
     cfg: Mapping[str, Any],
     device: torch.device,

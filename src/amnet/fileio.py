@@ -369,7 +369,7 @@ def release_rows(array: np.ndarray, upto: int) -> None:
     """Let the kernel drop the resident pages of rows ``[0, upto)`` of a memory-mapped array
     (no-op for ordinary arrays): they are read again from the file if touched, so a pass over a
     long video keeps only a window of it in memory."""
-    base = array
+    base: np.ndarray | None = array
     while base is not None and not isinstance(base, np.memmap):
         base = base.base if isinstance(base.base, np.ndarray) else None
     handle = getattr(base, "_mmap", None)
@@ -391,7 +391,9 @@ def release_rows(array: np.ndarray, upto: int) -> None:
 _NPY_MAGIC = b"\x93NUMPY"
 
 
-def read_features(path: Path, input_dim: int | None, *, mmap: bool = False) -> np.ndarray:
+def read_features(
+    path: str | os.PathLike, input_dim: int | None, *, mmap: bool = False
+) -> np.ndarray:
     """One feature file as contiguous float32 ``[T, C]``; AMNetError naming the problem.
     ``input_dim``: the channels the model expects (None: any; checked later by the caller).
     ``mmap``: memory-map a float32 file instead of reading it (see :func:`load_features`)."""

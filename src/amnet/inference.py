@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,10 +15,14 @@ from amnet.detections import Detections
 from amnet.metadata import chunk_batch_for
 from amnet.postprocess import (
     PostprocessConfig,
+    RawChunk,
     config_from_test_cfg,
     postprocess_chunks,
     run_chunked,
 )
+
+if TYPE_CHECKING:
+    from amnet.model import AMNet
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +33,14 @@ def postprocess_config(cfg: Mapping[str, Any]) -> PostprocessConfig:
 
 
 def predict_chunks(
-    model: torch.nn.Module,
+    model: AMNet,
     feats: np.ndarray,
     max_seq_len: int,
     overlap: float,
     device: torch.device | str = "cpu",
     batch_size: int | None = None,
-) -> list[tuple[np.ndarray, np.ndarray, int]]:
-    """Raw model outputs ``(scores, segments, offset)`` for each chunk of one ``[T, C]`` video,
+) -> list[RawChunk]:
+    """Raw model outputs ``(scores, segments, offset, length)`` for each chunk of one ``[T, C]`` video,
     through the chunk loop every backend uses (:func:`amnet.postprocess.run_chunked`)."""
 
     @torch.no_grad()
@@ -53,26 +57,27 @@ def predict_chunks(
 
 @torch.no_grad()
 def actionness(
-    model: torch.nn.Module, feats: np.ndarray, device: torch.device | str = "cpu"
+    model: AMNet, feats: np.ndarray, device: torch.device | str = "cpu"
 ) -> np.ndarray | None:
     """The AME's action-aware mask ``m`` (``[T]``, in (0, 1)) over a whole video; None without AME.
 
     The mask head sits on the convolutional embedding, before any attention, so it is local and
     the whole video goes through in one pass, whatever its length.
     """
-    if getattr(model, "ame", None) is None:
+    ame = model.ame
+    if ame is None:
         return None
     array = np.ascontiguousarray(feats, dtype=np.float32)
     if not array.flags.writeable:  # memory-mapped input: torch warns on read-only memory
         array = array.copy()
     x = torch.from_numpy(array)[None].to(device)
     embedded, mask, _ = model.embed(x, torch.tensor([x.shape[1]], device=x.device))
-    logits = model.ame.actionness(embedded, mask)[:, : x.shape[1]]
+    logits = ame.actionness(embedded, mask)[:, : x.shape[1]]
     return torch.sigmoid(logits[0]).float().cpu().numpy()
 
 
 def detect_video(
-    model: torch.nn.Module,
+    model: AMNet,
     feats: np.ndarray,
     cfg: Mapping[str, Any],
     duration: float,
@@ -101,7 +106,7 @@ def detect_video(
 
 
 def detect_dataset(
-    model: torch.nn.Module,
+    model: AMNet,
     items: Iterable[Mapping[str, Any]],
     cfg: Mapping[str, Any],
     device: torch.device | str = "cpu",

@@ -148,13 +148,13 @@ def _clean_ground_truth(
                 f"ground truth video {vid!r}: {len(seg)} segments but {len(ann.labels)} labels"
             )
         try:
-            cls = [class_index[label] for label in ann.labels]
+            ids = [class_index[label] for label in ann.labels]
         except KeyError as exc:
             raise AMNetError(
                 f"ground truth video {vid!r}: label {exc.args[0]!r} is not in the class list"
             ) from None
         segs.append(seg)
-        classes.append(np.asarray(cls, dtype=np.int64))
+        classes.append(np.asarray(ids, dtype=np.int64))
         vids.append(np.full(len(seg), v, dtype=np.int64))
     if not segs:
         return video_index, np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0, np.int64), 0

@@ -35,6 +35,7 @@ __all__ = [
     "NMS_METHODS",
     "VOTING_WEIGHTS",
     "PostprocessConfig",
+    "RawChunk",
     "chunk_batches",
     "config_from_test_cfg",
     "nms",
@@ -45,6 +46,9 @@ __all__ = [
 ]
 
 NMS_METHODS = ("soft", "hard", "none")
+# One window's raw model outputs: (scores [P, K], segments [P, 2] in snippets from the window's
+# start, the window's offset in the video, its valid length).
+RawChunk = tuple[np.ndarray, np.ndarray, int, int]
 VOTING_WEIGHTS = ("score", "score_tiou")
 
 # Guards the IoU division for zero-length segments (their IoU with anything is then 0).
@@ -234,7 +238,7 @@ def run_chunked(
     max_len: int,
     overlap: float,
     batch_size: int,
-) -> list[tuple[np.ndarray, np.ndarray, int, int]]:
+) -> list[RawChunk]:
     """The one chunk loop: raw outputs ``(scores [P, K], segments [P, 2], offset, length)`` per
     chunk of a ``[T, C]`` video, ``run(x [b, L, C], lengths [b])`` called once per batch.
 
@@ -244,7 +248,7 @@ def run_chunked(
     """
     from amnet.fileio import release_rows
 
-    outputs: list[tuple[np.ndarray, np.ndarray, int, int]] = []
+    outputs: list[RawChunk] = []
     step = max(max_len - round(max_len * overlap), 1)
     for x, lengths, starts in chunk_batches(features, max_len, overlap, batch_size):
         scores, segments = run(x, lengths)
@@ -427,7 +431,10 @@ def _greedy_over_pairs(
         decay = np.exp(iou, out=iou)
     else:
         drop = iou > cfg.iou_threshold
-    live_fixed, settled = fixed_scores if fixed_scores is not None else (None, None)
+    live_fixed: np.ndarray | None = None
+    settled = cur  # read only where live_fixed is set
+    if fixed_scores is not None:
+        live_fixed, settled = fixed_scores
     picked: list[int] = []
     picked_scores: list[float] = []
     while len(picked) < limit:
@@ -567,7 +574,7 @@ def _suppress(
             # Watched detections are never fixed, and those already at -inf are not watched:
             # the newly suppressed ones are the watched ones this step killed.
             gone = watched[a:b] & dead
-            count = np.count_nonzero(gone)
+            count = int(np.count_nonzero(gone))
             if count:
                 watched[a:b][gone] = False
                 unsettled -= count

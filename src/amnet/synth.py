@@ -210,7 +210,7 @@ def preset_class_names(preset: str) -> list[str]:
     raise AMNetError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
 
 
-def preset_splits(preset: str) -> tuple[SplitStats, ...] | tuple[TinyStats, ...]:
+def preset_splits(preset: str) -> tuple[SplitStats | TinyStats, ...]:
     preset_class_names(preset)  # validates the name
     return THUMOS14_SPLITS if preset == "thumos14" else TINY_SPLITS
 

@@ -21,7 +21,7 @@ __all__ = [
 
 
 def snippets_to_seconds(
-    snippets: np.ndarray | float, fps: float, feature_stride: int, num_frames: int
+    snippets: np.ndarray | float, fps: float, feature_stride: float, num_frames: float
 ) -> np.ndarray:
     """Snippet positions (any shape, fractional allowed) -> seconds."""
     if not fps > 0:
@@ -31,7 +31,7 @@ def snippets_to_seconds(
 
 
 def seconds_to_snippets(
-    seconds: np.ndarray | float, fps: float, feature_stride: int, num_frames: int
+    seconds: np.ndarray | float, fps: float, feature_stride: float, num_frames: float
 ) -> np.ndarray:
     """Seconds (any shape) -> fractional snippet positions; the inverse of
     :func:`snippets_to_seconds`."""
@@ -41,7 +41,9 @@ def seconds_to_snippets(
     return (s * float(fps) - 0.5 * float(num_frames)) / float(feature_stride)
 
 
-def snippets_duration(num_snippets: int, fps: float, feature_stride: int, num_frames: int) -> float:
+def snippets_duration(
+    num_snippets: int, fps: float, feature_stride: float, num_frames: float
+) -> float:
     """Seconds covered by ``num_snippets`` snippets (0 for none)."""
     if num_snippets <= 0:
         return 0.0

@@ -50,7 +50,7 @@ class ModelEma:
     steps (it reaches 0.99 after ~900).
     """
 
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+    def __init__(self, model: AMNet, decay: float) -> None:
         self.module = copy.deepcopy(model).eval()
         self.decay = decay
         self.updates = 0
@@ -95,7 +95,8 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices and kernels only, not on biases, norms or scales."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
@@ -321,12 +322,12 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: bool) -> dict[str, f
     return {k: v / max(count, 1) for k, v in totals.items()}
 
 
-def validate(run: TrainingRun, progress: bool) -> dict[str, float]:
+def validate(run: TrainingRun, val_set: VideoFeatureDataset, progress: bool) -> dict[str, float]:
     """Average mAP on the validation split of both weight sets, EMA and raw: best.pt keeps the
     better one and names it, so inference runs what validation chose (EMA is not assumed to win
     on short runs)."""
     return {
-        name: evaluate_model(net, run.val_set, run.cfg, run.device, progress)[1].average_mAP
+        name: evaluate_model(net, val_set, run.cfg, run.device, progress)[1].average_mAP
         for name, net in (("ema", run.ema.module), ("raw", run.model))
     }
 
@@ -357,7 +358,7 @@ def _train(
                  " ".join(f"{k}={v:.4f}" for k, v in means.items()))  # fmt: skip
         due = epoch + 1 == run.epochs or (eval_every > 0 and (epoch + 1) % eval_every == 0)
         if run.val_set is not None and due:
-            scores = validate(run, progress)
+            scores = validate(run, run.val_set, progress)
             chosen = max(scores, key=lambda name: (scores[name], name == "ema"))
             record["val_average_mAP"] = scores[chosen]
             record["val_ema_mAP"], record["val_raw_mAP"] = scores["ema"], scores["raw"]

@@ -303,8 +303,8 @@ def plot_ame(
     video_id: str,
     profile: AMEProfile,
     fps: float,
-    feature_stride: int,
-    num_frames: int,
+    feature_stride: float,
+    num_frames: float,
     gt: GroundTruth | None = None,
     staged: StagedFiles | None = None,
 ) -> Path:
@@ -466,7 +466,8 @@ def _run(argv: list[str] | None) -> int:
         if not videos:
             raise AMNetError(f"{results_path}: no videos to draw")
 
-    model = cfg = None
+    model = None
+    cfg: dict[str, Any] = {}  # the checkpoint's, with the model
     if args.ckpt:
         from amnet.checkpoint import load_model
 

@@ -243,6 +243,7 @@ def _matmul_gflops(threads: int | None, size: int = 1024, repeats: int = 5) -> f
     """The machine's fp32 matmul rate right now (GFLOP/s, median of ``repeats``): the yardstick
     that makes throughputs from different machines or loads comparable. torch when installed
     (its CPU matmul is what the PyTorch backend runs), numpy otherwise."""
+    torch: Any
     try:
         import torch
     except ModuleNotFoundError:

@@ -11,6 +11,7 @@ working from any directory).
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 PROG = "amnet-export"
@@ -28,10 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: unknown target {target!r}; choose onnx or tensorrt", file=sys.stderr)
         return 2
     try:
-        if target == "onnx":
-            from amnet.export import to_onnx as tool
-        else:
-            from amnet.export import to_tensorrt as tool
+        tool = importlib.import_module(f"amnet.export.to_{target}")
     except ModuleNotFoundError as exc:
         from amnet.cli.common import missing_extra_message
 

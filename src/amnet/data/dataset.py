@@ -53,18 +53,15 @@ def truncate_video(
         if max_len >= length:
             return feats, segments, labels, 0
     area = np.maximum(segments[:, 1] - segments[:, 0], 1e-6)
-    best = None
-    for _ in range(trials):
+    for _ in range(max(trials, 1)):  # the last window drawn when none holds an action
         start = int(rng.integers(0, length - max_len + 1))
         end = start + max_len
         inter = np.clip(
             np.minimum(segments[:, 1], end) - np.maximum(segments[:, 0], start), 0, None
         )
         keep = inter / area >= trunc_thresh
-        best = (start, keep)
         if keep.any() or len(segments) == 0:
             break
-    start, keep = best
     window = np.clip(segments[keep], start, start + max_len) - start
     return feats[start : start + max_len], window, labels[keep], start
 
@@ -210,7 +207,8 @@ class VideoFeatureDataset(Dataset):
         video = self.videos[index]
         feats = load_features(self.feature_path(video.video_id), self.input_dim)
         fps = video.fps or self.default_fps
-        stride, frames = self.feature_stride, self.num_frames
+        stride: float = self.feature_stride
+        frames: float = self.num_frames
         if self.force_upsampling:
             # Every video becomes max_seq_len snippets with a time base of its own.
             stride, frames = resampled_timebase(feats.shape[0], stride, frames, self.max_seq_len)
@@ -257,7 +255,7 @@ def collate_videos(
     feats = items[0]["feats"].new_zeros(len(items), padded, channels)
     for i, it in enumerate(items):
         feats[i, : it["feats"].shape[0]] = it["feats"]
-    batch = {key: [it[key] for it in items] for key in items[0] if key != "feats"}
+    batch: dict[str, Any] = {key: [it[key] for it in items] for key in items[0] if key != "feats"}
     batch["feats"] = feats
     batch["lengths"] = lengths
     batch["mask"] = torch.arange(padded)[None, :] < lengths[:, None]

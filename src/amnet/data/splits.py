@@ -76,7 +76,9 @@ def feature_statistics(
     dataset: VideoFeatureDataset, max_videos: int = 500
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and standard deviation over the snippets of (up to) ``max_videos`` videos."""
-    total, total_sq, count = None, None, 0
+    total: np.ndarray | None = None
+    total_sq: np.ndarray | None = None
+    count = 0
     step = max(1, len(dataset) // max_videos)
     for index in range(0, len(dataset), step):
         feats = load_features(
@@ -85,7 +87,7 @@ def feature_statistics(
         total = feats.sum(0) if total is None else total + feats.sum(0)
         total_sq = (feats**2).sum(0) if total_sq is None else total_sq + (feats**2).sum(0)
         count += feats.shape[0]
-    if not count:
+    if not count or total is None or total_sq is None:
         raise AMNetError("the training split has no snippets")
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))

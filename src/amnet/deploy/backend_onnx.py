@@ -123,7 +123,7 @@ class OnnxRuntimeBackend:
         return np.asarray(scores, dtype=np.float32), np.asarray(segments, dtype=np.float32)
 
     def close(self) -> None:
-        self.session = None  # type: ignore[assignment]
+        self.session = None
 
     def __repr__(self) -> str:
         return f"OnnxRuntimeBackend({str(self.path)!r}, device={self.device!r})"

@@ -68,7 +68,7 @@ class Backend(Protocol):
     name: str  # "onnxruntime", "tensorrt" or "torch"
     device: str  # "cpu" or "cuda"
     path: Path
-    metadata: Mapping[str, Any]
+    metadata: dict[str, Any]
     max_batch: int | None  # most chunks per run call (None: no limit)
 
     def run(self, features: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

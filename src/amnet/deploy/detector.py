@@ -70,6 +70,7 @@ from amnet.fileio import first_non_finite
 from amnet.metadata import DEFAULT_CHUNK_BATCH, chunk_batch_for
 from amnet.postprocess import (
     PostprocessConfig,
+    RawChunk,
     config_from_test_cfg,
     plan_chunks,
     postprocess_chunks,
@@ -125,7 +126,7 @@ def _positive(name: str, value: Any, integer: bool = False) -> Any:
 
 
 def _postprocess_video(
-    chunks: list[tuple[np.ndarray, np.ndarray, int, int]],
+    chunks: list[RawChunk],
     duration: float,
     fps: float,
     feature_stride: float,
@@ -317,8 +318,8 @@ class Detector:
 
     # -- inference --------------------------------------------------------------------------
 
-    def run_chunks(self, features: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, int]]:
-        """Raw backend outputs ``(scores [P, K], segments [P, 2], offset)`` per chunk.
+    def run_chunks(self, features: np.ndarray) -> list[RawChunk]:
+        """Raw backend outputs ``(scores [P, K], segments [P, 2], offset, length)`` per chunk.
 
         ``features`` must already be prepared (:meth:`prepare`). Chunks are batched
         ``batch_size`` at a time, each call padded to its longest chunk (as

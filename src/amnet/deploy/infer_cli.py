@@ -67,7 +67,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -705,7 +705,8 @@ def _run_stream(args: Any) -> int:
         raise AMNetError(f"--dim {args.dim}, but the model expects {detector.input_dim} values")
     stream = detector.stream()
     row_bytes = 4 * args.dim
-    source = sys.stdin.buffer
+    # A buffered reader: read1 returns what the pipe holds now instead of waiting for a full block.
+    source = cast(io.BufferedReader, sys.stdin.buffer)
     pending = bytearray()
     emitted = 0
     began = time.perf_counter()

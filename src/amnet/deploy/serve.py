@@ -205,11 +205,6 @@ def make_app(
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
 
-    @serve.deployment(
-        num_replicas=replicas,
-        ray_actor_options={"num_cpus": options.get("intra_op_threads") or 1},
-        max_ongoing_requests=max(2 * max_batch, 8),
-    )
     class AMNetDeployment:
         def __init__(self) -> None:
             self.service = DetectionService(model, options, max_body_bytes)
@@ -256,7 +251,12 @@ def make_app(
                 raise RequestError(413, f"body of {seen}+ bytes, larger than the limit {limit}")
             return bytes(body)
 
-    return AMNetDeployment.bind()
+    deployment = serve.deployment(
+        num_replicas=replicas,
+        ray_actor_options={"num_cpus": options.get("intra_op_threads") or 1},
+        max_ongoing_requests=max(2 * max_batch, 8),
+    )(AMNetDeployment)
+    return deployment.bind()
 
 
 # -- command line -----------------------------------------------------------------------------

@@ -121,7 +121,7 @@ def _chunk_module(model: Any, half: bool = False) -> Any:
     class ChunkGraph(nn.Module):
         """What the graph computes: ``AMNet.predict`` on one chunk."""
 
-        def __init__(self, inner: nn.Module) -> None:
+        def __init__(self, inner: Any) -> None:  # an AMNet
             super().__init__()
             self.inner = inner.half() if half else inner
 

@@ -40,7 +40,7 @@ def supported_ops() -> frozenset[str]:
     return frozenset(_table()["supported"])
 
 
-TRT_OPSET_RANGE: tuple[int, int] = tuple(_table()["opset_range"])  # type: ignore[assignment]
+TRT_OPSET_RANGE: tuple[int, int] = tuple(_table()["opset_range"])
 
 
 def check_opset(opset: int) -> str | None:

@@ -185,6 +185,7 @@ def group_attention(
                 "set before triton is imported"
             )
         return group_attention_triton(q, k, v, _window_tensor(win_values, q.device), lengths, scale)
+    win: torch.Tensor | list[int]
     if _symbolic() and isinstance(windows, torch.Tensor):
         win = windows.to(device=q.device, dtype=torch.int64)
     else:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import triton
@@ -562,8 +562,8 @@ def _backward(
 
 class _GroupAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
+    def forward(
+        ctx: Any,  # FunctionCtx, which carries what the backward pass needs
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
@@ -585,11 +585,9 @@ class _GroupAttentionFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor
-    ) -> tuple[torch.Tensor | None, ...]:
-        q, k, v, out, lse, windows, lengths = ctx.saved_tensors  # type: ignore[attr-defined]
-        counter = ctx.counter  # type: ignore[attr-defined]
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        q, k, v, out, lse, windows, lengths = ctx.saved_tensors
+        counter = ctx.counter
         slots = counter if counter is not None else lengths
         dq, dk, dv = _launch(
             _backward,
@@ -601,10 +599,10 @@ class _GroupAttentionFunction(torch.autograd.Function):
             grad_out,
             windows,
             lengths,
-            ctx.scale,  # type: ignore[attr-defined]
+            ctx.scale,
             slots,
             counter is not None,
-            blocks=ctx.blocks,  # type: ignore[attr-defined]
+            blocks=ctx.blocks,
         )
         return dq, dk, dv, None, None, None, None, None
 

@@ -41,6 +41,10 @@ class AMNetOutput:
 
 
 class AMNet(nn.Module):
+    # Buffers, declared for type checkers (nn.Module resolves them dynamically).
+    input_mean: torch.Tensor
+    input_std: torch.Tensor
+
     def __init__(
         self,
         input_dim: int,
@@ -179,6 +183,8 @@ class AMNet(nn.Module):
 class AMNetLoss(nn.Module):
     """Focal + DIoU + actionness BCE + action contrastive loss (DESIGN §4.7)."""
 
+    loss_norm: torch.Tensor  # a buffer: the EMA of the positive count
+
     def __init__(self, model: AMNet, train_cfg: Mapping[str, Any]) -> None:
         super().__init__()
         # Only what target assignment needs, not the model (which would become a submodule).
@@ -192,7 +198,7 @@ class AMNetLoss(nn.Module):
         self, out: AMNetOutput, segments: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        cls_targets, reg_targets = zip(
+        cls_list, reg_list = zip(
             *(
                 assign_targets(
                     out.centers, out.strides, out.levels, seg.to(out.centers.device), lab.to(out.centers.device),
@@ -202,8 +208,8 @@ class AMNetLoss(nn.Module):
             ),
             strict=True,
         )  # fmt: skip
-        cls_targets = torch.stack(cls_targets)
-        reg_targets = torch.stack(reg_targets)
+        cls_targets = torch.stack(cls_list)
+        reg_targets = torch.stack(reg_list)
         valid = out.point_mask
         positive = (cls_targets.sum(-1) > 0) & valid
         num_pos = positive.sum().item()
@@ -228,7 +234,7 @@ class AMNetLoss(nn.Module):
         losses = {"cls_loss": cls_loss, "reg_loss": reg_loss}
         total = cls_loss + cfg["reg_loss_weight"] * reg_loss
 
-        if out.actionness_logits is not None:
+        if out.actionness_logits is not None and out.encoded is not None:
             length = out.mask.shape[1]
             fg = torch.stack([foreground_mask(seg.to(out.mask.device), length) for seg in segments])
             snippet_valid = out.mask.squeeze(-1)

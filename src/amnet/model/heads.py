@@ -32,7 +32,9 @@ class ClassificationHead(nn.Module):
         )
         self.out = MaskedConv1d(dims[-1], num_classes, kernel_size)
         # Start every class at probability prior_prob so the focal loss is stable early on.
-        nn.init.constant_(self.out.conv.bias, -math.log((1 - prior_prob) / prior_prob))
+        bias = self.out.conv.bias
+        assert bias is not None  # MaskedConv1d always has one
+        nn.init.constant_(bias, -math.log((1 - prior_prob) / prior_prob))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         for layer in self.trunk:
@@ -81,7 +83,9 @@ class RegressionHead(nn.Module):
         self.scales = nn.ModuleList(Scale() for _ in range(num_levels))
         if activation == "softplus":
             nn.init.normal_(self.out.conv.weight, std=0.01)
-            nn.init.constant_(self.out.conv.bias, _SOFTPLUS_ONE)
+            bias = self.out.conv.bias
+            assert bias is not None  # MaskedConv1d always has one
+            nn.init.constant_(bias, _SOFTPLUS_ONE)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, level: int) -> torch.Tensor:
         for layer in self.trunk:
