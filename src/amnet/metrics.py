@@ -267,7 +267,9 @@ def _candidate_pairs(
     return pred[ok], gt[ok], iou[ok]
 
 
-def _greedy_match(agent: np.ndarray, resource: np.ndarray, num_agents: int, num_resources: int):
+def _greedy_match(
+    agent: np.ndarray, resource: np.ndarray, num_agents: int, num_resources: int
+) -> np.ndarray:
     """Serial greedy assignment, computed in parallel rounds; returns a TP flag per agent.
 
     Agents (one per prediction and threshold, numbered in processing order) each hold rows

@@ -12,6 +12,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def warmup_cosine(warmup_steps: int, total_steps: int):
+def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -198,7 +199,14 @@ class TrainingRun:
         )  # fmt: skip
 
 
-def build_run(cfg, data_dir, out_dir: Path, epochs, seed: int, device_name: str) -> TrainingRun:
+def build_run(
+    cfg: dict[str, Any],
+    data_dir: str | os.PathLike | None,
+    out_dir: Path,
+    epochs: int | None,
+    seed: int,
+    device_name: str,
+) -> TrainingRun:
     """Data, model (with the training split's input statistics), loss, EMA, optimiser, schedule."""
     if device_name == "cuda" and not torch.cuda.is_available():
         raise AMNetError("--device cuda asked for, but no CUDA device is available")
@@ -333,7 +341,14 @@ def validate(run: TrainingRun, val_set: VideoFeatureDataset, progress: bool) -> 
 
 
 def _train(
-    cfg, data_dir, out_dir: Path, epochs, seed, device_name, resume, progress
+    cfg: dict[str, Any],
+    data_dir: str | os.PathLike | None,
+    out_dir: Path,
+    epochs: int | None,
+    seed: int,
+    device_name: str,
+    resume: str | os.PathLike | None,
+    progress: bool,
 ) -> dict[str, Any]:
     run = build_run(cfg, data_dir, out_dir, epochs, seed, device_name)
     if resume is not None:
