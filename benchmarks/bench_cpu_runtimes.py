@@ -34,10 +34,14 @@ from amnet.metadata import read_onnx_metadata
 from amnet.metrics import evaluate_detection
 
 
-def label(path: str) -> str:
-    """A model's row label: its scheme (dynamic/static) and file name."""
+def label(path: str, others: list[str]) -> str:
+    """A model's row label: its scheme (dynamic/static) and file name, with its folder when
+    another of ``others`` has the same file name (rows must not merge)."""
     scheme = read_onnx_metadata(path).get("quantization", "").split(" ", 1)[0]
-    return f"{scheme} {Path(path).name}".strip()
+    name = Path(path).name
+    if sum(Path(o).name == name for o in others) > 1:
+        name = f"{Path(path).parent.name}/{name}"
+    return f"{scheme} {name}".strip()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-pytorch", action="store_true", help="leave the PyTorch rows out")
     args = p.parse_args(argv)
+    if len(set(map(str, args.int8))) != len(args.int8):
+        p.error("--int8: the same model twice")
 
     _, cfg, names = load_model(args.ckpt)
     cfg["dataset"]["val_split"] = [args.subset]
@@ -65,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.onnx:
         plans.append(("ONNX Runtime fp32", args.onnx, {}))
     for path in args.int8:
-        plans.append((f"ONNX Runtime INT8 ({label(path)})", path, {}))
+        plans.append((f"ONNX Runtime INT8 ({label(path, args.int8)})", path, {}))
     if importlib.util.find_spec("openvino"):
         if args.onnx:
             plans += [
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
         for path in args.int8:
             if read_onnx_metadata(path).get("quantization", "").startswith("static"):
-                name = f"OpenVINO INT8 ({label(path)})"
+                name = f"OpenVINO INT8 ({label(path, args.int8)})"
                 plans.append((name, path, {"runtime": "openvino"}))
                 # The float remainder (attention products, norms) in bf16.
                 bf16 = {"runtime": "openvino", "precision": "bf16"}

@@ -23,8 +23,9 @@ for CPUs only: TensorRT does not import ``DynamicQuantizeLinear``/``MatMulIntege
 (``QuantizeLinear``/``DequantizeLinear`` pairs around the Linear MatMuls and the convolutions),
 int8 weights per output channel and symmetric int8 activations whose ranges are calibrated on
 training features (:func:`calibration_windows`). The attention products stay float unless
-``attention=True``: quantizing the softmax probabilities cost 1.3-1.5 points of average mAP on
-a trained model. Measured there (docs/BENCHMARKS.md): accuracy kept, but no faster than the
+``attention=True``: quantizing the softmax probabilities cost 1.3-2.8 points of average mAP on
+trained models (normalising after the product keeps the accuracy, but OpenVINO then runs the
+attention slower than its fused bf16 kernel: docs/BENCHMARKS.md). Measured there (docs/BENCHMARKS.md): accuracy kept, but no faster than the
 dynamic model on ONNX Runtime nor than OpenVINO bf16, so it is an option. Its ranges hold for
 features like the calibration set's: calibrate on the features the model will see.
 """
