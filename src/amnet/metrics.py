@@ -321,20 +321,25 @@ def _average_precision(tp: np.ndarray, num_positives: int) -> np.ndarray:
     return (envelope * tp).sum(axis=1) / num_positives
 
 
-def evaluate_detection(
+@dataclass
+class _Matching:
+    """Steps 1-3 of the protocol: every prediction flagged true or false positive per
+    threshold. Predictions are in processing order (class-major, score descending); class
+    ``c``'s are ``[bounds[c], bounds[c + 1])``."""
+
+    thresholds: np.ndarray  # [T]
+    is_tp: np.ndarray  # [T, P] bool
+    scores: np.ndarray  # [P]
+    bounds: np.ndarray  # [K + 1]
+    npos: np.ndarray  # [K] ground-truth events per class
+
+
+def _match(
     ground_truth: Mapping[str, VideoAnnotation],
     predictions: Mapping[str, Detections],
     class_names: Sequence[str],
     tiou_thresholds: Sequence[float] | np.ndarray,
-) -> EvaluationResult:
-    """ActivityNet detection mAP of ``predictions`` (class ids index ``class_names``).
-
-    Ground-truth labels are class names and must all be in ``class_names``. Predictions of
-    equal score keep their input order (the sort is stable): videos in the order of the
-    ``predictions`` mapping, detections in their order within a video. The full protocol is in
-    the module docstring. Raises AMNetError on non-finite or negative-length predictions,
-    class ids out of range, bad thresholds, or ground truth without any event.
-    """
+) -> _Matching:
     thresholds = _check_thresholds(tiou_thresholds)
     num_classes = len(class_names)
     video_index, g_seg, g_cls, g_vid, dropped = _clean_ground_truth(ground_truth, class_names)
@@ -343,7 +348,6 @@ def evaluate_detection(
     if len(g_seg) == 0:
         raise AMNetError("the ground truth holds no (non-empty) events to evaluate against")
     npos = np.bincount(g_cls, minlength=num_classes)
-    present = np.flatnonzero(npos)
 
     p_seg, p_score, p_cls, p_vid, unknown = _prediction_arrays(
         predictions, video_index, num_classes
@@ -393,20 +397,110 @@ def evaluate_detection(
         np.concatenate(agents), np.concatenate(resources), num_t * num_p, num_t * num_g
     ).reshape(num_t, num_p)
 
-    sorted_cls = p_cls[rank_order]
-    bounds = np.searchsorted(sorted_cls, np.arange(num_classes + 1))
+    bounds = np.searchsorted(p_cls[rank_order], np.arange(num_classes + 1))
+    return _Matching(thresholds, is_tp, p_score[rank_order], bounds, npos)
+
+
+def evaluate_detection(
+    ground_truth: Mapping[str, VideoAnnotation],
+    predictions: Mapping[str, Detections],
+    class_names: Sequence[str],
+    tiou_thresholds: Sequence[float] | np.ndarray,
+) -> EvaluationResult:
+    """ActivityNet detection mAP of ``predictions`` (class ids index ``class_names``).
+
+    Ground-truth labels are class names and must all be in ``class_names``. Predictions of
+    equal score keep their input order (the sort is stable): videos in the order of the
+    ``predictions`` mapping, detections in their order within a video. The full protocol is in
+    the module docstring. Raises AMNetError on non-finite or negative-length predictions,
+    class ids out of range, bad thresholds, or ground truth without any event.
+    """
+    m = _match(ground_truth, predictions, class_names, tiou_thresholds)
+    present = np.flatnonzero(m.npos)
     per_class: dict[str, list[float]] = {}
-    ap = np.zeros((len(present), num_t))
+    ap = np.zeros((len(present), len(m.thresholds)))
     for i, c in enumerate(present.tolist()):
-        ap[i] = _average_precision(is_tp[:, bounds[c] : bounds[c + 1]], int(npos[c]))
+        ap[i] = _average_precision(m.is_tp[:, m.bounds[c] : m.bounds[c + 1]], int(m.npos[c]))
         per_class[class_names[c]] = ap[i].tolist()
     m_ap = ap.mean(axis=0)
     return EvaluationResult(
-        tiou_thresholds=thresholds.tolist(),
+        tiou_thresholds=m.thresholds.tolist(),
         mAP=m_ap.tolist(),
         average_mAP=float(m_ap.mean()),
         per_class_AP=per_class,
     )
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """One class's score threshold and what it gives on the evaluated set: detections scoring
+    at least ``threshold`` are kept (None: no threshold reaches the target; keep none)."""
+
+    threshold: float | None
+    precision: float
+    recall: float
+    detections: int  # kept at the threshold
+    events: int  # ground-truth events of the class
+
+    def to_json(self) -> dict:
+        return {
+            "threshold": self.threshold,
+            "precision": self.precision,
+            "recall": self.recall,
+            "detections": self.detections,
+            "events": self.events,
+        }
+
+
+def operating_points(
+    ground_truth: Mapping[str, VideoAnnotation],
+    predictions: Mapping[str, Detections],
+    class_names: Sequence[str],
+    tiou: float = 0.5,
+    target_precision: float | None = None,
+) -> dict[str, OperatingPoint]:
+    """Per class, the score threshold to deploy with: the one with the most recall at a
+    precision of at least ``target_precision`` (the highest such threshold when several give
+    that recall), or with ``target_precision`` None the one of the best F1 score.
+
+    True and false positives are those of the metric at ``tiou`` (the same matching, so a
+    class's precision-recall curve is the one its AP integrates). Matching is greedy in score
+    order, so the detections above a threshold are matched as they would be alone. Thresholds
+    fall only between distinct scores. Every class of ``class_names`` gets a point; one without
+    events, or whose detections never reach the target, gets threshold None."""
+    if target_precision is not None and not (
+        isinstance(target_precision, (int, float)) and 0.0 < target_precision <= 1.0
+    ):
+        raise AMNetError(f"target precision must be in (0, 1], got {target_precision!r}")
+    m = _match(ground_truth, predictions, class_names, [tiou])
+    points: dict[str, OperatingPoint] = {}
+    for c, name in enumerate(class_names):
+        events = int(m.npos[c])
+        lo, hi = int(m.bounds[c]), int(m.bounds[c + 1])
+        none = OperatingPoint(None, 0.0, 0.0, 0, events)
+        if events == 0 or hi == lo:
+            points[name] = none
+            continue
+        tp, scores = m.is_tp[0, lo:hi], m.scores[lo:hi]
+        # A threshold keeps whole groups of equal scores: cut after each group's last one.
+        cuts = np.flatnonzero(np.append(scores[1:] != scores[:-1], True))
+        hits = np.cumsum(tp)[cuts]
+        precision, recall = hits / (cuts + 1), hits / events
+        if target_precision is None:
+            f1 = np.where(hits > 0, 2 * precision * recall / (precision + recall + 1e-300), 0.0)
+            best = int(np.argmax(f1)) if f1.max() > 0 else -1
+        else:
+            ok = np.flatnonzero(precision >= target_precision - 1e-12)
+            # The first cut with the most recall among those that reach the target.
+            best = int(ok[np.argmax(recall[ok])]) if len(ok) else -1
+        if best < 0:
+            points[name] = none
+            continue
+        k = int(cuts[best])
+        points[name] = OperatingPoint(
+            float(scores[k]), float(precision[best]), float(recall[best]), k + 1, events
+        )
+    return points
 
 
 def format_table(result: EvaluationResult) -> str:

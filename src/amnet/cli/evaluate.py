@@ -31,7 +31,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from amnet.annotations import build_label_map, load_annotations, prefix_twin, select_subset
+from amnet.annotations import (
+    VideoAnnotation,
+    build_label_map,
+    load_annotations,
+    prefix_twin,
+    select_subset,
+)
 from amnet.class_scores import (
     AGNOSTIC_CLASS,
     DEFAULT_TOPK,
@@ -104,6 +110,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="file mode: score detections whatever their class, against every action as one "
         "class (a one-class model's checkpoint is always scored so without --class-scores)",
     )
+    points = parser.add_argument_group("operating points (file mode)")
+    points.add_argument(
+        "--operating-points",
+        metavar="OUT.json",
+        help="also write a score threshold per class, chosen on these results (amnet-infer "
+        "--class-thresholds applies them)",
+    )
+    points.add_argument(
+        "--target-precision",
+        type=float,
+        metavar="P",
+        help="the threshold with the most recall at precision >= P (default: the best F1)",
+    )
+    points.add_argument(
+        "--operating-tiou",
+        type=float,
+        default=0.5,
+        metavar="T",
+        help="tIoU at which a detection counts as correct for the thresholds (default: 0.5)",
+    )
     parser.add_argument(
         "--json", action="store_true", help="also print the result as JSON on the last line"
     )
@@ -128,9 +154,29 @@ def evaluate_files(
     ``agnostic`` every action and detection counts as one class. Returns the result and the
     class names.
     """
+    thresholds = parse_tiou(tiou) if isinstance(tiou, str) else tiou
+    ground_truth, predictions, class_names = read_evaluation_files(
+        gt_path, subset, pred_path, class_scores, topk, agnostic
+    )
+    try:
+        result = evaluate_detection(ground_truth, predictions, class_names, thresholds)
+    except AMNetError as exc:
+        raise AMNetError(f"{gt_path} / {pred_path}: {exc}") from None
+    return result, class_names
+
+
+def read_evaluation_files(
+    gt_path: str | os.PathLike,
+    subset: str,
+    pred_path: str | os.PathLike,
+    class_scores: str | os.PathLike | None = None,
+    topk: int = DEFAULT_TOPK,
+    agnostic: bool = False,
+) -> tuple[dict[str, VideoAnnotation], dict[str, Detections], list[str]]:
+    """The ground truth of ``subset``, the predictions matched to its video ids and the class
+    names that the predictions' labels index, as :func:`evaluate_files` scores them."""
     if class_scores is not None and agnostic:
         raise AMNetError("--class-scores and --class-agnostic exclude each other")
-    thresholds = parse_tiou(tiou) if isinstance(tiou, str) else tiou
     videos = load_annotations(gt_path)
     class_names = build_label_map(videos.values(), gt_path)
     ground_truth = select_subset(videos, subset, gt_path)
@@ -161,11 +207,7 @@ def evaluate_files(
         len(predictions),
         len(class_names),
     )
-    try:
-        result = evaluate_detection(ground_truth, predictions, class_names, thresholds)
-    except AMNetError as exc:
-        raise AMNetError(f"{gt_path} / {pred_path}: {exc}") from None
-    return result, class_names
+    return dict(ground_truth), predictions, list(class_names)
 
 
 def match_video_ids(
@@ -203,10 +245,52 @@ def _main(argv: list[str] | None) -> int:
         raise AMNetError(
             "file mode needs --gt ANNOTATIONS.json, --subset SUBSET and --pred RESULTS.json"
         )
-    result, _ = evaluate_files(
-        args.gt, args.subset, args.pred, args.tiou or DEFAULT_TIOU,
-        args.class_scores, args.class_topk, args.class_agnostic,
-    )  # fmt: skip
+    if args.operating_points is None:
+        if args.target_precision is not None:
+            raise AMNetError("--target-precision goes with --operating-points")
+        result, _ = evaluate_files(
+            args.gt, args.subset, args.pred, args.tiou or DEFAULT_TIOU,
+            args.class_scores, args.class_topk, args.class_agnostic,
+        )  # fmt: skip
+        report(result, args.json)
+        return 0
+    return _file_mode_with_operating_points(args)
+
+
+def _file_mode_with_operating_points(args: argparse.Namespace) -> int:
+    from amnet.fileio import check_out_path
+    from amnet.metrics import operating_points
+    from amnet.thresholds import write_operating_points
+
+    target = args.target_precision
+    if target is not None and not 0 < target <= 1:
+        raise AMNetError(f"--target-precision must be in (0, 1], got {target}")
+    if not 0 < args.operating_tiou <= 1:
+        raise AMNetError(f"--operating-tiou must be in (0, 1], got {args.operating_tiou}")
+    inputs = [args.gt, args.pred] + ([args.class_scores] if args.class_scores else [])
+    check_out_path(args.operating_points, inputs)
+    thresholds = parse_tiou(args.tiou or DEFAULT_TIOU)
+    ground_truth, predictions, class_names = read_evaluation_files(
+        args.gt, args.subset, args.pred, args.class_scores, args.class_topk, args.class_agnostic
+    )
+    try:
+        result = evaluate_detection(ground_truth, predictions, class_names, thresholds)
+        points = operating_points(
+            ground_truth, predictions, class_names, args.operating_tiou, target
+        )
+    except AMNetError as exc:
+        raise AMNetError(f"{args.gt} / {args.pred}: {exc}") from None
+    write_operating_points(args.operating_points, points, args.operating_tiou, target)
+    if not args.json:
+        aim = "best F1" if target is None else f"precision >= {target:g}"
+        print(f"operating points ({aim} at tIoU {args.operating_tiou:g}) -> "
+              f"{args.operating_points}")  # fmt: skip
+        print(f"{'class':<24} {'threshold':>9} {'precision':>9} {'recall':>7} {'kept':>6}")
+        for name, p in points.items():
+            cut = "none" if p.threshold is None else f"{p.threshold:.4f}"
+            print(f"{name[:24]:<24} {cut:>9} {p.precision:>9.3f} {p.recall:>7.3f} "
+                  f"{p.detections:>6}")  # fmt: skip
+        print()
     report(result, args.json)
     return 0
 
@@ -216,6 +300,11 @@ def _model_mode(args: argparse.Namespace) -> int:
         raise AMNetError("model mode needs --data DIR (annotations.json + features/)")
     if args.gt is not None or args.pred is not None:
         raise AMNetError("--ckpt cannot be combined with --gt/--pred (file mode)")
+    if args.operating_points is not None or args.target_precision is not None:
+        raise AMNetError(
+            "--operating-points is for file mode: write the results with --out, then "
+            "amnet-eval --gt ... --pred RESULTS.json --operating-points OUT.json"
+        )
     if args.class_agnostic:
         raise AMNetError(
             "--class-agnostic is for file mode; a one-class model's checkpoint is scored "

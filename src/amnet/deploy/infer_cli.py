@@ -6,7 +6,7 @@
         [--min-score S] [--top-k K] [--device cpu|cuda] [--fps F] [--feature-stride N]
         [--num-frames N] [--threads N] [--precision fp32|bf16] [--runtime openvino]
         [--batch-size N] [--postprocess-workers N] [--plot DIR] [--skip-bad] [--quiet]
-        [--class-scores SCORES.json [--class-topk K]]
+        [--class-scores SCORES.json [--class-topk K]] [--class-thresholds OPS.json]
 
     amnet-infer --engine MODEL FEATURES... --workers N [--ray-address ADDR] [--resume-from OUT]
     amnet-infer --engine MODEL --stream --dim C [--min-score S] [...]   < raw float32 rows
@@ -30,6 +30,11 @@ host the CPU's post-processing otherwise takes longer than the model).
 video's classes from a video-level classifier: every detection is repeated for the video's
 ``--class-topk`` (default 2) most likely classes, scored ``sqrt(score * p)``
 (:mod:`amnet.class_scores`); the file's ``"class"`` list names the classes.
+
+``--class-thresholds OPS.json`` keeps only the detections that score at least their class's
+threshold, from an operating points file (``amnet-eval --operating-points``,
+:mod:`amnet.thresholds`); every output class must be in the file, and one without a threshold
+keeps no detection. It applies after ``--class-scores`` and in every mode.
 
 ``--workers N`` runs the files on a Ray cluster (the ``[scale]`` extra; a local one unless
 ``--ray-address``), one Detector per worker, with the same output as one process; finished
@@ -86,6 +91,7 @@ from amnet.fileio import (
     temp_beside,
 )
 from amnet.results import results_to_json
+from amnet.thresholds import apply_class_thresholds, read_class_thresholds
 
 logger = logging.getLogger("amnet.deploy.infer")
 
@@ -200,6 +206,12 @@ def build_parser() -> OneLineParser:
         type=int,
         metavar="K",
         help=f"--class-scores: classes per video (default: {DEFAULT_TOPK})",
+    )
+    parser.add_argument(
+        "--class-thresholds",
+        metavar="OPS.json",
+        help="keep only detections scoring at least their class's threshold, from an "
+        "operating points file (amnet-eval --operating-points); a class without one keeps none",
     )
     parser.add_argument(
         "--plot", metavar="DIR", help="also write a timeline PNG per video here (matplotlib)"
@@ -364,10 +376,28 @@ def _output_classes(args: Any, fusion: ClassScores | None, model_classes: list[s
     return fusion.names
 
 
-def _fuse(args: Any, fusion: ClassScores | None, video_id: str, dets: Detections) -> Detections:
-    if fusion is None:
-        return dets
-    return fuse_class_scores(dets, fusion.of(video_id), args.class_topk or DEFAULT_TOPK)
+def _class_thresholds(args: Any, class_names: Sequence[str]) -> np.ndarray | None:
+    """``--class-thresholds``, read and checked to cover every output class, before any
+    inference."""
+    if args.class_thresholds is None:
+        return None
+    return read_class_thresholds(args.class_thresholds, class_names)
+
+
+def _final(
+    args: Any,
+    fusion: ClassScores | None,
+    thresholds: np.ndarray | None,
+    video_id: str,
+    dets: Detections,
+) -> Detections:
+    """A video's output detections: fused with its classes (--class-scores), then cut at the
+    class thresholds (--class-thresholds)."""
+    if fusion is not None:
+        dets = fuse_class_scores(dets, fusion.of(video_id), args.class_topk or DEFAULT_TOPK)
+    if thresholds is not None:
+        dets = apply_class_thresholds(dets, thresholds)
+    return dets
 
 
 def _refuse_bad(bad: list[tuple[Path, str]], files: list[FeatureFile]) -> None:
@@ -401,7 +431,7 @@ def _run(argv: list[str] | None) -> int:
     if args.output and args.output != "-":
         # Before any work, and never onto an input: a feature file, the model, the class scores.
         inputs = [f.path for f in files] + [args.engine]
-        inputs += [args.class_scores] if args.class_scores is not None else []
+        inputs += [p for p in (args.class_scores, args.class_thresholds) if p is not None]
         output = check_out_path(args.output, inputs)
     if args.workers is not None:
         return _run_workers(args, files, output)
@@ -448,6 +478,7 @@ def _run(argv: list[str] | None) -> int:
     detector = Detector(args.engine, **detector_options(args))
     try:
         class_names = _output_classes(args, fusion, detector.class_names)
+        thresholds = _class_thresholds(args, class_names)
     except AMNetError:
         detector.close()
         raise
@@ -524,7 +555,7 @@ def _run(argv: list[str] | None) -> int:
             if f.video_id in skipped:
                 del durations[f.video_id]
                 continue
-            results[f.video_id] = _fuse(args, fusion, f.video_id, dets)
+            results[f.video_id] = _final(args, fusion, thresholds, f.video_id, dets)
             if plot_dir is not None:
                 array = arrays.pop(f.video_id)
                 _plot(plot_dir, f.video_id, array, dets, detector, class_names, staged)
@@ -584,6 +615,7 @@ def _run_workers(args: Any, files: list[FeatureFile], output: Path | None) -> in
     options = {**detector_options(args), "intra_op_threads": args.threads or 1}
     with Detector(args.engine, **options) as detector:  # the model, checked here once
         class_names = _output_classes(args, fusion, detector.class_names)
+        thresholds = _class_thresholds(args, class_names)
         settings = {
             "min_score": args.min_score,
             "top_k": detector.postprocess.max_detections,
@@ -655,10 +687,10 @@ def _run_workers(args: Any, files: list[FeatureFile], output: Path | None) -> in
     if not results:
         raise AMNetError(f"none of the {len(files)} feature files is usable:\n{_bad_list(bad)}")
     ordered = [f.video_id for f in files if f.video_id in results]
-    # Shards keep the model's own detections (a resumed run may fuse them); fused here.
+    # Shards keep the model's own detections (a resumed run may fuse and cut them); here both.
     text = format_output(
         args.format,
-        {v: _fuse(args, fusion, v, results[v][0]) for v in ordered},
+        {v: _final(args, fusion, thresholds, v, results[v][0]) for v in ordered},
         {v: results[v][1] for v in ordered},
         class_names,
     )
@@ -703,6 +735,7 @@ def _run_stream(args: Any) -> int:
     detector = Detector(args.engine, **detector_options(args))
     if args.dim != detector.input_dim:
         raise AMNetError(f"--dim {args.dim}, but the model expects {detector.input_dim} values")
+    thresholds = _class_thresholds(args, detector.class_names)
     stream = detector.stream()
     row_bytes = 4 * args.dim
     # A buffered reader: read1 returns what the pipe holds now instead of waiting for a full block.
@@ -713,6 +746,8 @@ def _run_stream(args: Any) -> int:
 
     def write(found: list[Any]) -> None:
         nonlocal emitted
+        if thresholds is not None:
+            found = [d for d in found if d.score >= thresholds[d.label_id]]
         for d in found:
             line = {"label": d.label, "label_id": d.label_id, "segment": [d.start, d.end],
                     "score": d.score}  # fmt: skip
