@@ -38,10 +38,7 @@ def dense_unnormalised(
     scale: float,
 ) -> torch.Tensor:
     """``reference._dense`` with the normalisation after the product."""
-    scores = torch.matmul(q.float() * scale, k.float().transpose(-1, -2))
-    if windows is not None:
-        scores = scores + reference._window_bias(windows, q.shape[-2], k.shape[-2], q.device)
-    scores = scores + key_bias
+    scores = reference._dense_scores(q, k, windows, key_bias, scale)
     e = torch.exp(scores - scores.amax(-1, keepdim=True))
     return torch.matmul(e, v.float()) / e.sum(-1, keepdim=True)
 
@@ -50,13 +47,7 @@ def band_unnormalised(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t: int, half: int, bias: torch.Tensor
 ) -> torch.Tensor:
     """``reference._banded_gathered`` with the normalisation after the product."""
-    k_pad = torch.nn.functional.pad(k, (0, 0, half, half))
-    v_pad = torch.nn.functional.pad(v, (0, 0, half, half))
-    span = 2 * half + 1
-    index = torch.arange(t, device=q.device).view(t, 1) + torch.arange(span, device=q.device)
-    b, h, dh = k.shape[0], k.shape[1], k.shape[-1]
-    k_band = k_pad.index_select(2, index.view(-1)).view(b, h, t, span, dh)
-    v_band = v_pad.index_select(2, index.view(-1)).view(b, h, t, span, dh)
+    k_band, v_band = reference._band_gather(k, v, t, half)
     scores = torch.matmul(k_band, q.unsqueeze(-1)).squeeze(-1) + bias
     e = torch.exp(scores - scores.amax(-1, keepdim=True))
     return torch.matmul(e.unsqueeze(-2), v_band).squeeze(-2) / e.sum(-1, keepdim=True)

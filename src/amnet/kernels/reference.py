@@ -67,10 +67,22 @@ def _dense(
 ) -> torch.Tensor:
     """Attention over the full ``[T, T]`` scores (global heads; ``windows`` None: no window),
     written out: scores, biases, softmax, the product with v."""
+    scores = _dense_scores(q, k, windows, key_bias, scale)
+    return torch.matmul(torch.softmax(scores, dim=-1), v.float())
+
+
+def _dense_scores(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    windows: torch.Tensor | None,
+    key_bias: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """The biased ``[B, H, Tq, Tk]`` scores of :func:`_dense`, before the softmax."""
     scores = torch.matmul(q.float() * scale, k.float().transpose(-1, -2))
     if windows is not None:
         scores = scores + _window_bias(windows, q.shape[-2], k.shape[-2], q.device)
-    return torch.matmul(torch.softmax(scores + key_bias, dim=-1), v.float())
+    return scores + key_bias
 
 
 def _global(
@@ -119,17 +131,25 @@ def _banded_gathered(
     """The band gathered into ``[B, H, T, S, Dh]`` keys and values by one index (row
     ``i * S + d`` takes padded key ``i + d``: a single Gather in ONNX), then one small matrix
     product per query for the scores and one for the output."""
+    k_band, v_band = _band_gather(k, v, t, half)
+    scores = torch.matmul(k_band, q.unsqueeze(-1)).squeeze(-1)  # [B, H, T, S]
+    probs = torch.softmax(scores + bias, dim=-1)
+    return torch.matmul(probs.unsqueeze(-2), v_band).squeeze(-2)
+
+
+def _band_gather(
+    k: torch.Tensor, v: torch.Tensor, t: int, half: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The band's keys and values ``[B, H, T, S, Dh]`` of :func:`_banded_gathered`."""
     k_pad = torch.nn.functional.pad(k, (0, 0, half, half))
     v_pad = torch.nn.functional.pad(v, (0, 0, half, half))
     span = 2 * half + 1
-    index = torch.arange(t, device=q.device).view(t, 1) + torch.arange(span, device=q.device)
+    index = torch.arange(t, device=k.device).view(t, 1) + torch.arange(span, device=k.device)
     index = index.view(-1)
     b, h, dh = k.shape[0], k.shape[1], k.shape[-1]
     k_band = k_pad.index_select(2, index).view(b, h, t, span, dh)
     v_band = v_pad.index_select(2, index).view(b, h, t, span, dh)
-    scores = torch.matmul(k_band, q.unsqueeze(-1)).squeeze(-1)  # [B, H, T, S]
-    probs = torch.softmax(scores + bias, dim=-1)
-    return torch.matmul(probs.unsqueeze(-2), v_band).squeeze(-2)
+    return k_band, v_band
 
 
 def _banded(
