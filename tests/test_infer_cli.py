@@ -5,6 +5,7 @@ the rest."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import shutil
@@ -210,6 +211,64 @@ def test_plot(model, good_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in pt_plots.iterdir()) == ["video_2.png", "video_2_ame.png"]
     assert_png(pt_plots / "video_2_ame.png")
+
+
+def test_describe_names_what_runs_and_the_checkpoint_it_came_from(model, tmp_path):
+    """``--describe``: the model opened as a run opens it, as JSON. The ONNX export and the
+    checkpoint it came from describe the same contract, and the export names that checkpoint
+    by its SHA-256: a deployed file can be traced to its training run."""
+    from amnet.deploy import Detector
+
+    described = {}
+    for kind in ("onnx", "pt"):
+        proc = run_infer("--engine", str(model[kind]), "--describe")
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        described[kind] = json.loads(proc.stdout)
+    onnx, pt = described["onnx"], described["pt"]
+    assert onnx == Detector(model["onnx"]).describe()
+    contract = ("class_names", "num_classes", "input_dim", "fps", "feature_stride", "num_frames",
+                "max_seq_len", "force_upsampling", "chunk_overlap", "max_detections", "weights")  # fmt: skip
+    assert {k: onnx[k] for k in contract} == {k: pt[k] for k in contract}
+    assert onnx["checkpoint_sha256"] == pt["checkpoint_sha256"]
+    assert pt["checkpoint_sha256"] == hashlib.sha256(model["pt"].read_bytes()).hexdigest()
+    assert (onnx["backend"], onnx["precision"], onnx["quantization"]) == ("onnxruntime", "fp32", None)  # fmt: skip
+    # The session's initialised checkpoint has no EMA weights: the raw ones run, and say so.
+    assert (pt["backend"], pt["exported_with"], pt["weights"]) == ("torch", None, "model")
+    # The options a run would take show in it; --output writes the same JSON, atomically.
+    out = tmp_path / "model.json"
+    proc = run_infer("--engine", str(model["onnx"]), "--describe", "--top-k", "7",
+                     "--min-score", "0.2", "--fps", "25", "-o", str(out))  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout == "", proc.stderr
+    got = json.loads(out.read_text())
+    assert (got["max_detections"], got["min_score"], got["fps"]) == (7, 0.2, 25.0)
+    assert {k: got[k] for k in ("class_names", "checkpoint_sha256")} == {
+        k: onnx[k] for k in ("class_names", "checkpoint_sha256")
+    }
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["FEATURES"], "give no FEATURES"),  # inputs of a run
+        (["--stream", "--dim", "2048"], "give no FEATURES, --stream"),
+        (["--workers", "2"], "--workers"),
+        (["--plot", "PLOTS"], "--plot does not apply"),  # outputs and options of a run
+        (["--format", "csv"], "--format and --skip-bad"),
+        (["--class-thresholds", "OPS.json"], "--class-thresholds does not apply"),
+        (["-o", "MODEL"], "refusing to overwrite"),  # the model itself
+        (["--runtime", "tensorrt"], "invalid choice"),  # a runtime that cannot open it
+    ],
+)
+def test_describe_refuses_what_does_not_apply(model, tmp_path, good_dir, extra, needle):
+    names = {"FEATURES": str(good_dir), "PLOTS": str(tmp_path / "plots"),
+             "OPS.json": str(tmp_path / "ops.json"), "MODEL": str(model["onnx"])}  # fmt: skip
+    before = model["onnx"].read_bytes()
+    proc = run_infer(
+        "--engine", str(model["onnx"]), "--describe", *(names.get(a, a) for a in extra)
+    )
+    assert_clean_failure(proc, needle)
+    assert proc.stdout == "" and sorted(tmp_path.iterdir()) == [good_dir]
+    assert model["onnx"].read_bytes() == before
 
 
 # -- bad input -------------------------------------------------------------------------------

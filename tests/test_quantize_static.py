@@ -114,6 +114,9 @@ def test_static_model_is_qdq_with_metadata_and_close_on_training_features(models
         - set(attention_products(onnx.load(str(fp32))))
     )
     a, b = Detector(fp32, intra_op_threads=1), Detector(int8, intra_op_threads=1)
+    # What runs says so (amnet-infer --describe), and names the checkpoint of the fp32 model.
+    assert b.describe()["quantization"] == meta["quantization"]
+    assert b.describe()["checkpoint_sha256"] == a.describe()["checkpoint_sha256"] is not None
     for video in training_videos(models)[:3]:
         ref, got = a.detect_raw(video), b.detect_raw(video)
         assert len(got.scores) > 0
@@ -145,6 +148,7 @@ def test_openvino_runs_the_static_model_like_onnx_runtime(models, static_model):
     detectors = [vino]
     if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         detectors.append(Detector(int8, runtime="openvino", precision="bf16", intra_op_threads=1))
+    assert [d.describe()["precision"] for d in detectors] == ["fp32", "bf16"][: len(detectors)]
     for detector in detectors:
         assert detector.backend.static is not None
         scores, segments = detector.backend.run(full, lengths)

@@ -133,6 +133,9 @@ def test_health_and_model(server, onnx_detector):
     assert info["input_dim"] == DIM and info["fps"] == onnx_detector.fps
     assert info["max_seq_len"] == onnx_detector.max_seq_len
     assert info["max_body_bytes"] == 1 << 20
+    # The model as amnet-infer --describe gives it: provenance included.
+    assert info == {**onnx_detector.describe(), "max_body_bytes": 1 << 20}
+    assert info["checkpoint_sha256"] and info["weights"] in ("ema", "model")
 
 
 def test_detect_npy_and_json_match_the_python_api(server, onnx_detector):
@@ -210,6 +213,8 @@ def test_concurrent_clients_are_batched_and_answered_right(server, onnx_detector
         ("/v1/detect", None, None, "GET", 405, "POST"),
         ("/v1/nothing", None, None, "GET", 404, "no route"),
     ],
+    # Long bodies by their size: a test id is read in reports, and .npy bytes are not readable.
+    ids=lambda v: f"{len(v)}B" if isinstance(v, bytes) and len(v) > 40 else None,
 )
 def test_bad_requests_get_one_line_errors(server, path, body, content_type, method, status,
                                           message):  # fmt: skip

@@ -456,6 +456,7 @@ def test_cli_stream_pipes_detections_as_they_become_final(models, uncapped):
         (["--dim", str(DIM), "--postprocess-workers", "2"], b"", "--postprocess-workers does not"),
         (["--dim", str(DIM), "x.npy"], b"", "give no FEATURES"),
     ],
+    ids=lambda v: f"{len(v)}B" if isinstance(v, bytes) and len(v) > 40 else None,  # not the bytes
 )
 def test_cli_stream_bad_input(models, monkeypatch, args, data, message):
     import io

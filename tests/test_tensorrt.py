@@ -223,7 +223,11 @@ def test_gpu_engines_match_onnx_runtime(tiny_onnx, tiny_model, tmp_path):
         # The chunk policy drives the engine like an ONNX session (a video of 2.3 chunks).
         video = rng.gamma(1.0, 0.15, size=(600, 2048)).astype(np.float32)
         a = onnx_detector.run_chunks(video)
-        b = Detector(out).run_chunks(video)
+        engine_detector = Detector(out)
+        b = engine_detector.run_chunks(video)
+        described = engine_detector.describe()
+        assert described["precision"] == precision.removesuffix("-graph")
+        assert described["checkpoint_sha256"] == meta["checkpoint_sha256"]
         chunk_diff = max(compare_outputs(x[:2], y[:2])[0] for x, y in zip(a, b, strict=True))
         summary["engines"][precision] = {
             "build_seconds": round(build_s, 2),

@@ -95,12 +95,23 @@ def chosen_weights(ckpt: dict[str, Any], use_ema: bool | None = None) -> dict[st
     return ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
 
 
+def weights_name(ckpt: dict[str, Any], use_ema: bool | None = None) -> str:
+    """``"ema"`` or ``"model"``: the set :func:`chosen_weights` runs, as model metadata names it."""
+    return "ema" if chosen_weights(ckpt, use_ema) is ckpt.get("ema") else "model"
+
+
 def load_model(
     path: str | os.PathLike, use_ema: bool | None = None
 ) -> tuple[AMNet, dict[str, Any], list[str]]:
     """The model of a checkpoint, its config and class names. ``use_ema`` None runs the weights
     the checkpoint names (see :func:`chosen_weights`); True/False force EMA/raw."""
-    ckpt = read_checkpoint(path)
+    return model_from_checkpoint(read_checkpoint(path), path, use_ema)
+
+
+def model_from_checkpoint(
+    ckpt: dict[str, Any], path: str | os.PathLike, use_ema: bool | None = None
+) -> tuple[AMNet, dict[str, Any], list[str]]:
+    """:func:`load_model` on a checkpoint already read (``path`` names it in errors)."""
     cfg = config_from_dict(ckpt["config"], f"{path} (config)")
     names = ckpt["class_names"]
     if len(names) != cfg["dataset"]["num_classes"]:

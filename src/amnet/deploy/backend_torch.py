@@ -23,8 +23,11 @@ logger = logging.getLogger(__name__)
 __all__ = ["TorchBackend", "metadata_from_config"]
 
 
-def metadata_from_config(cfg: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
-    """The runtime metadata of a checkpoint, in the shape the exported models carry."""
+def metadata_from_config(
+    cfg: dict[str, Any], class_names: list[str], weights: str = "checkpoint"
+) -> dict[str, Any]:
+    """The runtime metadata of a checkpoint, in the shape the exported models carry
+    (``weights``: the set that runs, ``"ema"`` or ``"model"``)."""
     from amnet import __version__
     from amnet.metadata import build_metadata
 
@@ -33,7 +36,7 @@ def metadata_from_config(cfg: dict[str, Any], class_names: list[str]) -> dict[st
         list(class_names),
         checkpoint_sha256="",
         opset=0,
-        weights="checkpoint",
+        weights=weights,
         amnet_version=__version__,
     )
 
@@ -54,7 +57,7 @@ class TorchBackend:
     ) -> None:
         import torch
 
-        from amnet.checkpoint import load_model
+        from amnet.checkpoint import model_from_checkpoint, read_checkpoint, weights_name
 
         self.path = Path(path)
         self.device = check_device(device, ("cpu", "cuda"), self.name)
@@ -74,10 +77,15 @@ class TorchBackend:
         if intra_op_threads:
             torch.set_num_threads(int(intra_op_threads))
         self._torch = torch
-        model, cfg, class_names = load_model(self.path, use_ema=use_ema)
+        ckpt = read_checkpoint(self.path)
+        weights = weights_name(ckpt, use_ema)
+        model, cfg, class_names = model_from_checkpoint(ckpt, self.path, use_ema)
+        del ckpt
         self.model = model.to(self.device).eval()
         self.config = cfg
-        self.metadata = check_metadata(metadata_from_config(cfg, class_names), str(self.path))
+        self.metadata = check_metadata(
+            metadata_from_config(cfg, class_names, weights), str(self.path)
+        )
         self._input_dim = int(self.metadata["input_dim"])
 
     def run(self, features: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

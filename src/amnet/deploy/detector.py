@@ -63,10 +63,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from amnet import __version__
 from amnet.deploy.backends import Backend, open_backend
 from amnet.detections import Detections
 from amnet.errors import AMNetError
-from amnet.fileio import first_non_finite
+from amnet.fileio import file_sha256, first_non_finite
 from amnet.metadata import DEFAULT_CHUNK_BATCH, chunk_batch_for
 from amnet.postprocess import (
     PostprocessConfig,
@@ -206,6 +207,7 @@ class Detector:
         self._pool_lock = threading.Lock()
 
         self.backend: Backend = open_backend(path, device, intra_op_threads, precision, runtime)
+        self.precision = precision
         meta = self.backend.metadata
         self.path = Path(path)
         self.metadata: dict[str, Any] = dict(meta)
@@ -259,6 +261,48 @@ class Detector:
     @property
     def device(self) -> str:
         return self.backend.device
+
+    def describe(self) -> dict[str, Any]:
+        """What this Detector runs, as JSON-ready values: the model file and how it runs
+        (backend, device, precision of its float part, quantization), the feature convention
+        and window it expects, its classes, and where it came from (the checkpoint's SHA-256,
+        which weights, the amnet version that exported it). ``amnet-infer --describe`` prints
+        it and ``amnet-serve`` answers it at ``GET /v1/model``. For a ``.pt`` model the
+        checkpoint's SHA-256 is that of the file now at ``path``, read on this call."""
+        meta = self.metadata
+        engine = meta.get("engine") or {}
+        if self.precision != "fp32":
+            precision = self.precision  # bf16 asked for: OpenVINO or autocast lowers the model
+        else:
+            precision = str(engine.get("precision") or meta.get("precision") or "fp32")
+        checkpoint: str | None
+        exported_with: str | None
+        if self.backend_name == "torch":
+            checkpoint, exported_with = file_sha256(self.path), None
+        else:
+            checkpoint, exported_with = meta.get("checkpoint_sha256"), meta.get("amnet_version")
+        return {
+            "model": self.path.name,
+            "backend": self.backend_name,
+            "device": self.device,
+            "precision": precision,
+            "quantization": meta.get("quantization"),
+            "class_names": list(self.class_names),
+            "num_classes": self.num_classes,
+            "input_dim": self.input_dim,
+            "fps": self.fps,
+            "feature_stride": self.feature_stride,
+            "num_frames": self.num_frames,
+            "max_seq_len": self.max_seq_len,
+            "force_upsampling": self.force_upsampling,
+            "chunk_overlap": self.chunk_overlap,
+            "max_detections": self.postprocess.max_detections,
+            "min_score": self.min_score,
+            "weights": meta.get("weights"),
+            "checkpoint_sha256": checkpoint or None,
+            "exported_with": exported_with,
+            "amnet_version": __version__,
+        }
 
     def duration_of(self, num_snippets: int) -> float:
         """The duration (seconds) of a video of ``num_snippets`` snippets (see the module doc)."""

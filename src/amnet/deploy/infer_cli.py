@@ -10,6 +10,7 @@
 
     amnet-infer --engine MODEL FEATURES... --workers N [--ray-address ADDR] [--resume-from OUT]
     amnet-infer --engine MODEL --stream --dim C [--min-score S] [...]   < raw float32 rows
+    amnet-infer --engine MODEL --describe [--runtime openvino] [--precision bf16] [...]
 
 MODEL is a ``.onnx``, ``.plan``/``.engine`` (with its ``.plan.json``) or ``.pt`` file; FEATURES
 are ``.npy`` files ``[T, C]`` or folders of them (sorted, not recursive). The video id is the
@@ -47,6 +48,12 @@ detection to stdout, ``{"label", "label_id", "segment": [s, e], "score"}``, as s
 final (:mod:`amnet.deploy.stream`); the rest at the end of the input. A stream has no
 per-video cap (``--top-k`` does not apply). Input that ends inside a row, NaN/Inf or a ``--dim``
 that is not the model's stops it with exit 2.
+
+``--describe`` opens the model as a run with the same options would (so it also checks that
+it loads here: the runtime, the device, OpenVINO's agreement with ONNX Runtime) and prints
+:meth:`Detector.describe` as JSON: backend, device, precision, quantization, classes, feature
+convention, window, post-processing cap and the model's source (checkpoint SHA-256, weights,
+the amnet version that exported it).
 
 Bad inputs (missing, empty, truncated or non-.npy files, pickled/object arrays, wrong rank or
 channel count, NaN/Inf, non-numeric dtypes, a folder without .npy files, duplicate video ids):
@@ -132,6 +139,12 @@ def build_parser() -> OneLineParser:
     )
     parser.add_argument(
         "--dim", type=int, metavar="C", help="--stream: values per row (the model's input_dim)"
+    )
+    parser.add_argument(
+        "--describe",
+        action="store_true",
+        help="load the model with these options and print what it runs as JSON (backend, "
+        "precision, quantization, classes, feature convention, window, source checkpoint)",
     )
     parser.add_argument(
         "--workers", type=int, metavar="N", help="run on N Ray workers (the [scale] extra)"
@@ -414,6 +427,8 @@ def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     _check_options(args)
+    if args.describe:
+        return _run_describe(args)
     if args.stream:
         return _run_stream(args)
     if args.dim is not None:
@@ -710,6 +725,37 @@ def _run_workers(args: Any, files: list[FeatureFile], output: Path | None) -> in
             f" -> {output}" if output else "",
         )
     return _exit_status(bad, files)
+
+
+def _run_describe(args: Any) -> int:
+    """``--describe``: the model opened as a run would open it, :meth:`Detector.describe` as
+    JSON on stdout or in ``--output``."""
+    if args.features or args.stream or args.workers is not None:
+        raise AMNetError("--describe reads the model only; give no FEATURES, --stream or --workers")
+    for flag, value in (
+        ("--dim", args.dim),
+        ("--plot", args.plot),
+        ("--class-scores", args.class_scores),
+        ("--class-thresholds", args.class_thresholds),
+        ("--ray-address", args.ray_address),
+        ("--resume-from", args.resume_from),
+    ):
+        if value is not None:
+            raise AMNetError(f"{flag} does not apply to --describe")
+    if args.format != "activitynet" or args.skip_bad:
+        raise AMNetError("--format and --skip-bad do not apply to --describe (it writes JSON)")
+    output = None
+    if args.output and args.output != "-":
+        output = check_out_path(args.output, [args.engine])
+    from amnet.deploy.detector import Detector
+
+    with Detector(args.engine, **detector_options(args)) as detector:
+        text = json.dumps(detector.describe(), indent=2) + "\n"
+    if output is not None:
+        atomic_write_text(output, text)
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def _run_stream(args: Any) -> int:

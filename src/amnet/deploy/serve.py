@@ -9,7 +9,8 @@
 Routes:
 
 - ``GET /healthz``: 200 ``ok`` once a replica has loaded the model.
-- ``GET /v1/model``: the model's metadata (classes, fps, feature stride, window, ...).
+- ``GET /v1/model``: :meth:`Detector.describe` (classes, feature convention, window,
+  precision, the source checkpoint's SHA-256, ...) and ``max_body_bytes``.
 - ``POST /v1/detect``: the body is one video's ``[T, C]`` features, either a ``.npy`` file
   (``Content-Type: application/octet-stream``) or a JSON array (``application/json``);
   query parameters ``top_k`` and ``min_score``. Answers ``{"detections": [{"label",
@@ -44,7 +45,6 @@ from typing import Any
 
 import numpy as np
 
-from amnet import __version__
 from amnet.cli.common import OneLineParser, run_cli, setup_logging
 from amnet.errors import AMNetError
 
@@ -77,26 +77,11 @@ class DetectionService:
 
         self.detector = Detector(model, **options)
         self.max_body_bytes = int(max_body_bytes)
+        # Once, at load: for a .pt model it hashes the file that was just loaded.
+        self._model_info = {**self.detector.describe(), "max_body_bytes": self.max_body_bytes}
 
     def model_info(self) -> dict[str, Any]:
-        d = self.detector
-        return {
-            "model": d.path.name,
-            "backend": d.backend_name,
-            "device": d.device,
-            "class_names": d.class_names,
-            "num_classes": d.num_classes,
-            "input_dim": d.input_dim,
-            "fps": d.fps,
-            "feature_stride": d.feature_stride,
-            "num_frames": d.num_frames,
-            "max_seq_len": d.max_seq_len,
-            "force_upsampling": d.force_upsampling,
-            "chunk_overlap": d.chunk_overlap,
-            "max_detections": d.postprocess.max_detections,
-            "max_body_bytes": self.max_body_bytes,
-            "amnet_version": __version__,
-        }
+        return self._model_info
 
     def parse_query(self, query: dict[str, str]) -> tuple[int | None, float | None]:
         unknown = sorted(set(query) - set(_QUERY))

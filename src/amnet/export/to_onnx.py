@@ -440,7 +440,7 @@ def _export_checked(
 ) -> ExportResult:
     import onnx
 
-    from amnet.checkpoint import chosen_weights, load_model, read_checkpoint
+    from amnet.checkpoint import model_from_checkpoint, read_checkpoint, weights_name
     from amnet.deploy.backend_onnx import open_session
     from amnet.export.trt_compat import check_tensorrt_compatibility
     from amnet.fileio import file_sha256
@@ -454,9 +454,9 @@ def _export_checked(
         raise AMNetError(
             f"{ckpt}: not a readable checkpoint ({type(exc).__name__}: {_first_line(exc)})"
         ) from None
-    weights = "ema" if chosen_weights(raw, use_ema) is raw.get("ema") else "model"
+    weights = weights_name(raw, use_ema)
+    model, cfg, class_names = model_from_checkpoint(raw, ckpt, use_ema)
     del raw
-    model, cfg, class_names = load_model(ckpt, use_ema=use_ema)
     meta = build_metadata(
         cfg,
         class_names,
