@@ -454,6 +454,8 @@ def test_cli_stream_pipes_detections_as_they_become_final(models, uncapped):
         ([], b"", "needs --dim"),
         (["--dim", str(DIM), "--top-k", "5"], b"", "--top-k does not apply"),
         (["--dim", str(DIM), "--postprocess-workers", "2"], b"", "--postprocess-workers does not"),
+        (["--dim", str(DIM), "--workers", "2"], b"", "--workers does not apply"),
+        (["--dim", str(DIM), "--resume-from", "out.json"], b"", "--resume-from does not apply"),
         (["--dim", str(DIM), "x.npy"], b"", "give no FEATURES"),
     ],
     ids=lambda v: f"{len(v)}B" if isinstance(v, bytes) and len(v) > 40 else None,  # not the bytes

@@ -616,8 +616,7 @@ def _run_workers(args: Any, files: list[FeatureFile], output: Path | None) -> in
 
     if args.workers < 1:
         raise AMNetError(f"--workers must be >= 1, got {args.workers}")
-    if args.plot:
-        raise AMNetError("--plot does not apply to --workers")
+    _refuse_options(args, "--workers", "--plot")
     if args.postprocess_workers is not None:
         raise AMNetError(
             "--postprocess-workers does not apply to --workers (each Ray worker post-processes "
@@ -727,21 +726,23 @@ def _run_workers(args: Any, files: list[FeatureFile], output: Path | None) -> in
     return _exit_status(bad, files)
 
 
+def _refuse_options(args: Any, mode: str, *flags: str) -> None:
+    """A one-line error for the first of ``flags`` given on the command line: it has no
+    meaning in ``mode``, and ignoring it would hide a mistake."""
+    for flag in flags:
+        if getattr(args, flag.removeprefix("--").replace("-", "_")) is not None:
+            raise AMNetError(f"{flag} does not apply to {mode}")
+
+
 def _run_describe(args: Any) -> int:
     """``--describe``: the model opened as a run would open it, :meth:`Detector.describe` as
     JSON on stdout or in ``--output``."""
     if args.features or args.stream or args.workers is not None:
         raise AMNetError("--describe reads the model only; give no FEATURES, --stream or --workers")
-    for flag, value in (
-        ("--dim", args.dim),
-        ("--plot", args.plot),
-        ("--class-scores", args.class_scores),
-        ("--class-thresholds", args.class_thresholds),
-        ("--ray-address", args.ray_address),
-        ("--resume-from", args.resume_from),
-    ):
-        if value is not None:
-            raise AMNetError(f"{flag} does not apply to --describe")
+    _refuse_options(
+        args, "--describe", "--dim", "--plot", "--class-scores", "--class-thresholds",
+        "--ray-address", "--resume-from", "--postprocess-workers",
+    )  # fmt: skip
     if args.format != "activitynet" or args.skip_bad:
         raise AMNetError("--format and --skip-bad do not apply to --describe (it writes JSON)")
     output = None
@@ -762,17 +763,12 @@ def _run_stream(args: Any) -> int:
     """``--stream``: raw float32 rows from stdin, JSON lines of final detections to stdout."""
     if args.features:
         raise AMNetError("--stream reads stdin; give no FEATURES files")
-    for flag, value in (
-        ("--output", args.output),
-        ("--plot", args.plot),
-        ("--top-k", args.top_k),
-    ):
-        if value is not None:
-            raise AMNetError(f"{flag} does not apply to --stream (JSON lines go to stdout)")
+    _refuse_options(
+        args, "--stream (one live video, JSON lines to stdout)", "--output", "--plot", "--top-k",
+        "--postprocess-workers", "--workers", "--ray-address", "--resume-from",
+    )  # fmt: skip
     if args.format != "activitynet" or args.skip_bad:
         raise AMNetError("--format and --skip-bad do not apply to --stream")
-    if args.postprocess_workers is not None:
-        raise AMNetError("--postprocess-workers does not apply to --stream (one live video)")
     if args.dim is None or args.dim < 1:
         raise AMNetError("--stream needs --dim C, the number of float32 values per row")
 
