@@ -139,6 +139,30 @@ def test_missing_gt_or_pred(files: tuple[Path, Path]) -> None:
     check_user_error(run_eval("--gt", str(gt), "--pred", str(pred)), "--subset")
 
 
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        # Model-mode options: file mode scores --pred and would leave them unused.
+        (["--out", "OUT"], "--out is for model mode"),
+        (["--data", "DIR"], "--data is for model mode"),
+        (["--device", "cpu"], "--device is for model mode"),
+        (["--no-ema"], "--ema/--no-ema is for model mode"),
+        # Options of a feature that is not asked for.
+        (["--class-topk", "3"], "--class-topk goes with --class-scores"),
+        (["--operating-tiou", "0.3"], "--operating-tiou goes with --operating-points"),
+    ],
+)
+def test_options_of_another_mode_are_refused(
+    files: tuple[Path, Path], tmp_path: Path, extra: list[str], fragment: str
+) -> None:
+    gt, pred = files
+    extra = [str(tmp_path / "out.json") if a == "OUT" else str(tmp_path) if a == "DIR" else a
+             for a in extra]  # fmt: skip
+    proc = run_eval("--gt", str(gt), "--subset", "test", "--pred", str(pred), *extra)
+    check_user_error(proc, fragment)
+    assert proc.stdout == "" and sorted(tmp_path.iterdir()) == sorted(files)
+
+
 def test_empty_subset(files: tuple[Path, Path]) -> None:
     gt, pred = files
     check_user_error(

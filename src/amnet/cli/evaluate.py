@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--ckpt", help="AMNet checkpoint (last.pt / best.pt)")
     model.add_argument("--data", help="dataset folder: annotations.json + features/")
     model.add_argument("--out", metavar="RESULTS.json", help="write the detections here")
-    model.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    model.add_argument("--device", choices=["cpu", "cuda"], help="default: cpu")
     model.add_argument(
         "--ema",
         action=argparse.BooleanOptionalAction,
@@ -100,7 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
     fusion.add_argument(
         "--class-topk",
         type=int,
-        default=DEFAULT_TOPK,
         metavar="K",
         help=f"classes per video with --class-scores (default: {DEFAULT_TOPK})",
     )
@@ -126,7 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
     points.add_argument(
         "--operating-tiou",
         type=float,
-        default=0.5,
         metavar="T",
         help="tIoU at which a detection counts as correct for the thresholds (default: 0.5)",
     )
@@ -239,15 +237,30 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     # Quiet by default: stderr carries warnings and the one-line error only.
     setup_logging(verbose=args.verbose, quiet=not args.verbose)
+    # Options a mode has no use for are refused: ignoring one would hide a mistake.
+    if args.class_topk is not None and args.class_scores is None:
+        raise AMNetError("--class-topk goes with --class-scores")
+    if args.class_topk is None:
+        args.class_topk = DEFAULT_TOPK
+    if args.operating_points is None:
+        for flag, value in (("--target-precision", args.target_precision),
+                            ("--operating-tiou", args.operating_tiou)):  # fmt: skip
+            if value is not None and args.ckpt is None:
+                raise AMNetError(f"{flag} goes with --operating-points")
     if args.ckpt is not None:
         return _model_mode(args)
+    for flag, value in (("--data", args.data), ("--out", args.out), ("--device", args.device),
+                        ("--ema/--no-ema", args.ema)):  # fmt: skip
+        if value is not None:
+            raise AMNetError(
+                f"{flag} is for model mode (--ckpt CKPT --data DIR); file mode scores the "
+                "--pred file against --gt"
+            )
     if args.gt is None or args.pred is None or args.subset is None:
         raise AMNetError(
             "file mode needs --gt ANNOTATIONS.json, --subset SUBSET and --pred RESULTS.json"
         )
     if args.operating_points is None:
-        if args.target_precision is not None:
-            raise AMNetError("--target-precision goes with --operating-points")
         result, _ = evaluate_files(
             args.gt, args.subset, args.pred, args.tiou or DEFAULT_TIOU,
             args.class_scores, args.class_topk, args.class_agnostic,
@@ -265,6 +278,8 @@ def _file_mode_with_operating_points(args: argparse.Namespace) -> int:
     target = args.target_precision
     if target is not None and not 0 < target <= 1:
         raise AMNetError(f"--target-precision must be in (0, 1], got {target}")
+    if args.operating_tiou is None:
+        args.operating_tiou = 0.5
     if not 0 < args.operating_tiou <= 1:
         raise AMNetError(f"--operating-tiou must be in (0, 1], got {args.operating_tiou}")
     inputs = [args.gt, args.pred] + ([args.class_scores] if args.class_scores else [])
@@ -300,7 +315,8 @@ def _model_mode(args: argparse.Namespace) -> int:
         raise AMNetError("model mode needs --data DIR (annotations.json + features/)")
     if args.gt is not None or args.pred is not None:
         raise AMNetError("--ckpt cannot be combined with --gt/--pred (file mode)")
-    if args.operating_points is not None or args.target_precision is not None:
+    if any(v is not None for v in (args.operating_points, args.target_precision,
+                                   args.operating_tiou)):  # fmt: skip
         raise AMNetError(
             "--operating-points is for file mode: write the results with --out, then "
             "amnet-eval --gt ... --pred RESULTS.json --operating-points OUT.json"
@@ -318,6 +334,7 @@ def _model_mode(args: argparse.Namespace) -> int:
     from amnet.fileio import check_out_path
     from amnet.results import write_results
 
+    args.device = args.device or "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         raise AMNetError("--device cuda asked for, but no CUDA device is available")
     model, cfg, class_names = load_model(args.ckpt, use_ema=args.ema)
