@@ -85,6 +85,74 @@ def test_resume_continues_the_run(one_epoch, small_data, tmp_path):
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
 
 
+def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(small_data, tmp_path, monkeypatch):
+    """A run killed after its first epoch and resumed gives the weights of the same run left
+    alone, to the bit: the checkpoint carries the random streams (shuffling, crops, dropout), so
+    the resumed epochs draw what the uninterrupted ones drew. A resume keeps its run's seed."""
+    import amnet.train
+
+    args = ["--config", str(TINY), "--data", str(small_data), "--epochs", "2", "--quiet"]
+    assert cli("train", *args, "--out", str(tmp_path / "whole")).returncode == 0
+    real_epoch = amnet.train.train_one_epoch
+
+    def killed_in_epoch_two(run, epoch, progress):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(run, epoch, progress)
+
+    monkeypatch.setattr(amnet.train, "train_one_epoch", killed_in_epoch_two)
+    proc = cli("train", *args, "--out", str(tmp_path / "killed"))
+    assert proc.returncode == 130 and "interrupted" in proc.stderr  # as Ctrl-C stops it
+    monkeypatch.undo()
+    last = tmp_path / "killed" / "last.pt"
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+    assert_one_line_error(
+        cli(
+            "train", *args, "--out", str(tmp_path / "killed"), "--resume", str(last), "--seed", "7"
+        ),
+        "seed 0, not 7",
+    )
+    proc = cli("train", *args, "--out", str(tmp_path / "killed"), "--resume", str(last))
+    assert proc.returncode == 0, proc.stderr
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["epoch"] == whole["epoch"] == 2 and resumed["seed"] == 0
+    for weights in ("model", "ema"):
+        for name, tensor in whole[weights].items():
+            assert torch.equal(tensor, resumed[weights][name]), (weights, name)
+
+
+def test_loader_workers_draw_their_own_crops(tmp_path):
+    """With loader workers, each draws its own crops, new ones every epoch, and the same ones
+    again for the same seed (without seeding them, every worker starts each epoch from a copy
+    of one generator and repeats the others' crops)."""
+    from amnet.config import load_config
+    from amnet.data import make_dataset
+    from amnet.train import training_loader
+
+    rng = np.random.default_rng(0)
+    videos = {}
+    (tmp_path / "features").mkdir()
+    for i in range(8):  # longer than the tiny config's 256-snippet window: every item is cropped
+        np.save(tmp_path / "features" / f"v{i}.npy", rng.random((300, 2048), dtype=np.float32))
+        videos[f"v{i}"] = {"subset": "validation", "duration": 40.1, "fps": 30.0,
+                           "annotations": [{"label": "a", "segment": [0.0, 40.0]}]}  # fmt: skip
+    (tmp_path / "annotations.json").write_text(json.dumps({"database": videos}))
+    cfg = load_config(TINY)
+    cfg["dataset"]["num_classes"] = 1
+    dataset = make_dataset(cfg, tmp_path, "train_split", training=True, seed=0)
+
+    def epochs(seed: int) -> list[list[int]]:
+        loader = training_loader(dataset, {"batch_size": 1, "num_workers": 2}, seed, 1)
+        return [[batch["offset"][0] for batch in loader] for _ in range(2)]
+
+    first, second = epochs(0)
+    # Batches alternate between the two workers: each one's crops, in its order.
+    assert first[0::2] != first[1::2]
+    assert first != second
+    assert epochs(0) == [first, second]
+
+
 def test_eval_model_mode_matches_file_mode(one_epoch, small_data, tmp_path):
     results = tmp_path / "results.json"
     proc = cli(

@@ -90,6 +90,7 @@ def test_profile_custom_values():
         ({"min_len": 50, "opt_len": 20}, "--min-len <= --opt-len <= --max-len"),
         ({"opt_len": 200, "max_len": 100}, "--min-len <= --opt-len <= --max-len"),
         ({"max_batch": 0}, "--max-batch must be an integer >= 1"),
+        ({"max_len": 0}, "--max-len must be an integer >= 1"),  # not its default --opt-len
         ({"max_batch": 2, "opt_batch": 3}, "--opt-batch 3 exceeds --max-batch 2"),
         ({"min_len": True}, "--min-len must be an integer"),
     ],

@@ -7,6 +7,7 @@ and :func:`validate` are one step each, :func:`train` loops over epochs and writ
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import os
@@ -123,13 +124,16 @@ def train(
     data_dir: str | os.PathLike | None,
     out_dir: str | os.PathLike,
     epochs: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     device: str = "cpu",
     resume: str | os.PathLike | None = None,
     progress: bool = True,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train AMNet; writes ``last.pt`` (and ``best.pt`` when validating) into ``out_dir``.
+
+    ``seed`` defaults to 0; a resumed run keeps the seed and random streams of its checkpoint,
+    so it ends where the uninterrupted run would have (on the same machine and device).
 
     A folder that already holds a run's checkpoints is only written to with ``resume`` (continue
     it) or ``overwrite`` (start again): finished work is never replaced silently."""
@@ -196,7 +200,35 @@ class TrainingRun:
             ema=self.ema.module.state_dict(), ema_updates=self.ema.updates, weights=weights,
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             loss_norm=float(self.criterion.loss_norm), epoch=epoch, best_map=self.best_map, seed=self.seed,
+            scaler=self.scaler.state_dict(), rng=self.rng_state(),
         )  # fmt: skip
+
+    def rng_state(self) -> dict[str, Any]:
+        """Every random stream the run draws from (shuffling, crops, dropout and the global
+        generators), so that a resumed run continues them where the interrupted one stopped
+        and ends with the weights an uninterrupted run would have."""
+        numpy_state = np.random.get_state(legacy=False)
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "loader": self.loader.generator.get_state(),
+            "crops": self.train_set.rng.bit_generator.state,
+            "numpy": {**numpy_state, "state": {"key": numpy_state["state"]["key"].tolist(),
+                                               "pos": int(numpy_state["state"]["pos"])}},
+            "python": random.getstate(),
+        }  # fmt: skip
+
+    def restore_rng_state(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        self.loader.generator.set_state(state["loader"])
+        self.train_set.rng.bit_generator.state = state["crops"]
+        numpy_state = state["numpy"]
+        key = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
+        np.random.set_state({**numpy_state, "state": {**numpy_state["state"], "key": key}})
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
 
 
 def build_run(
@@ -231,12 +263,7 @@ def build_run(
     criterion = AMNetLoss(model, cfg["train_cfg"]).to(device)
     ema = ModelEma(model, cfg["train_cfg"]["ema_decay"])
     optimizer = make_optimizer(model, cfg["opt"])
-    generator = torch.Generator().manual_seed(seed)
-    pad = model.pad_multiple
-    loader = DataLoader(
-        train_set, batch_size=cfg["loader"]["batch_size"], shuffle=True, drop_last=len(train_set) > cfg["loader"]["batch_size"],
-        num_workers=cfg["loader"]["num_workers"], collate_fn=lambda items: collate_videos(items, pad), generator=generator,
-    )  # fmt: skip
+    loader = training_loader(train_set, cfg["loader"], seed, model.pad_multiple)
     steps_per_epoch = max(1, len(loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -249,13 +276,41 @@ def build_run(
     )  # fmt: skip
 
 
+def training_loader(
+    train_set: VideoFeatureDataset, loader_cfg: dict[str, Any], seed: int, pad_multiple: int
+) -> DataLoader:
+    """Shuffled batches of random crops; the shuffling and each worker's crops follow ``seed``."""
+    batch_size = loader_cfg["batch_size"]
+    return DataLoader(
+        train_set, batch_size=batch_size, shuffle=True, drop_last=len(train_set) > batch_size,
+        num_workers=loader_cfg["num_workers"], generator=torch.Generator().manual_seed(seed),
+        collate_fn=functools.partial(collate_videos, pad_multiple=pad_multiple),  # picklable
+        worker_init_fn=seed_loader_worker,
+    )  # fmt: skip
+
+
+def seed_loader_worker(worker_id: int) -> None:
+    """A loader worker's own crop generator, from the seed the loader drew for it this epoch.
+    Otherwise every worker would start from a copy of the dataset's generator, every epoch,
+    and draw the same crops as the others."""
+    info = torch.utils.data.get_worker_info()
+    if info is not None and isinstance(info.dataset, VideoFeatureDataset):
+        info.dataset.rng = np.random.default_rng(info.seed)
+
+
 _RESUME_FIELDS = ("ema", "optimizer", "scheduler", "loss_norm", "epoch")
 
 
-def resume_run(run: TrainingRun, path: str | os.PathLike) -> None:
+def resume_run(run: TrainingRun, path: str | os.PathLike, seed: int | None = None) -> None:
     """Continue ``run`` from a ``last.pt``: the checkpoint must come from a run of the same
-    model, classes and optimiser; anything else is one AMNetError naming what differs."""
+    model, classes and optimiser; anything else is one AMNetError naming what differs. The run
+    keeps the checkpoint's seed and random streams; a different ``seed`` is an error."""
     ckpt = read_checkpoint(path)
+    if seed is not None and ckpt.get("seed") not in (None, seed):
+        raise AMNetError(
+            f"{path}: was trained with seed {ckpt['seed']}, not {seed}; a resumed run continues "
+            "its own random streams (leave out --seed)"
+        )
     missing = [key for key in _RESUME_FIELDS if ckpt.get(key) is None]
     if missing:
         raise AMNetError(
@@ -292,6 +347,14 @@ def resume_run(run: TrainingRun, path: str | os.PathLike) -> None:
         run.criterion.loss_norm.fill_(float(ckpt["loss_norm"]))
         run.start_epoch, run.best_map = int(ckpt["epoch"]), float(ckpt.get("best_map", -1.0))
         run.ema.updates = int(ckpt.get("ema_updates", run.start_epoch * max(1, len(run.loader))))
+        if ckpt.get("scaler"):
+            run.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt.get("rng") is not None:
+            run.restore_rng_state(ckpt["rng"])
+        else:
+            log.warning("%s: holds no random state (an older checkpoint); the resumed run "
+                        "draws new crops and batches", path)  # fmt: skip
+        run.seed = int(ckpt.get("seed", run.seed))
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise AMNetError(f"{path}: does not match this run ({first[:160]})") from None
@@ -345,14 +408,14 @@ def _train(
     data_dir: str | os.PathLike | None,
     out_dir: Path,
     epochs: int | None,
-    seed: int,
+    seed: int | None,
     device_name: str,
     resume: str | os.PathLike | None,
     progress: bool,
 ) -> dict[str, Any]:
-    run = build_run(cfg, data_dir, out_dir, epochs, seed, device_name)
+    run = build_run(cfg, data_dir, out_dir, epochs, 0 if seed is None else seed, device_name)
     if resume is not None:
-        resume_run(run, resume)
+        resume_run(run, resume, seed)
     log.info(
         "training AMNet: %d videos, %d classes, %d epochs, device %s, attention path %s, AMP %s, %.2fM parameters",
         len(run.train_set), len(run.class_names), run.epochs, run.device,

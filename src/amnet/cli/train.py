@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--epochs", type=int, help="override opt.epochs (0 writes an initialised checkpoint)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, help="random seed (default: 0; a resumed run keeps its checkpoint's)"
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--resume", help="continue from a last.pt of the same run")
     p.add_argument(

@@ -67,10 +67,11 @@ def profile_shapes(
     """
     max_len = max_seq_len if max_len is None else max_len
     opt_len = max_len if opt_len is None else opt_len
+    # --max-len before --opt-len: a bad --max-len is also the default --opt-len.
     for flag, value in (
         ("--min-len", min_len),
-        ("--opt-len", opt_len),
         ("--max-len", max_len),
+        ("--opt-len", opt_len),
         ("--max-batch", max_batch),
         ("--opt-batch", opt_batch),
     ):
