@@ -246,16 +246,22 @@ def test_corrupt_and_foreign_checkpoints(small_data, tmp_path):
     )
 
 
-def test_missing_data_folder(tmp_path):
-    assert_one_line_error(
-        cli(
-            "train",
-            "--config",
-            str(TINY),
-            "--data",
-            str(tmp_path / "nope"),
-            "--out",
-            str(tmp_path / "r"),
-        ),
-        "not found",
-    )
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--data", "NOPE"], "not found"),  # data
+        (["--seed", "-1"], "--seed must be"),  # options
+        (["--seed", str(2**32)], "--seed must be"),
+        (["--epochs", "-1"], "--epochs must be"),
+    ],
+)
+@pytest.mark.parametrize("out_exists", [False, True], ids=["new-out", "existing-out"])
+def test_bad_input_leaves_no_run_behind(small_data, tmp_path, extra, needle, out_exists):
+    """A run that fails on its input writes nothing: no new --out folder, no train.log."""
+    out = tmp_path / "r"
+    if out_exists:
+        out.mkdir()
+    extra = [str(tmp_path / "nope") if a == "NOPE" else a for a in extra]
+    args = ["--config", str(TINY), "--data", str(small_data), "--out", str(out), *extra]
+    assert_one_line_error(cli("train", *args), needle)
+    assert (list(out.iterdir()) == []) if out_exists else not out.exists()

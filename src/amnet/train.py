@@ -137,9 +137,16 @@ def train(
 
     A folder that already holds a run's checkpoints is only written to with ``resume`` (continue
     it) or ``overwrite`` (start again): finished work is never replaced silently."""
+    if seed is not None and (isinstance(seed, bool) or not 0 <= seed < 2**32):
+        raise AMNetError(f"--seed must be an integer in [0, 2**32), got {seed!r}")
+    if epochs is not None and epochs < 0:
+        raise AMNetError("--epochs must be >= 0")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise AMNetError(f"{out_dir}: exists and is not a folder")
+    created_dir = not out_dir.exists()
+    log_path = out_dir / "train.log"
+    created_log = not log_path.exists()
     existing = [name for name in ("last.pt", "best.pt") if (out_dir / name).exists()]
     if existing and resume is None and not overwrite:
         raise AMNetError(
@@ -155,20 +162,30 @@ def train(
         check_out_path(out_dir / name)
     temp_beside(out_dir / "last.pt").unlink()  # the folder is writable (read-only mounts too)
     try:
-        handler = logging.FileHandler(out_dir / "train.log")
+        handler = logging.FileHandler(log_path)
     except OSError as exc:
-        raise AMNetError(f"{out_dir / 'train.log'}: cannot write ({exc.strerror})") from None
+        raise AMNetError(f"{log_path}: cannot write ({exc.strerror})") from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.setLevel(logging.INFO)
     package_logger = logging.getLogger("amnet")
     if package_logger.getEffectiveLevel() > logging.INFO:
         package_logger.setLevel(logging.INFO)
     package_logger.addHandler(handler)
+    bad_input = False
     try:
         return _train(cfg, data_dir, out_dir, epochs, seed, device, resume, progress)
+    except AMNetError:
+        bad_input = True
+        raise
     finally:
         logging.getLogger("amnet").removeHandler(handler)
         handler.close()
+        # Bad input found before the first checkpoint: no new folder or log is left behind.
+        if bad_input and not any((out_dir / n).exists() for n in ("last.pt", "best.pt")):
+            if created_log:
+                log_path.unlink(missing_ok=True)
+            if created_dir and not any(out_dir.iterdir()):
+                out_dir.rmdir()
 
 
 @dataclass
