@@ -544,6 +544,28 @@ def test_a_failed_backend_call_in_a_stream_is_raised_to_the_caller(models, monke
     det.close()
 
 
+@pytest.mark.parametrize("kind", ["onnx", "pt", "openvino"])
+def test_a_closed_detector_says_so(models, kind):
+    """After ``close()`` (or its ``with`` block) every way in is one clear AMNetError, not an
+    attribute error from a released engine."""
+    if kind == "openvino":
+        pytest.importorskip("openvino")
+    options = {"pt": {}, "onnx": {"intra_op_threads": 1},
+               "openvino": {"intra_op_threads": 1, "runtime": "openvino"}}[kind]  # fmt: skip
+    x = video(300, seed=1)
+    with Detector(models["pt" if kind == "pt" else "onnx"], **options) as det:
+        assert len(det.detect_raw(x).scores) > 0
+
+    def stream() -> None:
+        live = det.stream()
+        live.push(x)
+        live.flush()
+
+    for call in (lambda: det(x), lambda: det.detect_raw_many([x]), stream):
+        with pytest.raises(AMNetError, match=r"this model was closed; open it again"):
+            call()
+
+
 def _cpu_has_bf16() -> bool:
     import torch
 

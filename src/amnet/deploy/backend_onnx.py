@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from amnet.deploy.backends import check_batch, check_device, check_metadata
+from amnet.deploy.backends import check_batch, check_device, check_metadata, closed_error
 from amnet.errors import AMNetError
 from amnet.metadata import INPUT_NAMES, OUTPUT_NAMES
 
@@ -114,8 +114,11 @@ class OnnxRuntimeBackend:
 
     def run(self, features: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         features, lengths = check_batch(features, lengths, self._input_dim)
+        session = self.session
+        if session is None:
+            raise closed_error(self.path)
         try:
-            scores, segments = self.session.run(
+            scores, segments = session.run(
                 list(OUTPUT_NAMES), {INPUT_NAMES[0]: features, INPUT_NAMES[1]: lengths}
             )
         except Exception as exc:  # ORT's own error types (e.g. out of memory, bad shapes)

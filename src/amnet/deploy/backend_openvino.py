@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from amnet.deploy.backend_onnx import _first_line
-from amnet.deploy.backends import check_batch, check_device, check_metadata
+from amnet.deploy.backends import check_batch, check_device, check_metadata, closed_error
 from amnet.errors import AMNetError
 from amnet.metadata import INPUT_NAMES, OUTPUT_NAMES
 
@@ -223,6 +223,8 @@ class OpenVinoBackend:
 
     def run(self, features: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         features, lengths = check_batch(features, lengths, self._input_dim)
+        if self.compiled is None:
+            raise closed_error(self.path)
         t = features.shape[1]
         if (
             self.static is not None

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from amnet.deploy.backends import check_batch, check_device, check_metadata
+from amnet.deploy.backends import check_batch, check_device, check_metadata, closed_error
 from amnet.errors import AMNetError
 from amnet.metadata import INPUT_NAMES, OUTPUT_NAMES, plan_sidecar_path, read_plan_metadata
 
@@ -234,6 +234,8 @@ class TensorRTBackend:
             "lengths": np.ascontiguousarray(lengths, dtype=self._dtypes["lengths"]),
         }
         with self._lock:
+            if self.context is None:
+                raise closed_error(self.path)
             for name, array in host.items():
                 if not self.context.set_input_shape(name, array.shape):
                     raise AMNetError(f"{self.path}: input {name} {array.shape} rejected by engine")

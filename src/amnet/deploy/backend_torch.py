@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from amnet.deploy.backends import check_batch, check_device, check_metadata
+from amnet.deploy.backends import check_batch, check_device, check_metadata, closed_error
 from amnet.errors import AMNetError
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,9 @@ class TorchBackend:
     def run(self, features: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
         features, lengths = check_batch(features, lengths, self._input_dim)
+        model = self.model
+        if model is None:
+            raise closed_error(self.path)
         bf16 = self.precision == "bf16"
         with (
             torch.inference_mode(),
@@ -100,7 +103,7 @@ class TorchBackend:
             x = torch.from_numpy(features if features.flags.writeable else features.copy())
             x = x.to(self.device)
             n = torch.from_numpy(lengths).to(self.device)
-            scores, segments = self.model.predict(x, n)
+            scores, segments = model.predict(x, n)
             return (
                 scores.float().cpu().numpy(),
                 segments.float().cpu().numpy(),

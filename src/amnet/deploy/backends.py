@@ -76,8 +76,13 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None:
-        """Release the engine (the backend is unusable afterwards)."""
+        """Release the engine: ``run`` then raises :func:`closed_error`."""
         ...
+
+
+def closed_error(path: str | os.PathLike) -> AMNetError:
+    """What ``run`` raises once its backend (or the Detector holding it) was closed."""
+    return AMNetError(f"{path}: this model was closed; open it again to run it")
 
 
 def backend_name_for(path: str | os.PathLike) -> str:
