@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from amnet.console import interactive
 from amnet.errors import AMNetError
@@ -101,7 +101,17 @@ def run_cli(fn: Callable[[list[str] | None], int | None], argv: list[str] | None
 
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (``prog: error: ...``) and exit 2, like every
-    other error of the command-line tools (argparse would print the usage first)."""
+    other error of the command-line tools (argparse would print the usage first), and which
+    answers ``--version``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from amnet import __version__
+
+        self.add_argument(
+            "--version", action="version", version=f"%(prog)s {__version__}",
+            help="print the version and exit",
+        )  # fmt: skip
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}\n")

@@ -24,6 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip() if argv else USAGE, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
+    if argv[0] == "--version":
+        from amnet import __version__
+
+        print(f"{PROG} {__version__}")
+        return 0
     target, rest = argv[0], argv[1:]
     if target not in TARGETS:
         print(f"{PROG}: error: unknown target {target!r}; choose onnx or tensorrt", file=sys.stderr)
