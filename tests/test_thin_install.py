@@ -7,6 +7,7 @@ says which one in one line.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -121,6 +122,15 @@ def test_thin_install_runs_infer_and_eval(thin_env, tiny_model, tmp_path):
                "--json", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert 0.0 <= json.loads(proc.stdout.strip().splitlines()[-1])["average_mAP"] <= 1.0
+    # What a deployed model is, without torch: its contract and the checkpoint it came from.
+    proc = run(thin_env, "amnet-infer", "--engine", str(tiny_model["onnx"]), "--describe",
+               cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    described = json.loads(proc.stdout)
+    assert described["class_names"] == preset_class_names("tiny")
+    assert (
+        described["checkpoint_sha256"] == hashlib.sha256(tiny_model["pt"].read_bytes()).hexdigest()
+    )
 
 
 def test_commands_that_need_an_extra_say_which(thin_env, tiny_model, tmp_path):
