@@ -356,12 +356,20 @@ def test_unwritable_outputs(tiny_ckpt, tmp_path):
     assert leftovers(tmp_path) == []
 
 
-def test_failed_parity_exits_nonzero_and_leaves_no_file(tiny_ckpt, tmp_path):
+@pytest.mark.parametrize("quiet", [[], ["-q"]], ids=["report", "quiet"])
+def test_failed_parity_exits_nonzero_and_leaves_no_file(tiny_ckpt, tmp_path, quiet):
     out = tmp_path / "m.onnx"
-    proc = export_cli("--ckpt", str(tiny_ckpt), "--out", str(out), "--scores-atol", "1e-12")
-    line = assert_one_line_error(proc)
+    proc = export_cli("--ckpt", str(tiny_ckpt), "--out", str(out), "--scores-atol", "1e-12", *quiet)
+    line = assert_one_line_error(proc)  # -q keeps the error
     assert proc.returncode == 1 and "ONNX Runtime differs from PyTorch" in line
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_quiet_export_writes_the_checked_model_and_prints_nothing(tiny_ckpt, tmp_path):
+    out = tmp_path / "m.onnx"
+    proc = export_cli("--ckpt", str(tiny_ckpt), "--out", str(out), "-q")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    assert read_onnx_metadata(out)["checkpoint_sha256"]
 
 
 # --- TensorRT compatibility check --------------------------------------------------------------

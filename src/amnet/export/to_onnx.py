@@ -613,6 +613,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument(
         "--segments-atol", type=float, default=SEGMENTS_ATOL, help=argparse.SUPPRESS
     )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true",
+        help="no report on success (errors and TensorRT operator problems still go to stderr)",
+    )  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -621,7 +625,7 @@ def _main(argv: list[str] | None, prog: str = PROG) -> int:
     from amnet.cli.common import setup_logging
 
     args = build_parser(prog).parse_args(argv)
-    setup_logging(verbose=args.verbose)
+    setup_logging(verbose=args.verbose, quiet=args.quiet)
     for name in ("scores_atol", "segments_atol"):
         if not getattr(args, name) >= 0:
             raise AMNetError(f"--{name.replace('_', '-')} must be >= 0")
@@ -641,6 +645,10 @@ def _main(argv: list[str] | None, prog: str = PROG) -> int:
     except ParityError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
+    if args.quiet:
+        for problem in result.trt_problems:
+            print(f"{prog}: warning: TensorRT 10 compatibility: {problem}", file=sys.stderr)
+        return 0
     meta = result.metadata
     size_mb = result.path.stat().st_size / 2**20
     print(

@@ -372,6 +372,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument(
         "--tf32", action="store_true", help="let fp32 layers use TF32 (faster, less exact)"
     )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no report on success")
     parser.add_argument("-v", "--verbose", action="store_true", help="verbose TensorRT log")
     return parser
 
@@ -380,7 +381,7 @@ def _main(argv: list[str] | None, prog: str = PROG) -> int:
     from amnet.cli.common import setup_logging
 
     args = build_parser(prog).parse_args(argv)
-    setup_logging(verbose=args.verbose)
+    setup_logging(verbose=args.verbose, quiet=args.quiet)
     plan, sidecar = build_engine(
         args.onnx,
         args.out,
@@ -394,7 +395,8 @@ def _main(argv: list[str] | None, prog: str = PROG) -> int:
         tf32=args.tf32,
         verbose=args.verbose,
     )
-    print(f"wrote {plan} ({plan.stat().st_size / 2**20:.1f} MiB) and {sidecar}")
+    if not args.quiet:
+        print(f"wrote {plan} ({plan.stat().st_size / 2**20:.1f} MiB) and {sidecar}")
     return 0
 
 
