@@ -129,6 +129,8 @@ def test_amnet_viz_cli(world, tmp_path):
         (["--ckpt", "x.pt"], "go together"),
         (["--videos", "no_such_video"], "not in"),
         (["--top", "0"], "--top"),
+        (["--min-score", "3"], "--min-score must be in [0, 1]"),  # would hide every detection
+        (["--min-score", "nan"], "--min-score must be in [0, 1]"),
         (["--subset", "test"], "--gt"),
     ],
 )

@@ -436,6 +436,8 @@ def _run(argv: list[str] | None) -> int:
     setup_logging(args.verbose, args.quiet)
     if args.top < 1:
         raise AMNetError(f"--top must be >= 1, got {args.top}")
+    if not 0 <= args.min_score <= 1:  # scores are probabilities; also refuses NaN
+        raise AMNetError(f"--min-score must be in [0, 1], got {args.min_score}")
     if (args.ckpt is None) != (args.features is None):
         raise AMNetError("--features and --ckpt go together (the AME plots need both)")
     if args.subset and not args.gt:
