@@ -64,6 +64,19 @@ def test_unknown_key_is_named(tmp_path):
         ("dataset:\n  file_ext: .npy/x\n", "file_ext must be text without path"),
         ("dataset:\n  file_ext: 3\n", "file_ext must be text"),
         ("dataset:\n  force_upsampling: yes please\n", "force_upsampling must be true or false"),
+        # Training settings: refused when read, not trained with or found at the first validation.
+        ("dataset:\n  crop_ratio: [1.2, 0.5]\n", "dataset.crop_ratio must be null or"),
+        ("dataset:\n  trunc_thresh: 2\n", "dataset.trunc_thresh must be in"),
+        ("opt:\n  learning_rate: -1.0e-4\n", "opt.learning_rate must be > 0"),
+        ("opt:\n  epochs: 2.5\n", "opt.epochs must be an integer"),
+        ("opt:\n  weight_decay: .nan\n", "opt.weight_decay must be >= 0"),
+        ("loader:\n  batch_size: 0\n", "loader.batch_size must be an integer >= 1"),
+        ("train_cfg:\n  ema_decay: 1.5\n", "train_cfg.ema_decay must be in"),
+        ("train_cfg:\n  amp: 'yes'\n", "train_cfg.amp must be true or false"),
+        ("train_cfg:\n  eval_every: -1\n", "train_cfg.eval_every must be an integer"),
+        ("test_cfg:\n  nms_method: greedy\n", "test_cfg: postprocess.nms_method"),
+        ("test_cfg:\n  score_thresh: 2\n", "score_thresh must be in .0, 1."),  # keeps nothing
+        ("test_cfg:\n  tiou_thresholds: [0.5, 1.5]\n", "test_cfg.tiou_thresholds must be"),
     ],
 )
 def test_bad_configs_give_one_line_errors(tmp_path, text, message):

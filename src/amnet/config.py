@@ -199,3 +199,74 @@ def validate_config(cfg: Mapping[str, Any], where: str) -> None:
     for ok, message in checks:
         if not ok:
             raise AMNetError(f"{where}: {message}")
+    _validate_training(cfg, where)
+
+
+def _in(
+    value: Any, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> bool:
+    """A finite number (not a bool) in the interval from ``low`` to ``high``."""
+    if not _is_number(value):
+        return False
+    return (value > low if low_open else value >= low) and (
+        value < high if high_open else value <= high
+    )
+
+
+def _validate_training(cfg: Mapping[str, Any], where: str) -> None:
+    """The ranges of the crop, optimiser, loader, loss and evaluation settings: a bad value is
+    refused when the config is read, not found at the first validation hours into a run or,
+    worse, trained with (a negative learning rate, an EMA decay above 1)."""
+    from amnet.postprocess import config_from_test_cfg
+
+    def positive(v: Any) -> bool:
+        return _in(v, 0, math.inf, low_open=True)
+
+    def non_negative(v: Any) -> bool:
+        return _in(v, 0, math.inf)
+
+    def count(v: Any, least: int) -> bool:
+        return _is_int(v) and v >= least
+
+    def crop(v: Any) -> bool:
+        return v is None or (
+            isinstance(v, list) and len(v) == 2
+            and all(_in(x, 0, 1, low_open=True) for x in v) and v[0] <= v[1]
+        )  # fmt: skip
+
+    def tious(v: Any) -> bool:
+        return isinstance(v, list) and len(v) > 0 and all(_in(t, 0, 1, low_open=True) for t in v)
+
+    rules: list[tuple[str, str, Any, str]] = [
+        # (section, key, test, what it must be)
+        ("dataset", "trunc_thresh", lambda v: _in(v, 0, 1), "in [0, 1]"),
+        ("dataset", "crop_ratio", crop, "null or [low, high] with 0 < low <= high <= 1"),
+        ("opt", "learning_rate", positive, "> 0"),
+        ("opt", "weight_decay", non_negative, ">= 0"),
+        ("opt", "epochs", lambda v: count(v, 0), "an integer >= 0"),
+        ("opt", "warmup_epochs", non_negative, ">= 0"),
+        ("loader", "batch_size", lambda v: count(v, 1), "an integer >= 1"),
+        ("loader", "num_workers", lambda v: count(v, 0), "an integer >= 0"),
+        ("train_cfg", "clip_grad_l2norm", positive, "> 0"),
+        # A negative alpha turns the focal loss's class weighting off (the usual convention).
+        ("train_cfg", "focal_alpha", lambda v: _in(v, -math.inf, 1), "<= 1 (negative: no weighting)"),
+        ("train_cfg", "focal_gamma", non_negative, ">= 0"),
+        ("train_cfg", "init_loss_norm", positive, "> 0"),
+        ("train_cfg", "loss_norm_momentum", lambda v: _in(v, 0, 1, high_open=True), "in [0, 1)"),
+        ("train_cfg", "reg_loss_weight", non_negative, ">= 0"),
+        ("train_cfg", "lambda_mask", non_negative, ">= 0"),
+        ("train_cfg", "lambda_ctr", non_negative, ">= 0"),
+        ("train_cfg", "ctr_temperature", positive, "> 0"),
+        ("train_cfg", "ema_decay", lambda v: _in(v, 0, 1, high_open=True), "in [0, 1)"),
+        ("train_cfg", "amp", lambda v: isinstance(v, bool), "true or false"),
+        ("train_cfg", "eval_every", lambda v: count(v, 0), "an integer >= 0"),
+        ("test_cfg", "tiou_thresholds", tious, "a non-empty list of numbers in (0, 1]"),
+    ]  # fmt: skip
+    for section, key, test, rule in rules:
+        value = cfg[section][key]
+        if not test(value):
+            raise AMNetError(f"{where}: {section}.{key} must be {rule}, got {value!r}")
+    try:
+        config_from_test_cfg(cfg["test_cfg"])
+    except (AMNetError, TypeError, ValueError) as exc:
+        raise AMNetError(f"{where}: test_cfg: {exc}") from None

@@ -125,8 +125,9 @@ class PostprocessConfig:
             raise AMNetError(
                 f"postprocess.multiclass must be true or false, got {self.multiclass!r}"
             )
-        if self.score_thresh < 0:
-            raise AMNetError(f"postprocess.score_thresh must be >= 0, got {self.score_thresh}")
+        # Scores are probabilities: a cut above 1 would silently keep nothing.
+        if not 0 <= self.score_thresh <= 1:
+            raise AMNetError(f"postprocess.score_thresh must be in [0, 1], got {self.score_thresh}")
         if self.sigma <= 0:
             raise AMNetError(f"postprocess.sigma must be > 0, got {self.sigma}")
         if not 0 <= self.iou_threshold <= 1:
@@ -137,8 +138,8 @@ class PostprocessConfig:
             raise AMNetError(
                 f"postprocess.voting_thresh must be in [0, 1], got {self.voting_thresh}"
             )
-        if self.min_score < 0:
-            raise AMNetError(f"postprocess.min_score must be >= 0, got {self.min_score}")
+        if not 0 <= self.min_score <= 1:
+            raise AMNetError(f"postprocess.min_score must be in [0, 1], got {self.min_score}")
         if self.min_duration < 0:
             raise AMNetError(f"postprocess.min_duration must be >= 0, got {self.min_duration}")
 

@@ -261,9 +261,7 @@ def build_run(
         raise AMNetError("--device cuda asked for, but no CUDA device is available")
     device = torch.device(device_name)
     seed_everything(seed)
-    epochs = cfg["opt"]["epochs"] if epochs is None else epochs
-    if epochs < 0:
-        raise AMNetError("--epochs must be >= 0")
+    epochs = cfg["opt"]["epochs"] if epochs is None else epochs  # both checked already
     cfg = copy.deepcopy(cfg)
     cfg["opt"]["epochs"] = epochs
 
