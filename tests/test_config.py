@@ -55,6 +55,16 @@ def test_unknown_key_is_named(tmp_path):
     [
         ("model: [1, 2]\n", "must be a section"),
         ("model:\n  n_heads: 3\n", "n_heads"),
+        # Model values of the wrong type are named, not a TypeError from a comparison.
+        ("model:\n  embd_dim: '64'\n", "model.embd_dim must be an integer, got '64'"),
+        ("model:\n  use_gam: yes please\n", "model.use_gam must be true or false"),
+        ("model:\n  dropout: .nan\n", "model.dropout must be a finite number"),
+        ("model:\n  mlp_ratio: 0\n", "model.mlp_ratio must be >= 1"),
+        ("model:\n  center_sample_radius: -1\n", "model.center_sample_radius must be >= 0"),
+        (
+            "model:\n  regression_range: [[0, 4], [8, 4], [8, 16], [16, 32], [32, 64], [64, 10000]]\n",
+            "0 <= lo < hi",
+        ),
         ("dataset:\n  max_seq_len: 100\n", "max_seq_len"),
         ("- a\n- b\n", "mapping"),
         ("model: {embd_dim: 64\n", "malformed YAML"),

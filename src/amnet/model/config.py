@@ -6,10 +6,43 @@ key or a bad value is an error that names it (see :mod:`amnet.config`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 OFFSET_ACTIVATIONS = ("softplus", "relu")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _is_ranges(v: Any) -> bool:
+    return isinstance(v, list) and all(
+        isinstance(r, list) and len(r) == 2 and all(_is_number(x) for x in r) for r in v
+    )
+
+
+# Field annotation (text: the module uses postponed annotations) -> test, and its name in errors.
+_TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "int": _is_int,
+    "float": _is_number,
+    "bool": lambda v: isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "list[list[float]]": _is_ranges,
+}
+_TYPE_NAMES = {
+    "int": "an integer",
+    "float": "a finite number",
+    "bool": "true or false",
+    "str": "text",
+    "list[list[float]]": "a list of [lo, hi] number pairs",
+}
 
 
 def _thumos_ranges() -> list[list[float]]:
@@ -40,7 +73,15 @@ class ModelConfig:
     offset_activation: str = "softplus"  # "relu": the head of checkpoint format 1
 
     def problems(self) -> list[str]:
-        """What is wrong with these values (empty when they are usable)."""
+        """What is wrong with these values (empty when they are usable): types first (a YAML
+        ``"64"`` or ``yes`` where a number or a boolean belongs), then ranges."""
+        wrong = [
+            f"model.{f.name} must be {_TYPE_NAMES[str(f.type)]}, got {getattr(self, f.name)!r}"
+            for f in fields(self)
+            if not _TYPE_CHECKS[str(f.type)](getattr(self, f.name))
+        ]
+        if wrong:
+            return wrong
         checks = [
             (self.embd_dim > 0 and self.embd_dim % 2 == 0, "model.embd_dim must be a positive even number"),
             (self.n_heads >= 2 and self.n_heads % 2 == 0, "model.n_heads must be an even number >= 2 (half long, half short)"),
@@ -53,6 +94,11 @@ class ModelConfig:
             (self.embd_kernel_size % 2 == 1 and self.head_kernel_size % 2 == 1, "model kernel sizes must be odd"),
             (0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)"),
             (0.0 < self.prior_prob < 1.0, "model.prior_prob must be in (0, 1)"),
+            (self.n_ame_layers >= 0, "model.n_ame_layers must be >= 0"),
+            (self.mlp_ratio >= 1, "model.mlp_ratio must be >= 1"),
+            (self.head_dim >= 1, "model.head_dim must be >= 1"),
+            (self.center_sample_radius >= 0, "model.center_sample_radius must be >= 0"),
+            (all(0 <= lo < hi for lo, hi in self.regression_range), "model.regression_range needs 0 <= lo < hi at every level"),
         ]  # fmt: skip
         return [message for ok, message in checks if not ok]
 
