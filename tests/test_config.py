@@ -76,6 +76,7 @@ def test_unknown_key_is_named(tmp_path):
         ("dataset:\n  force_upsampling: yes please\n", "force_upsampling must be true or false"),
         # Training settings: refused when read, not trained with or found at the first validation.
         ("dataset:\n  crop_ratio: [1.2, 0.5]\n", "dataset.crop_ratio must be null or"),
+        ("dataset:\n  train_split: [3]\n", "dataset.train_split must be a subset name"),
         ("dataset:\n  trunc_thresh: 2\n", "dataset.trunc_thresh must be in"),
         ("opt:\n  learning_rate: -1.0e-4\n", "opt.learning_rate must be > 0"),
         ("opt:\n  epochs: 2.5\n", "opt.epochs must be an integer"),

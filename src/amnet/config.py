@@ -199,7 +199,7 @@ def validate_config(cfg: Mapping[str, Any], where: str) -> None:
     for ok, message in checks:
         if not ok:
             raise AMNetError(f"{where}: {message}")
-    _validate_training(cfg, where)
+    _validate_settings(cfg, where)
 
 
 def _in(
@@ -213,10 +213,11 @@ def _in(
     )
 
 
-def _validate_training(cfg: Mapping[str, Any], where: str) -> None:
-    """The ranges of the crop, optimiser, loader, loss and evaluation settings: a bad value is
-    refused when the config is read, not found at the first validation hours into a run or,
-    worse, trained with (a negative learning rate, an EMA decay above 1)."""
+def _validate_settings(cfg: Mapping[str, Any], where: str) -> None:
+    """The data paths and splits, and the ranges of the crop, optimiser, loader, loss and
+    evaluation settings: a bad value is refused when the config is read, not found at the
+    first validation hours into a run or, worse, trained with (a negative learning rate, an
+    EMA decay above 1)."""
     from amnet.postprocess import config_from_test_cfg
 
     def positive(v: Any) -> bool:
@@ -234,11 +235,22 @@ def _validate_training(cfg: Mapping[str, Any], where: str) -> None:
             and all(_in(x, 0, 1, low_open=True) for x in v) and v[0] <= v[1]
         )  # fmt: skip
 
+    def subsets(v: Any) -> bool:  # [] for val_split: train without validation
+        names = [v] if isinstance(v, str) else v
+        return isinstance(names, list) and all(isinstance(n, str) and n for n in names)
+
+    def path(v: Any) -> bool:  # null: annotations.json / features/ in the --data folder
+        return v is None or (isinstance(v, str) and v != "")
+
     def tious(v: Any) -> bool:
         return isinstance(v, list) and len(v) > 0 and all(_in(t, 0, 1, low_open=True) for t in v)
 
     rules: list[tuple[str, str, Any, str]] = [
         # (section, key, test, what it must be)
+        ("dataset", "annotation_file", path, "null or a file path"),
+        ("dataset", "feature_folder", path, "null or a folder path"),
+        ("dataset", "train_split", subsets, "a subset name or a list of them"),
+        ("dataset", "val_split", subsets, "a subset name or a list of them"),
         ("dataset", "trunc_thresh", lambda v: _in(v, 0, 1), "in [0, 1]"),
         ("dataset", "crop_ratio", crop, "null or [low, high] with 0 < low <= high <= 1"),
         ("opt", "learning_rate", positive, "> 0"),
