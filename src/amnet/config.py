@@ -18,7 +18,7 @@ import yaml
 
 from amnet.errors import AMNetError
 from amnet.fileio import refuse_special_input
-from amnet.model.config import ModelConfig
+from amnet.model.config import ModelConfig, is_int, is_number
 
 DEFAULTS: dict[str, Any] = {
     "dataset_name": "thumos14",
@@ -150,14 +150,6 @@ def config_from_dict(data: Mapping[str, Any], where: str = "config") -> dict[str
 OPTIMIZERS = ("adamw",)  # opt.type: the recipe is AdamW; anything else is refused, not ignored
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def validate_config(cfg: Mapping[str, Any], where: str) -> None:
     """Types and ranges of every key the package reads; one AMNetError naming the first bad one."""
     model, data = cfg["model"], cfg["dataset"]
@@ -168,7 +160,7 @@ def validate_config(cfg: Mapping[str, Any], where: str) -> None:
     if problems:
         raise AMNetError(f"{where}: {problems[0]}")
     for key in ("num_classes", "input_dim", "feature_stride", "num_frames", "max_seq_len"):
-        if not _is_int(data[key]) or data[key] < 1:
+        if not is_int(data[key]) or data[key] < 1:
             raise AMNetError(f"{where}: dataset.{key} must be an integer >= 1, got {data[key]!r}")
     for key in ("file_prefix", "file_ext"):
         value = data[key]
@@ -186,14 +178,14 @@ def validate_config(cfg: Mapping[str, Any], where: str) -> None:
             f"{where}: dataset.force_upsampling must be true or false, got "
             f"{data['force_upsampling']!r}"
         )
-    if not _is_number(data["default_fps"]) or data["default_fps"] <= 0:
+    if not is_number(data["default_fps"]) or data["default_fps"] <= 0:
         raise AMNetError(
             f"{where}: dataset.default_fps must be a finite number > 0, got {data['default_fps']!r}"
         )
     overlap = cfg["test_cfg"]["chunk_overlap"]
     checks = [
         (data["max_seq_len"] % (2 ** (model["n_levels"] - 1)) == 0, "dataset.max_seq_len must be divisible by 2 ** (n_levels - 1)"),
-        (_is_number(overlap) and 0 <= overlap < 1, f"test_cfg.chunk_overlap must be in [0, 1), got {overlap!r}"),
+        (is_number(overlap) and 0 <= overlap < 1, f"test_cfg.chunk_overlap must be in [0, 1), got {overlap!r}"),
         (str(cfg["opt"]["type"]).lower() in OPTIMIZERS, f"opt.type must be AdamW (the only optimiser of the recipe), got {cfg['opt']['type']!r}"),
     ]  # fmt: skip
     for ok, message in checks:
@@ -206,7 +198,7 @@ def _in(
     value: Any, low: float, high: float, *, low_open: bool = False, high_open: bool = False
 ) -> bool:
     """A finite number (not a bool) in the interval from ``low`` to ``high``."""
-    if not _is_number(value):
+    if not is_number(value):
         return False
     return (value > low if low_open else value >= low) and (
         value < high if high_open else value <= high
@@ -227,7 +219,7 @@ def _validate_settings(cfg: Mapping[str, Any], where: str) -> None:
         return _in(v, 0, math.inf)
 
     def count(v: Any, least: int) -> bool:
-        return _is_int(v) and v >= least
+        return is_int(v) and v >= least
 
     def crop(v: Any) -> bool:
         return v is None or (

@@ -14,24 +14,26 @@ from typing import Any
 OFFSET_ACTIVATIONS = ("softplus", "relu")
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """An int that is not a bool (YAML's ``yes`` is a bool)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+def is_number(v: Any) -> bool:
+    """A finite int or float that is not a bool."""
+    return (is_int(v) or isinstance(v, float)) and math.isfinite(v)
 
 
 def _is_ranges(v: Any) -> bool:
     return isinstance(v, list) and all(
-        isinstance(r, list) and len(r) == 2 and all(_is_number(x) for x in r) for r in v
+        isinstance(r, list) and len(r) == 2 and all(is_number(x) for x in r) for r in v
     )
 
 
 # Field annotation (text: the module uses postponed annotations) -> test, and its name in errors.
 _TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
-    "int": _is_int,
-    "float": _is_number,
+    "int": is_int,
+    "float": is_number,
     "bool": lambda v: isinstance(v, bool),
     "str": lambda v: isinstance(v, str),
     "list[list[float]]": _is_ranges,
