@@ -11,6 +11,8 @@
 #   summary.md            one row per step: exit status, seconds
 #   setup.log             GPU, versions, how amnet was made importable
 #   kernel_tests.log      pytest tests/test_kernel.py on CUDA (interpreter-only tests skip)
+#   train_cuda.log/.json  amnet-train on CUDA (tests/test_train_cuda.py): Triton path under
+#                         autocast, a killed run resumed, run-to-run weight differences
 #   bench.log             benchmark progress
 #   attention_bench.json  benchmark results (rewritten after every measurement)
 #   attention_bench.md    the same as a markdown table
@@ -35,7 +37,7 @@ export TRITON_INTERPRET=0
 export PYTHONUNBUFFERED=1
 unset AMNET_ATTENTION
 
-STEPS=" ${STEPS:-kernel_tests bench train_memory e2e tensorrt} "
+STEPS=" ${STEPS:-kernel_tests train_cuda bench train_memory e2e tensorrt} "
 wanted() { [[ $STEPS == *" $1 "* ]]; }
 
 summary="$OUT/summary.md"
@@ -81,6 +83,11 @@ cat "$OUT/setup.log"
 printf '| setup | %s | %s |\n' "$rc" "$((SECONDS - start))" >>"$summary"
 
 step kernel_tests 90 "$PY" -m pytest tests/test_kernel.py -q -rs -p no:cacheprovider
+
+# amnet-train on CUDA, the tiny config (Dh 16, Triton attention, fp16 autocast): two epochs
+# three times (left alone twice, killed in epoch 2 and resumed once), then evaluated on the CPU.
+step train_cuda 120 env AMNET_CUDA_TRAIN_SUMMARY="$OUT/train_cuda.json" \
+  "$PY" -m pytest tests/test_train_cuda.py -q -rs -p no:cacheprovider
 
 step bench 150 "$PY" benchmarks/bench_attention.py --out "$OUT" --dtypes fp16 --rep-ms 100
 
