@@ -10,8 +10,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import json
+import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,17 @@ def torch_detector(models):
     from amnet.deploy import Detector
 
     return Detector(models["pt"])
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[str]:
+    """A running Ray cluster, as a user's own that ``--ray-address`` joins (its address): started
+    once for the Ray tests (their xdist group keeps them on one worker), with this process as
+    its first driver, and stopped with its processes after."""
+    ray = pytest.importorskip("ray", reason="the [scale] extra (Ray) is not installed")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+             log_to_driver=False)  # fmt: skip
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

@@ -5,11 +5,9 @@ separate process): on a local cluster the command starts itself, and on an exist
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,20 +49,6 @@ def corpus(tmp_path_factory) -> Path:
             x[start : start + 15, : DIM // 8] += 0.6
         np.save(folder / f"video_{i}.npy", x)
     return folder
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
-    """A running Ray cluster, as a user's own that ``--ray-address`` joins: started here once
-    for the module (this process is its first driver) and stopped, with its processes, after."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
-             log_to_driver=False)  # fmt: skip
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +167,47 @@ def test_class_scores_on_workers_give_the_single_process_output(corpus, cluster,
     assert ray.read_text() == one.read_text()
     labels = {d["label"] for ds in json.loads(one.read_text())["results"].values() for d in ds}
     assert labels and labels <= {"A", "B", "C"}
+
+
+@pytest.mark.parametrize("address", ["closed-port", "nohost.invalid:6379"])
+def test_an_unreachable_cluster_is_one_line_at_once_and_leaves_nothing(models, corpus, tmp_path,
+                                                                       address):  # fmt: skip
+    """Nothing listens at the address, or the host does not resolve: both commands say so in
+    one line before asking Ray (which retries for minutes), and no shards or output are left."""
+    import socket
+
+    from clitools import run_main
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    if address == "closed-port":
+        address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    out = tmp_path / "out.json"
+    for main, args in (
+        ("amnet.deploy.infer_cli", [str(corpus), "--workers", "2", "-o", str(out)]),
+        ("amnet.deploy.serve", ["--port", str(free_port())]),
+    ):
+        proc = run_main(main, "--engine", str(models["onnx"]), *args, "--ray-address", address)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1, proc.stderr
+        assert f"cannot reach a Ray cluster at {address}" in proc.stderr
+        assert "is it started" in proc.stderr  # our check, not Ray's failure minutes later
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_shard_without_videos_is_not_left_behind(tmp_path):
+    from amnet.deploy.ray_batch import ShardWriter, parts_dir
+    from amnet.detections import Detections
+
+    folder = parts_dir(tmp_path / "out.json")
+    ShardWriter(folder, {"amnet_shard": 1}).close()
+    assert not folder.exists()  # made by the writer, left empty: removed
+
+    kept = ShardWriter(folder, {"amnet_shard": 1})
+    kept.add("v", Detections.empty(), 1.0, 10)
+    kept.close()
+    ShardWriter(folder, {"amnet_shard": 1}).close()  # a resume that finished nothing more
+    assert [p.name for p in folder.iterdir()] == [kept.path.name]

@@ -65,45 +65,41 @@ class Client:
         return status, json.loads(body)
 
 
-@pytest.fixture(scope="module")
-def server(models):
+def serve_command(model: Path, port: int, *extra: str) -> list[str]:
+    """``amnet-serve`` as users start it: the console script next to this interpreter."""
     script = shutil.which("amnet-serve", path=str(Path(sys.executable).parent))
     assert script, "amnet-serve is not installed next to this interpreter"
+    return [script, "--engine", str(model), "--port", str(port), *extra, "-q"]
+
+
+def wait_ready(proc: subprocess.Popen, client: Client, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read()
+            err = err.decode() if isinstance(err, bytes) else err
+            pytest.fail(f"amnet-serve exited: {err[-2000:]}")
+        try:
+            if client.request("/healthz")[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"amnet-serve was not ready within {seconds:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def server(models):
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            script,
-            "--engine",
-            str(models["onnx"]),
-            "--port",
-            str(port),
-            "--max-batch",
-            "4",
-            "--batch-wait-ms",
-            "50",
-            "--max-body-mb",
-            "1",
-            "-q",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
+    command = serve_command(
+        models["onnx"], port, "--max-batch", "4", "--batch-wait-ms", "50", "--max-body-mb", "1"
     )
-    client = Client(port)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"amnet-serve exited: {proc.stderr.read().decode()[-2000:]}")
-            try:
-                if client.request("/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(1)
-        else:
-            pytest.fail("amnet-serve was not ready within 180 s")
-        yield client
+        wait_ready(proc, Client(port))
+        yield Client(port)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -111,6 +107,8 @@ def server(models):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    # -q, from start to stop: nothing from Ray or Serve either (their notices, INFO lines).
+    assert proc.returncode == 0 and proc.stderr.read() == b"", proc.returncode
 
 
 def assert_answer(detections: list[dict], detector: Detector, features, **kwargs) -> None:

@@ -692,7 +692,8 @@ def _run_workers(args: Any, files: list[FeatureFile], output: Path | None) -> in
         bar.close()
         if shards is not None:
             shards.close()
-    kept = f"; finished videos are kept in {ray_batch.parts_dir(output)}" if output else ""
+    parts = ray_batch.parts_dir(output) if output else None
+    kept = f"; finished videos are kept in {parts}" if parts and parts.exists() else ""
     if bad and not args.skip_bad:
         raise AMNetError(
             f"{len(bad)} of {len(files)} feature files are bad; no output written{kept} "

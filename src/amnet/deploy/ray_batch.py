@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -47,6 +48,60 @@ def import_ray() -> Any:
             "--workers needs Ray: pip install 'amnet[scale]' (or pip install 'ray[serve]')"
         ) from None
     return ray
+
+
+# Ray's variable for its authentication mode ("token" or "disabled").
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+
+
+_AUTH_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _drop_default_auth_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Token authentication is enabled for this Ray")
+
+
+def _check_reachable(address: str) -> None:
+    """A ``HOST:PORT`` where nothing listens is named at once (Ray itself retries for minutes).
+    Other forms (``auto``, ``ray://...``) are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise AMNetError(
+            f"cannot reach a Ray cluster at {address}: {exc.strerror or exc} (is it started, "
+            "and is this its GCS address, e.g. HEAD:6379?)"
+        ) from None
+
+
+def init_ray(ray: Any, address: str | None, num_cpus: int) -> None:
+    """Join the Ray cluster at ``address``, or start a private local one of ``num_cpus`` CPUs,
+    with Ray's own logging at warnings and its workers' output kept off this console."""
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
+    if address:
+        _check_reachable(address)
+        try:
+            ray.init(address=address, **quiet)
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError ...
+            hint = ""
+            if not os.environ.get(AUTH_MODE_ENV):
+                hint = (
+                    f" (a cluster with token authentication, the default of new Ray clusters, "
+                    f"also needs {AUTH_MODE_ENV}=token and its token here)"
+                )
+            raise AMNetError(
+                f"cannot reach a Ray cluster at {address}: {_first_line(exc)}{hint}"
+            ) from None
+        return
+    # A private cluster keeps Ray's default, token authentication, without Ray's notice of that
+    # default on every run (Ray's other warnings stay).
+    logging.getLogger(_AUTH_SETUP_LOGGER).addFilter(_drop_default_auth_notice)
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+    except Exception as exc:
+        raise AMNetError(f"cannot start a local Ray cluster: {_first_line(exc)}") from None
 
 
 # -- shards ---------------------------------------------------------------------------------
@@ -94,13 +149,18 @@ def read_shards(folder: Path, header: dict[str, Any]) -> dict[str, tuple[Detecti
 
 
 class ShardWriter:
-    """Appends finished videos to a new shard file (one JSON line each, flushed at once)."""
+    """Appends finished videos to a new shard file (one JSON line each, flushed at once). A
+    shard that got no video is removed on close, and so is the folder if this writer made it
+    and it is empty: a run that finished nothing leaves nothing to resume."""
 
     def __init__(self, folder: Path, header: dict[str, Any]) -> None:
+        self._made_folder = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
         self.path = folder / f"shard-{uuid.uuid4().hex[:12]}.jsonl"
         self._file = open(self.path, "x", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._write(header)
+        self.videos = 0
 
     def _write(self, entry: dict[str, Any]) -> None:
         self._file.write(json.dumps(entry) + "\n")
@@ -117,9 +177,15 @@ class ShardWriter:
                 "labels": dets.labels.tolist(),
             }
         )
+        self.videos += 1
 
     def close(self) -> None:
         self._file.close()
+        if self.videos:
+            return
+        self.path.unlink(missing_ok=True)
+        if self._made_folder and not any(self.folder.iterdir()):
+            self.folder.rmdir()
 
 
 # -- workers --------------------------------------------------------------------------------
@@ -158,21 +224,11 @@ def run_on_ray(
     ray = import_ray()
     from ray.util import ActorPool
 
-    started = not ray.is_initialized()
+    if address:
+        _check_reachable(address)  # also where this process already runs Ray
+    started = not ray.is_initialized()  # else: this process's own Ray session is used
     if started:
-        try:
-            if address:
-                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-            else:
-                ray.init(
-                    num_cpus=workers,
-                    include_dashboard=False,
-                    logging_level=logging.WARNING,
-                    log_to_driver=False,
-                )
-        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError ...
-            where = f"at {address}" if address else "locally"
-            raise AMNetError(f"cannot start or reach a Ray cluster {where}: {exc}") from None
+        init_ray(ray, address, workers)
     try:
         threads = options.get("intra_op_threads") or 1
         actor = ray.remote(num_cpus=threads)(_Worker)

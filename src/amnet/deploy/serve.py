@@ -46,11 +46,13 @@ from typing import Any
 import numpy as np
 
 from amnet.cli.common import OneLineParser, run_cli, setup_logging
+from amnet.deploy.ray_batch import init_ray
 from amnet.errors import AMNetError
 
 logger = logging.getLogger("amnet.deploy.serve")
 
 PROG = "amnet-serve"
+APP_NAME = "amnet"  # the Ray Serve application's name
 DEFAULT_MAX_BODY_MB = 64.0
 _QUERY = ("top_k", "min_score")
 # An oversized body is read (and dropped) up to this many times the limit before answering 413.
@@ -301,6 +303,9 @@ def _check(args: argparse.Namespace) -> None:
 
 def _port_free(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As the HTTP server binds: connections of a server stopped a moment ago (TIME_WAIT)
+        # do not hold the port, a listening socket does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
@@ -312,6 +317,8 @@ def _run(argv: list[str] | None) -> int:
     setup_logging(args.verbose, args.quiet)
     _check(args)
     ray, serve = import_serve()
+    if not args.verbose:  # Serve's own INFO lines in this process (its actors log at WARNING)
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     from amnet.deploy.detector import Detector
 
     options = {
@@ -324,23 +331,26 @@ def _run(argv: list[str] | None) -> int:
         on_gpu = probe.device != "cpu"
     max_batch = args.max_batch or (8 if on_gpu else 1)
     _port_free(args.host, args.port)
-    if args.ray_address:
-        ray.init(address=args.ray_address, logging_level=logging.WARNING, log_to_driver=False)
-    else:
-        ray.init(
-            num_cpus=args.replicas * (args.threads or 1),
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-        )
+    init_ray(ray, args.ray_address, args.replicas * (args.threads or 1))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    serve_started = False
     try:
+        if args.ray_address:
+            running = serve.status()
+            if running.proxies or running.applications:
+                # Its HTTP options would not be applied, and its apps are not ours to touch.
+                raise AMNetError(
+                    f"Ray Serve already runs on the cluster at {args.ray_address}; amnet-serve "
+                    "starts its own there (on --host/--port): stop that one first, or serve "
+                    "without --ray-address"
+                )
         serve.start(
             http_options={"host": args.host, "port": args.port},
             logging_config={"log_level": "WARNING"},
         )
+        serve_started = True
         app = make_app(
             str(args.engine),
             options,
@@ -349,7 +359,7 @@ def _run(argv: list[str] | None) -> int:
             max_batch,
             args.batch_wait_ms / 1000.0,
         )
-        serve.run(app, route_prefix="/", name="amnet")
+        serve.run(app, route_prefix="/", name=APP_NAME)
         if not args.quiet:
             print(
                 f"{PROG}: serving {args.engine} on http://{args.host}:{args.port} "
@@ -359,9 +369,20 @@ def _run(argv: list[str] | None) -> int:
             )
         stop.wait()
     finally:
-        serve.shutdown()
+        if serve_started:
+            _stop_serve(serve, joined=bool(args.ray_address))
         ray.shutdown()
     return 0
+
+
+def _stop_serve(serve: Any, joined: bool) -> None:
+    """Take this command's application down. On a cluster it joined, Serve itself goes too only
+    when no one else's application was deployed on it meanwhile."""
+    if not joined:
+        return  # a private cluster: ray.shutdown() stops it and all on it, Serve included
+    serve.delete(APP_NAME)
+    if not serve.status().applications:
+        serve.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
