@@ -67,7 +67,8 @@ def test_serve_on_a_joined_cluster_touches_only_its_own_app(cluster, models):
     assert get(port, "/theirs") == "theirs"
     serve.shutdown()
 
-    # Alone on the cluster: Serve goes with it, the cluster stays.
+    # Alone on the cluster: Serve goes with it, the cluster stays. (Restarted on the port just
+    # given up, whose connections may still be in TIME_WAIT: that does not make it "in use".)
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_ready(server, Client(port))
