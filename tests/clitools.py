@@ -22,3 +22,18 @@ def run_main(main: Callable[[list[str]], int] | str, *args: str) -> subprocess.C
         except SystemExit as exc:  # argparse's own exits (e.g. --help)
             code = exc.code if isinstance(exc.code, int) else 1
     return subprocess.CompletedProcess(list(args), int(code or 0), out.getvalue(), err.getvalue())
+
+
+def interrupt_training_in_epoch(monkeypatch, epoch: int) -> None:
+    """Make training stop as Ctrl-C stops it, at the start of epoch ``epoch`` (0-based), until
+    ``monkeypatch.undo()``: a run killed after its checkpoint of the epoch before."""
+    import amnet.train
+
+    real_epoch = amnet.train.train_one_epoch
+
+    def interrupted(run, current, progress):
+        if current == epoch:
+            raise KeyboardInterrupt
+        return real_epoch(run, current, progress)
+
+    monkeypatch.setattr(amnet.train, "train_one_epoch", interrupted)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from clitools import run_main
+from clitools import interrupt_training_in_epoch, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
@@ -89,18 +89,9 @@ def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(small_data, tmp_pat
     """A run killed after its first epoch and resumed gives the weights of the same run left
     alone, to the bit: the checkpoint carries the random streams (shuffling, crops, dropout), so
     the resumed epochs draw what the uninterrupted ones drew. A resume keeps its run's seed."""
-    import amnet.train
-
     args = ["--config", str(TINY), "--data", str(small_data), "--epochs", "2", "--quiet"]
     assert cli("train", *args, "--out", str(tmp_path / "whole")).returncode == 0
-    real_epoch = amnet.train.train_one_epoch
-
-    def killed_in_epoch_two(run, epoch, progress):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real_epoch(run, epoch, progress)
-
-    monkeypatch.setattr(amnet.train, "train_one_epoch", killed_in_epoch_two)
+    interrupt_training_in_epoch(monkeypatch, 1)
     proc = cli("train", *args, "--out", str(tmp_path / "killed"))
     assert proc.returncode == 130 and "interrupted" in proc.stderr  # as Ctrl-C stops it
     monkeypatch.undo()

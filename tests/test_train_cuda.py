@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from clitools import run_main
+from clitools import interrupt_training_in_epoch, run_main
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -33,8 +33,6 @@ def max_difference(a: dict, b: dict) -> float:
 
 
 def test_training_on_cuda_resumes_and_runs_on_cpu(tmp_path, monkeypatch):
-    import amnet.train
-
     data = tmp_path / "data"
     proc = run_main("amnet.cli.synth", "--out", str(data), "--preset", "tiny", "--videos", "6",
                     "--quiet")  # fmt: skip
@@ -51,14 +49,7 @@ def test_training_on_cuda_resumes_and_runs_on_cpu(tmp_path, monkeypatch):
     log = (tmp_path / "whole" / "train.log").read_text()
     assert "device cuda, attention path triton, AMP True" in log, log
 
-    real_epoch = amnet.train.train_one_epoch
-
-    def killed_in_epoch_two(run, epoch, progress):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real_epoch(run, epoch, progress)
-
-    monkeypatch.setattr(amnet.train, "train_one_epoch", killed_in_epoch_two)
+    interrupt_training_in_epoch(monkeypatch, 1)
     proc = run_main("amnet.cli.train", *args, "--out", str(tmp_path / "killed"))
     assert proc.returncode == 130, proc.stderr
     monkeypatch.undo()
