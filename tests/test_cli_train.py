@@ -256,3 +256,32 @@ def test_bad_input_leaves_no_run_behind(small_data, tmp_path, extra, needle, out
     args = ["--config", str(TINY), "--data", str(small_data), "--out", str(out), *extra]
     assert_one_line_error(cli("train", *args), needle)
     assert (list(out.iterdir()) == []) if out_exists else not out.exists()
+
+
+def test_sigterm_stops_training_as_ctrl_c_does(small_data, tmp_path, monkeypatch):
+    """SIGTERM (a scheduler or container stopping the job) in epoch 2: exit 143 with one line,
+    the checkpoint of epoch 1 kept, no temporary files; the run resumes."""
+    import os
+    import signal
+
+    import amnet.train
+
+    real_epoch = amnet.train.train_one_epoch
+
+    def terminated_in_epoch_two(run, epoch, progress):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # a real signal, handled where the run is
+        return real_epoch(run, epoch, progress)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(amnet.train, "train_one_epoch", terminated_in_epoch_two)
+    run = tmp_path / "run"
+    args = ["--config", str(TINY), "--data", str(small_data), "--epochs", "2", "--out", str(run)]
+    proc = cli("train", *args, "--quiet")
+    assert proc.returncode == 143 and proc.stderr == "amnet-train: terminated\n", proc.stderr
+    assert signal.getsignal(signal.SIGTERM) is before  # restored after the command
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    proc = cli("train", *args, "--resume", str(run / "last.pt"), "--quiet")
+    assert proc.returncode == 0, proc.stderr

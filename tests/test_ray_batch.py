@@ -211,3 +211,46 @@ def test_a_shard_without_videos_is_not_left_behind(tmp_path):
     kept.close()
     ShardWriter(folder, {"amnet_shard": 1}).close()  # a resume that finished nothing more
     assert [p.name for p in folder.iterdir()] == [kept.path.name]
+
+
+def test_workers_are_sized_to_the_cluster(models, corpus, reference, cluster, tmp_path, caplog):
+    """More workers than the cluster has CPUs for run as many as fit, with a warning (the rest
+    would wait for ever, and the files handed to them); a worker larger than the cluster is one
+    line. (In-process: this process already runs the 2-CPU cluster's Ray session.)"""
+    from clitools import run_main
+
+    out = tmp_path / "out.json"
+    args = ["--engine", str(models["onnx"]), str(corpus), "--ray-address", cluster]
+    proc = run_main("amnet.deploy.infer_cli", *args, "--workers", "3", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "--workers 3 asks for 3 CPU(s) and the Ray cluster has 2: running 2" in caplog.text
+    assert out.read_text() == reference
+    proc = run_main("amnet.deploy.infer_cli", *args, "--workers", "1", "--threads", "3",
+                    "-o", str(tmp_path / "big.json"))  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "amnet-infer: error: the Ray cluster has 2 CPU(s); one worker needs 3 (--threads)"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_sigterm_after_joining_ray_still_runs_the_commands_clean_up(cluster):
+    """Ray's start-up installs its own SIGTERM handler (a stack dump, an exit without clean-up);
+    the commands' handler is put back, so SIGTERM still stops them as Ctrl-C does: here a
+    process joins the cluster as amnet-infer and amnet-serve do, then gets SIGTERM."""
+    script = f"""
+import os, signal, sys
+import ray
+from amnet.cli.common import Terminated, sigterm_as_interrupt
+from amnet.deploy.ray_batch import init_ray
+with sigterm_as_interrupt():
+    init_ray(ray, {cluster!r}, 1)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+    except Terminated:
+        print("clean-up ran")
+    ray.shutdown()
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout == "clean-up ran\n", proc.stderr[-2000:]

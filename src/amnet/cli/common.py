@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from amnet.console import interactive
@@ -56,10 +59,38 @@ def missing_extra_message(exc: ModuleNotFoundError) -> str | None:
     return f"this needs the '{extra}' extra ({top} is not installed): pip install 'amnet[{extra}]'"
 
 
-def run_cli(fn: Callable[[list[str] | None], int | None], argv: list[str] | None, prog: str) -> int:
-    """Run ``fn``; a user error prints ``prog: error: ...`` on one line and exits 2."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, ``kill``, a container stopping), raised where the command is, so
+    that its clean-up runs as for Ctrl-C: temporary files go, finished work stays."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (main thread only: Python runs signal
+    handlers there); the handler before is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return int(fn(argv) or 0)
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def run_cli(fn: Callable[[list[str] | None], int | None], argv: list[str] | None, prog: str) -> int:
+    """Run ``fn``; a user error prints ``prog: error: ...`` on one line and exits 2. Ctrl-C exits
+    130 and SIGTERM 143, each with one line, after the command's clean-up."""
+    try:
+        with sigterm_as_interrupt():
+            return int(fn(argv) or 0)
+    except Terminated:
+        print(f"{prog}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except AMNetError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -20,12 +20,15 @@ run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +82,23 @@ def _check_reachable(address: str) -> None:
 def init_ray(ray: Any, address: str | None, num_cpus: int) -> None:
     """Join the Ray cluster at ``address``, or start a private local one of ``num_cpus`` CPUs,
     with Ray's own logging at warnings and its workers' output kept off this console."""
+    with _keep_sigterm_handler():
+        _init_ray(ray, address, num_cpus)
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """Put back this process's Python SIGTERM handler (the command's clean-up on SIGTERM), which
+    Ray's start-up replaces with its own: a stack dump and an exit without clean-up."""
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(handler) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
+
+
+def _init_ray(ray: Any, address: str | None, num_cpus: int) -> None:
     quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
     if address:
         _check_reachable(address)
@@ -210,6 +230,24 @@ class _Worker:
         return video_id, (dets, self.detector.duration_of(array.shape[0]), int(array.shape[0]))
 
 
+def workers_that_fit(ray: Any, workers: int, threads: int, flag: str) -> int:
+    """How many actors of ``threads`` CPUs each to start: ``workers``, or as many as the cluster
+    has CPUs for (with a warning). One that does not fit would wait for ever, and so would the
+    files handed to it."""
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    fit = cpus // threads
+    if fit < 1:
+        raise AMNetError(
+            f"the Ray cluster has {cpus} CPU(s); one worker needs {threads} (--threads)"
+        )
+    if fit < workers:
+        logger.warning(
+            "%s %d asks for %d CPU(s) and the Ray cluster has %d: running %d",
+            flag, workers, workers * threads, cpus, fit,
+        )  # fmt: skip
+    return min(workers, fit)
+
+
 def run_on_ray(
     model: str,
     options: dict[str, Any],
@@ -226,11 +264,12 @@ def run_on_ray(
 
     if address:
         _check_reachable(address)  # also where this process already runs Ray
+    threads = options.get("intra_op_threads") or 1
     started = not ray.is_initialized()  # else: this process's own Ray session is used
     if started:
-        init_ray(ray, address, workers)
+        init_ray(ray, address, workers * threads)
     try:
-        threads = options.get("intra_op_threads") or 1
+        workers = workers_that_fit(ray, workers, threads, "--workers")
         actor = ray.remote(num_cpus=threads)(_Worker)
         pool = ActorPool([actor.remote(model, options) for _ in range(workers)])
         for video_id, result in pool.map_unordered(

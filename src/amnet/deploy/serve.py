@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from amnet.cli.common import OneLineParser, run_cli, setup_logging
-from amnet.deploy.ray_batch import init_ray
+from amnet.deploy.ray_batch import init_ray, workers_that_fit
 from amnet.errors import AMNetError
 
 logger = logging.getLogger("amnet.deploy.serve")
@@ -346,6 +346,7 @@ def _run(argv: list[str] | None) -> int:
                     "starts its own there (on --host/--port): stop that one first, or serve "
                     "without --ray-address"
                 )
+        replicas = workers_that_fit(ray, args.replicas, args.threads or 1, "--replicas")
         serve.start(
             http_options={"host": args.host, "port": args.port},
             logging_config={"log_level": "WARNING"},
@@ -355,7 +356,7 @@ def _run(argv: list[str] | None) -> int:
             str(args.engine),
             options,
             int(args.max_body_mb * (1 << 20)),
-            args.replicas,
+            replicas,
             max_batch,
             args.batch_wait_ms / 1000.0,
         )
@@ -363,7 +364,7 @@ def _run(argv: list[str] | None) -> int:
         if not args.quiet:
             print(
                 f"{PROG}: serving {args.engine} on http://{args.host}:{args.port} "
-                f"({args.replicas} replica(s), batches of up to {max_batch}); Ctrl-C stops",
+                f"({replicas} replica(s), batches of up to {max_batch}); Ctrl-C stops",
                 file=sys.stderr,
                 flush=True,
             )
