@@ -430,6 +430,34 @@ def test_bench_takes_relative_paths_and_fails_when_a_backend_fails(
     assert bench_main(["--engine", "broken.onnx", *args, "--keep-going"]) == 2  # nothing measured
 
 
+def test_a_stopped_benchmark_stops_its_workers_at_once(tmp_path, models, monkeypatch):
+    """SIGTERM (or Ctrl-C) during a measurement: exit 143 with one line, and the backends'
+    processes are killed, not left to finish runs nobody will read."""
+    import os
+    import signal
+
+    from amnet.cli import bench
+
+    started: list[bench._Worker] = []
+    real_ask = bench._Worker.ask
+
+    def ask_then_stop(self, spec, *args, **kwargs):
+        started.append(self)
+        self.proc.stdin.write(json.dumps(spec) + "\n")  # the worker is busy with a run ...
+        self.proc.stdin.flush()
+        os.kill(os.getpid(), signal.SIGTERM)  # ... when the benchmark is stopped
+        return real_ask(self, spec, *args, **kwargs)
+
+    monkeypatch.setattr(bench._Worker, "ask", ask_then_stop)
+    proc = run_main(
+        "amnet.cli.bench", "--engine", str(models["onnx"]), "--preset", "tiny", "--videos", "2",
+        "--backends", "onnxruntime", "--threads", "1", "--latency", "", "--quiet",
+        "--work", str(tmp_path / "work"),
+    )  # fmt: skip
+    assert proc.returncode == 143 and proc.stderr == "amnet-bench: terminated\n", proc.stderr
+    assert [w.proc.returncode for w in started] == [-signal.SIGKILL]
+
+
 def test_a_backend_process_that_dies_or_hangs_fails_in_one_line(tmp_path, models):
     """A backend's measurement process is kept across its rounds; one that crashes, hangs or
     cannot run a measurement is an AMNetError naming it, never a hung benchmark."""

@@ -227,7 +227,11 @@ class _Worker:
         text = self.log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
         return (text or ["no output"])[-1][:300]
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """End the worker: after its current run, or at once with ``abort`` (the benchmark was
+        stopped or failed: its runs would be thrown away)."""
+        if abort:
+            self.proc.kill()
         if self.proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()  # end of specs: the worker exits
@@ -718,7 +722,11 @@ def _bench(args: Any, wanted: list[str], lengths: list[int], work: Path) -> int:
                 failed[name] = str(exc)
                 logger.warning("%s: failed (%s)", name, exc)
                 results = [r for r in results if r["backend"] != name]
-    finally:
+    except BaseException:  # Ctrl-C, SIGTERM or a failure: the workers' runs are not wanted
+        for worker in workers.values():
+            worker.close(abort=True)
+        raise
+    else:
         for worker in workers.values():
             worker.close()
 
