@@ -578,10 +578,12 @@ class Detector:
         with self._pool_lock:
             pool, self._pool = self._pool, None
             runners, self._runners = self._runners, None
+        # Work queued and not started is dropped: closing mid-stream (a stopped command, a
+        # caller that broke out of detect_raw_iter) does not wait for results nobody reads.
         if pool is not None:
-            pool.shutdown()
+            pool.shutdown(cancel_futures=True)
         if runners is not None:
-            runners.shutdown()
+            runners.shutdown(cancel_futures=True)
         self.backend.close()
 
     def __enter__(self) -> Detector:
