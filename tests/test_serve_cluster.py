@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
+import time
 import urllib.request
 
 import pytest
 
 pytest.importorskip("ray.serve", reason="the [scale] extra (Ray Serve) is not installed")
 from test_serve import Client, free_port, serve_command, wait_ready
+from videos import video
 
 pytestmark = pytest.mark.xdist_group("ray")
 
@@ -69,11 +72,20 @@ def test_serve_on_a_joined_cluster_touches_only_its_own_app(cluster, models):
 
     # Alone on the cluster: Serve goes with it, the cluster stays. (Restarted on the port just
     # given up, whose connections may still be in TIME_WAIT: that does not make it "in use".)
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A request in flight when SIGTERM comes is answered first: here it waits 3 s on the replica
+    # for a second request to batch with, and SIGTERM comes after 1 s.
+    slow = [*command[:-1], "--max-batch", "2", "--batch-wait-ms", "3000", "-q"]
+    server = subprocess.Popen(slow, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    answers: list[tuple[int, dict]] = []
     try:
         wait_ready(server, Client(port))
+        request = threading.Thread(target=lambda: answers.append(Client(port).detect(video(50))))
+        request.start()
+        time.sleep(1.0)
     finally:
         stopped_cleanly(server)
+    request.join()
+    assert answers[0][0] == 200 and "detections" in answers[0][1], answers
     status = serve.status()
     assert not status.applications and not status.proxies
     import ray

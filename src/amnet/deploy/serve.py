@@ -377,12 +377,12 @@ def _run(argv: list[str] | None) -> int:
 
 
 def _stop_serve(serve: Any, joined: bool) -> None:
-    """Take this command's application down. On a cluster it joined, Serve itself goes too only
-    when no one else's application was deployed on it meanwhile."""
-    if not joined:
-        return  # a private cluster: ray.shutdown() stops it and all on it, Serve included
+    """Take this command's application down, letting requests in flight finish (deleting the
+    application drains its replicas; shutting Serve or Ray down would drop them). On a cluster
+    it joined, Serve itself goes too only when no one else's application was deployed on it
+    meanwhile; a private cluster goes with ``ray.shutdown()``."""
     serve.delete(APP_NAME)
-    if not serve.status().applications:
+    if joined and not serve.status().applications:
         serve.shutdown()
 
 
