@@ -1,6 +1,7 @@
 """``amnet-serve --ray-address``: on a cluster the user owns, the command touches its own Serve
 application only. Someone else's Serve is refused, not reconfigured; applications deployed
-beside ours survive our stop; Serve started by us goes with us when nothing else is on it."""
+beside ours survive our stop, and so do requests in flight; Serve started by us goes with us
+when nothing else is on it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import pytest
 pytest.importorskip("ray.serve", reason="the [scale] extra (Ray Serve) is not installed")
 from test_serve import Client, free_port, serve_command, wait_ready
 from videos import video
+
+from amnet.deploy.serve import APP_NAME, _port_free, _stop_serve
 
 pytestmark = pytest.mark.xdist_group("ray")
 
@@ -58,36 +61,55 @@ def test_serve_on_a_joined_cluster_touches_only_its_own_app(cluster, models):
         _, err = server.communicate(timeout=120)
         assert server.returncode == 0 and err == "", err  # -q: nothing to say
 
-    # Serve started by amnet-serve; an application deployed beside it meanwhile survives it.
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_ready(server, Client(port))
-        serve.run(theirs_app(), name="theirs", route_prefix="/theirs")
-        assert get(port, "/theirs") == "theirs"
-    finally:
-        stopped_cleanly(server)
-    assert set(serve.status().applications) == {"theirs"}
-    assert get(port, "/theirs") == "theirs"
-    serve.shutdown()
-
-    # Alone on the cluster: Serve goes with it, the cluster stays. (Restarted on the port just
-    # given up, whose connections may still be in TIME_WAIT: that does not make it "in use".)
-    # A request in flight when SIGTERM comes is answered first: here it waits 3 s on the replica
+    # Serve started by amnet-serve; an application deployed beside it meanwhile survives it. A
+    # request in flight when SIGTERM comes is answered first: here it waits 3 s on the replica
     # for a second request to batch with, and SIGTERM comes after 1 s.
     slow = [*command[:-1], "--max-batch", "2", "--batch-wait-ms", "3000", "-q"]
     server = subprocess.Popen(slow, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     answers: list[tuple[int, dict]] = []
     try:
         wait_ready(server, Client(port))
+        serve.run(theirs_app(), name="theirs", route_prefix="/theirs")
+        assert get(port, "/theirs") == "theirs"
         request = threading.Thread(target=lambda: answers.append(Client(port).detect(video(50))))
         request.start()
         time.sleep(1.0)
     finally:
-        stopped_cleanly(server)
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=120)
+    assert server.returncode == 0 and err == "", err  # -q: nothing to say
     request.join()
     assert answers[0][0] == 200 and "detections" in answers[0][1], answers
+    assert set(serve.status().applications) == {"theirs"}
+    assert get(port, "/theirs") == "theirs"
+    serve.delete("theirs")
+
+    # Alone on the cluster, Serve goes with our application; the cluster stays.
+    serve.run(theirs_app(), name=APP_NAME, route_prefix="/")  # as amnet-serve deploys it
+    _stop_serve(serve, joined=True)
     status = serve.status()
     assert not status.applications and not status.proxies
     import ray
 
     assert ray.cluster_resources()["CPU"] == 2
+
+
+def test_a_port_held_only_by_closed_connections_is_free():
+    """A server stopped a moment ago leaves its connections in TIME_WAIT; the port is free for
+    the next amnet-serve (the HTTP server binds with SO_REUSEADDR). A listening socket is not."""
+    import socket
+
+    from amnet.errors import AMNetError
+
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as HTTP servers bind
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with pytest.raises(AMNetError, match="cannot listen on"):
+            _port_free("127.0.0.1", port)
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = listener.accept()
+        conn.close()  # the server side closes first: its end of the connection is in TIME_WAIT
+        client.close()
+    _port_free("127.0.0.1", port)
