@@ -5,6 +5,7 @@ separate process): on a local cluster the command starts itself, and on an exist
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -30,12 +31,12 @@ def test_the_ray_tests_share_one_worker(request):
     assert request.node.nodeid.endswith("@ray"), request.node.nodeid
 
 
-def infer(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def infer(*args: str, timeout: int = 300, env: dict[str, str] | None = None
+          ) -> subprocess.CompletedProcess:  # fmt: skip
     script = shutil.which("amnet-infer", path=str(Path(sys.executable).parent))
     assert script, "amnet-infer is not installed next to this interpreter"
-    return subprocess.run(
-        [script, *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
+    return subprocess.run([script, *args], capture_output=True, text=True, timeout=timeout,
+                          check=False, env={**os.environ, **(env or {})})  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -108,12 +109,15 @@ def test_a_stopped_job_resumes_where_it_stopped(models, corpus, reference, clust
 
 
 def test_skip_bad_and_formats_on_workers(models, corpus, cluster, tmp_path):
+    """Also: the cluster named by RAY_ADDRESS, as Ray's tools read it, is joined (on a Ray pod,
+    starting a private one there with a CPU count was an error)."""
     files = tmp_path / "files"
     shutil.copytree(corpus, files)
     (files / "video_5.npy").write_bytes(b"not a numpy file")
     out = tmp_path / "out.jsonl"
     proc = infer("--engine", str(models["onnx"]), str(files), "--workers", "2", "--skip-bad",
-                 "--format", "jsonl", "-q", "-o", str(out), "--ray-address", cluster)  # fmt: skip
+                 "--format", "jsonl", "-v", "-o", str(out), env={"RAY_ADDRESS": cluster})  # fmt: skip
+    assert f"joining the Ray cluster at {cluster}" in proc.stderr
     assert proc.returncode == 3 and "video_5.npy" in proc.stderr
     ids = [json.loads(line)["video_id"] for line in out.read_text().splitlines()]
     assert ids == [f"video_{i}" for i in (0, 1, 2, 3, 4, 6)]

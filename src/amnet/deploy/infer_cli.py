@@ -152,7 +152,8 @@ def build_parser() -> OneLineParser:
     parser.add_argument(
         "--ray-address",
         metavar="ADDR",
-        help="--workers: an existing Ray cluster (default: start a local one)",
+        help="--workers: an existing Ray cluster (default: $RAY_ADDRESS if set, else a local "
+        "one started for the run)",
     )
     parser.add_argument(
         "--resume-from",

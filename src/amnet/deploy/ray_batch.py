@@ -53,8 +53,9 @@ def import_ray() -> Any:
     return ray
 
 
-# Ray's variable for its authentication mode ("token" or "disabled").
+# Ray's variables for its authentication mode ("token" or "disabled") and a cluster to join.
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
+ADDRESS_ENV = "RAY_ADDRESS"
 
 
 _AUTH_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
@@ -79,9 +80,16 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
+def cluster_address(address: str | None) -> str | None:
+    """The cluster to join: ``--ray-address``, else the environment's ``RAY_ADDRESS`` (as Ray's
+    own tools read it, e.g. on a KubeRay pod), else None: a private local cluster."""
+    return address or os.environ.get(ADDRESS_ENV) or None
+
+
 def init_ray(ray: Any, address: str | None, num_cpus: int) -> None:
-    """Join the Ray cluster at ``address``, or start a private local one of ``num_cpus`` CPUs,
-    with Ray's own logging at warnings and its workers' output kept off this console."""
+    """Join the Ray cluster at ``address`` (see :func:`cluster_address`), or start a private
+    local one of ``num_cpus`` CPUs, with Ray's own logging at warnings and its workers' output
+    kept off this console."""
     with _keep_sigterm_handler():
         _init_ray(ray, address, num_cpus)
 
@@ -101,6 +109,7 @@ def _keep_sigterm_handler() -> Iterator[None]:
 def _init_ray(ray: Any, address: str | None, num_cpus: int) -> None:
     quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
     if address:
+        logger.info("joining the Ray cluster at %s", address)
         _check_reachable(address)
         try:
             ray.init(address=address, **quiet)
@@ -118,8 +127,10 @@ def _init_ray(ray: Any, address: str | None, num_cpus: int) -> None:
     # A private cluster keeps Ray's default, token authentication, without Ray's notice of that
     # default on every run (Ray's other warnings stay).
     logging.getLogger(_AUTH_SETUP_LOGGER).addFilter(_drop_default_auth_notice)
+    logger.info("starting a local Ray cluster of %d CPU(s) for this run", num_cpus)
     try:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+        # "local": a new instance even where Ray would join the last one `ray start` began.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
     except Exception as exc:
         raise AMNetError(f"cannot start a local Ray cluster: {_first_line(exc)}") from None
 
@@ -262,6 +273,7 @@ def run_on_ray(
     ray = import_ray()
     from ray.util import ActorPool
 
+    address = cluster_address(address)
     if address:
         _check_reachable(address)  # also where this process already runs Ray
     threads = options.get("intra_op_threads") or 1

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from amnet.cli.common import OneLineParser, run_cli, setup_logging
-from amnet.deploy.ray_batch import init_ray, workers_that_fit
+from amnet.deploy.ray_batch import cluster_address, init_ray, workers_that_fit
 from amnet.errors import AMNetError
 
 logger = logging.getLogger("amnet.deploy.serve")
@@ -259,7 +259,11 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="port (%(default)s)")
     parser.add_argument("--replicas", type=int, default=1, help="model replicas (%(default)s)")
-    parser.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster")
+    parser.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="an existing Ray cluster (default: $RAY_ADDRESS if set, else a local one)",
+    )
     parser.add_argument(
         "--max-body-mb",
         type=float,
@@ -331,18 +335,19 @@ def _run(argv: list[str] | None) -> int:
         on_gpu = probe.device != "cpu"
     max_batch = args.max_batch or (8 if on_gpu else 1)
     _port_free(args.host, args.port)
-    init_ray(ray, args.ray_address, args.replicas * (args.threads or 1))
+    address = cluster_address(args.ray_address)
+    init_ray(ray, address, args.replicas * (args.threads or 1))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     serve_started = False
     try:
-        if args.ray_address:
+        if address:
             running = serve.status()
             if running.proxies or running.applications:
                 # Its HTTP options would not be applied, and its apps are not ours to touch.
                 raise AMNetError(
-                    f"Ray Serve already runs on the cluster at {args.ray_address}; amnet-serve "
+                    f"Ray Serve already runs on the cluster at {address}; amnet-serve "
                     "starts its own there (on --host/--port): stop that one first, or serve "
                     "without --ray-address"
                 )
@@ -371,7 +376,7 @@ def _run(argv: list[str] | None) -> int:
         stop.wait()
     finally:
         if serve_started:
-            _stop_serve(serve, joined=bool(args.ray_address))
+            _stop_serve(serve, joined=bool(address))
         ray.shutdown()
     return 0
 
