@@ -258,3 +258,30 @@ with sigterm_as_interrupt():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300, check=False)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout == "clean-up ran\n", proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "resources, workers, threads, gpu, expected",
+    [
+        ({"CPU": 8}, 4, 2, False, (4, {"num_cpus": 2})),
+        ({"CPU": 2}, 3, 1, False, (2, {"num_cpus": 1})),  # as many as fit (and a warning)
+        ({"CPU": 16, "GPU": 1}, 4, 1, True, (4, {"num_cpus": 1, "num_gpus": 0.25})),
+        ({"CPU": 16, "GPU": 2}, 3, 1, True, (3, {"num_cpus": 1, "num_gpus": 0.5})),
+        ({"CPU": 16, "GPU": 4}, 2, 1, True, (2, {"num_cpus": 1, "num_gpus": 1.0})),
+        ({"CPU": 2}, 1, 3, False, "one worker needs 3"),
+        ({"CPU": 16}, 2, 1, True, "the Ray cluster has none"),
+    ],
+)
+def test_worker_resources_fit_the_cluster(resources, workers, threads, gpu, expected):
+    """Workers take what fits: CPUs for their threads and, for a GPU model, an even share of
+    the cluster's GPUs, so that none waits for resources that never come."""
+    from amnet.deploy.ray_batch import worker_resources
+    from amnet.errors import AMNetError
+
+    if isinstance(expected, str):
+        with pytest.raises(AMNetError, match=expected):
+            worker_resources(resources, workers, threads, gpu, "--workers")
+        return
+    count, options = worker_resources(resources, workers, threads, gpu, "--workers")
+    assert (count, options) == expected
+    assert count * options.get("num_gpus", 0) <= resources.get("GPU", 0)

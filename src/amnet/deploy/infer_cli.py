@@ -629,6 +629,7 @@ def _run_workers(args: Any, files: list[FeatureFile], output: Path | None) -> in
     fusion = _class_scores(args, [f.video_id for f in files])
     options = {**detector_options(args), "intra_op_threads": args.threads or 1}
     with Detector(args.engine, **options) as detector:  # the model, checked here once
+        on_gpu = detector.device != "cpu"
         class_names = _output_classes(args, fusion, detector.class_names)
         thresholds = _class_thresholds(args, class_names)
         settings = {
@@ -687,7 +688,7 @@ def _run_workers(args: Any, files: list[FeatureFile], output: Path | None) -> in
     try:
         if pending:
             ray_batch.run_on_ray(
-                engine, options, pending, args.workers, args.ray_address, on_result
+                engine, options, pending, args.workers, args.ray_address, on_result, on_gpu
             )
     finally:
         bar.close()

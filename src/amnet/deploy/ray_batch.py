@@ -23,12 +23,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -241,11 +242,16 @@ class _Worker:
         return video_id, (dets, self.detector.duration_of(array.shape[0]), int(array.shape[0]))
 
 
-def workers_that_fit(ray: Any, workers: int, threads: int, flag: str) -> int:
-    """How many actors of ``threads`` CPUs each to start: ``workers``, or as many as the cluster
-    has CPUs for (with a warning). One that does not fit would wait for ever, and so would the
-    files handed to it."""
-    cpus = int(ray.cluster_resources().get("CPU", 0))
+def worker_resources(
+    resources: Mapping[str, float], workers: int, threads: int, gpu: bool, flag: str
+) -> tuple[int, dict[str, float]]:
+    """How many Ray workers (or Serve replicas) to start for ``workers`` asked, on a cluster of
+    ``resources`` (``ray.cluster_resources()``), and the Ray resources of each: ``threads`` CPUs,
+    and where the model runs on a GPU a share of one, the workers spread evenly over the
+    cluster's GPUs (4 on 2 GPUs: half a GPU each). Ray then puts each on a GPU of its own node
+    (``CUDA_VISIBLE_DEVICES``). As many as the CPUs fit run, with a warning: one that did not fit
+    would wait for ever, and so would the files handed to it."""
+    cpus = int(resources.get("CPU", 0))
     fit = cpus // threads
     if fit < 1:
         raise AMNetError(
@@ -256,7 +262,14 @@ def workers_that_fit(ray: Any, workers: int, threads: int, flag: str) -> int:
             "%s %d asks for %d CPU(s) and the Ray cluster has %d: running %d",
             flag, workers, workers * threads, cpus, fit,
         )  # fmt: skip
-    return min(workers, fit)
+    count = min(workers, fit)
+    options: dict[str, float] = {"num_cpus": threads}
+    if gpu:
+        gpus = int(resources.get("GPU", 0))
+        if gpus < 1:
+            raise AMNetError("the model runs on a GPU, and the Ray cluster has none")
+        options["num_gpus"] = 1.0 / math.ceil(count / gpus)
+    return count, options
 
 
 def run_on_ray(
@@ -266,10 +279,12 @@ def run_on_ray(
     workers: int,
     address: str | None,
     on_result: Callable[[str, Any], None],
+    gpu: bool = False,
 ) -> None:
     """Run ``files`` (``(path, video_id)``) on ``workers`` Ray actors, calling ``on_result(id,
     result)`` in the driver as each finishes (``result``: ``(detections, duration, snippets)``
-    or an error message)."""
+    or an error message). ``gpu``: the model runs on a GPU, so each actor takes a share of one
+    (:func:`worker_resources`)."""
     ray = import_ray()
     from ray.util import ActorPool
 
@@ -281,8 +296,10 @@ def run_on_ray(
     if started:
         init_ray(ray, address, workers * threads)
     try:
-        workers = workers_that_fit(ray, workers, threads, "--workers")
-        actor = ray.remote(num_cpus=threads)(_Worker)
+        workers, resources = worker_resources(
+            ray.cluster_resources(), workers, threads, gpu, "--workers"
+        )
+        actor = ray.remote(**resources)(_Worker)
         pool = ActorPool([actor.remote(model, options) for _ in range(workers)])
         for video_id, result in pool.map_unordered(
             lambda a, item: a.detect.remote(*item), list(files)

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from amnet.cli.common import OneLineParser, run_cli, setup_logging
-from amnet.deploy.ray_batch import cluster_address, init_ray, workers_that_fit
+from amnet.deploy.ray_batch import cluster_address, init_ray, worker_resources
 from amnet.errors import AMNetError
 
 logger = logging.getLogger("amnet.deploy.serve")
@@ -183,8 +183,10 @@ def make_app(
     replicas: int,
     max_batch: int,
     batch_wait_s: float,
+    resources: dict[str, float] | None = None,
 ) -> Any:
-    """The Ray Serve application: ``replicas`` copies of the service behind one HTTP route."""
+    """The Ray Serve application: ``replicas`` copies of the service behind one HTTP route, each
+    with ``resources`` (Ray actor options; default: as many CPUs as ONNX Runtime threads)."""
     _, serve = import_serve()
     from starlette.requests import Request
     from starlette.responses import JSONResponse, PlainTextResponse
@@ -240,7 +242,7 @@ def make_app(
 
     deployment = serve.deployment(
         num_replicas=replicas,
-        ray_actor_options={"num_cpus": options.get("intra_op_threads") or 1},
+        ray_actor_options=resources or {"num_cpus": options.get("intra_op_threads") or 1},
         max_ongoing_requests=max(2 * max_batch, 8),
     )(AMNetDeployment)
     return deployment.bind()
@@ -351,7 +353,9 @@ def _run(argv: list[str] | None) -> int:
                     "starts its own there (on --host/--port): stop that one first, or serve "
                     "without --ray-address"
                 )
-        replicas = workers_that_fit(ray, args.replicas, args.threads or 1, "--replicas")
+        replicas, resources = worker_resources(
+            ray.cluster_resources(), args.replicas, args.threads or 1, on_gpu, "--replicas"
+        )
         serve.start(
             http_options={"host": args.host, "port": args.port},
             logging_config={"log_level": "WARNING"},
@@ -364,6 +368,7 @@ def _run(argv: list[str] | None) -> int:
             replicas,
             max_batch,
             args.batch_wait_ms / 1000.0,
+            resources,
         )
         serve.run(app, route_prefix="/", name=APP_NAME)
         if not args.quiet:
