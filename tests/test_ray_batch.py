@@ -285,3 +285,19 @@ def test_worker_resources_fit_the_cluster(resources, workers, threads, gpu, expe
     count, options = worker_resources(resources, workers, threads, gpu, "--workers")
     assert (count, options) == expected
     assert count * options.get("num_gpus", 0) <= resources.get("GPU", 0)
+
+
+def test_a_worker_that_cannot_open_the_model_says_why(corpus, cluster, tmp_path):
+    """On a node where the model is missing (no shared file system), the run stops in one line
+    naming the node and the reason; Ray's own report names neither. (In-process: the driver's
+    check of the model passed on its own node.)"""
+    from amnet.deploy import ray_batch
+    from amnet.errors import AMNetError
+
+    missing = tmp_path / "model.onnx"
+    files = [(str(corpus / "video_0.npy"), "video_0")]
+    with pytest.raises(AMNetError) as caught:
+        ray_batch.run_on_ray(str(missing), {"intra_op_threads": 1}, files, 1, cluster, print)
+    message = str(caught.value)
+    assert message.startswith("a Ray worker on ") and "\n" not in message and "\x1b" not in message
+    assert f"cannot open the model: {missing}: model file not found" in message

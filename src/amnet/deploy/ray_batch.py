@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import threading
@@ -53,6 +54,8 @@ def import_ray() -> Any:
         ) from None
     return ray
 
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 # Ray's variables for its authentication mode ("token" or "disabled") and a cluster to join.
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
@@ -229,7 +232,17 @@ class _Worker:
     def __init__(self, model: str, options: dict[str, Any]) -> None:
         from amnet.deploy.detector import Detector
 
-        self.detector = Detector(model, **options)
+        self.error: str | None = None
+        try:
+            self.detector = Detector(model, **options)
+        except Exception as exc:  # said by ready(), in the driver: Ray's own report hides it
+            self.error = _first_line(exc)
+
+    def ready(self) -> tuple[str, str | None]:
+        """This worker's node, and why it cannot run the model (None: it can)."""
+        import ray
+
+        return ray.util.get_node_ip_address(), self.error
 
     def detect(self, path: str, video_id: str) -> tuple[str, Any]:
         from amnet.fileio import read_features
@@ -300,7 +313,14 @@ def run_on_ray(
             ray.cluster_resources(), workers, threads, gpu, "--workers"
         )
         actor = ray.remote(**resources)(_Worker)
-        pool = ActorPool([actor.remote(model, options) for _ in range(workers)])
+        actors = [actor.remote(model, options) for _ in range(workers)]
+        for node, error in ray.get([a.ready.remote() for a in actors]):
+            if error is not None:
+                raise AMNetError(
+                    f"a Ray worker on {node} cannot open the model: {error} (every node needs "
+                    "amnet, and the model and features at the same paths: a shared file system)"
+                )
+        pool = ActorPool(actors)
         for video_id, result in pool.map_unordered(
             lambda a, item: a.detect.remote(*item), list(files)
         ):
@@ -313,5 +333,5 @@ def run_on_ray(
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = _ANSI.sub("", str(exc)).strip().splitlines()  # Ray colours its reports
     return text[0] if text else type(exc).__name__
