@@ -17,7 +17,7 @@ pytest.importorskip("ray.serve", reason="the [scale] extra (Ray Serve) is not in
 from test_serve import Client, free_port, serve_command, wait_ready
 from videos import video
 
-from amnet.deploy.serve import APP_NAME, _port_free, _stop_serve
+from amnet.deploy.serve import APP_NAME, _deploy_failure, _port_free, _stop_serve, make_app
 
 pytestmark = pytest.mark.xdist_group("ray")
 
@@ -54,6 +54,13 @@ def test_serve_on_a_joined_cluster_touches_only_its_own_app(cluster, models):
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
     assert "Ray Serve already runs on the cluster" in proc.stderr
     assert get(their_port, "/theirs") == "theirs"
+
+    # Replicas that cannot open the model (on a node without it): the reason, not Serve's "failed
+    # to update the deployments".
+    missing = str(models["onnx"].parent / "elsewhere" / "model.onnx")
+    with pytest.raises(RuntimeError) as failed:
+        serve.run(make_app(missing, {}, 1 << 20, 1, 1, 0.01), name=APP_NAME, route_prefix="/a")
+    assert _deploy_failure(serve, failed.value) == f"{missing}: model file not found"
     serve.shutdown()
 
     def stopped_cleanly(server: subprocess.Popen) -> None:

@@ -370,7 +370,10 @@ def _run(argv: list[str] | None) -> int:
             args.batch_wait_ms / 1000.0,
             resources,
         )
-        serve.run(app, route_prefix="/", name=APP_NAME)
+        try:
+            serve.run(app, route_prefix="/", name=APP_NAME)
+        except RuntimeError as exc:  # Serve's own error names no cause: the replicas' does
+            raise AMNetError(f"the service did not start: {_deploy_failure(serve, exc)}") from None
         if not args.quiet:
             print(
                 f"{PROG}: serving {args.engine} on http://{args.host}:{args.port} "
@@ -384,6 +387,17 @@ def _run(argv: list[str] | None) -> int:
             _stop_serve(serve, joined=bool(address))
         ray.shutdown()
     return 0
+
+
+def _deploy_failure(serve: Any, exc: Exception) -> str:
+    """Why the application did not deploy: the last line of its replicas' report (the error
+    they raised, e.g. a model file missing on their node), else Serve's own message."""
+    app = serve.status().applications.get(APP_NAME)
+    for deployment in app.deployments.values() if app else ():
+        lines = [line.strip() for line in (deployment.message or "").splitlines() if line.strip()]
+        if lines:
+            return lines[-1].removeprefix("amnet.errors.AMNetError: ")
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _stop_serve(serve: Any, joined: bool) -> None:
