@@ -550,6 +550,27 @@ def test_a_stream_of_videos_is_consumed_lazily_and_answered_in_order(
         np.testing.assert_allclose(dets.segments, want.segments, atol=1e-4)
 
 
+def test_post_processing_processes_leave_ctrl_c_to_the_caller(models, onnx_detector):
+    """Ctrl-C on a terminal reaches every process of the job: the post-processing pool's
+    processes ignore it (the caller stops them through the pool) instead of each dying with a
+    traceback and breaking the pool."""
+    import multiprocessing
+    import signal
+
+    before = set(multiprocessing.active_children())
+    with Detector(models["onnx"], intra_op_threads=1, postprocess_workers=1) as det:
+        first = det.detect_raw_many([video(300, seed=1)])
+        pool = [p for p in multiprocessing.active_children() if p not in before]
+        assert len(pool) == 1
+        os.kill(pool[0].pid, signal.SIGINT)
+        pool[0].join(timeout=2)
+        assert pool[0].is_alive()
+        again = det.detect_raw_many([video(300, seed=1)])  # the pool still works
+    np.testing.assert_array_equal(first[0].scores, again[0].scores)
+    np.testing.assert_allclose(first[0].scores, onnx_detector.detect_raw(video(300, seed=1)).scores,
+                               atol=1e-5)  # fmt: skip
+
+
 def test_a_failed_backend_call_in_a_stream_is_raised_to_the_caller(models, monkeypatch):
     """The batch paths call the backend on the Detector's thread: a failure there reaches the
     caller as the same one-line error, and the Detector serves the next stream."""

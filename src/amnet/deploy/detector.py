@@ -53,6 +53,7 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -148,6 +149,12 @@ def _postprocess_video(
     if min_score is not None:
         dets = dets.take(np.flatnonzero(dets.scores >= min_score))
     return dets
+
+
+def _ignore_sigint() -> None:
+    """Post-processing processes leave Ctrl-C to the caller, which stops them through the pool
+    (a terminal sends SIGINT to every process of the job: each would print a traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class Detector:
@@ -418,7 +425,9 @@ class Detector:
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(
-                    self.postprocess_workers, mp_context=multiprocessing.get_context("spawn")
+                    self.postprocess_workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_ignore_sigint,
                 )
             return self._pool
 
