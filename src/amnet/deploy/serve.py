@@ -57,6 +57,7 @@ DEFAULT_MAX_BODY_MB = 64.0
 _QUERY = ("top_k", "min_score")
 # An oversized body is read (and dropped) up to this many times the limit before answering 413.
 _DRAIN_FACTOR = 8
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both drain the service and stop it
 
 
 class RequestError(Exception):
@@ -343,8 +344,7 @@ def _run(argv: list[str] | None) -> int:
     address = cluster_address(args.ray_address)
     init_ray(ray, address, args.replicas * (args.threads or 1))
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
     serve_started = False
     try:
         if address:
@@ -389,6 +389,8 @@ def _run(argv: list[str] | None) -> int:
         if serve_started:
             _stop_serve(serve, joined=bool(address))
         ray.shutdown()
+        for sig, handler in previous.items():  # as they were, for a caller in this process
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
     return 0
 
 
