@@ -301,3 +301,38 @@ def test_a_worker_that_cannot_open_the_model_says_why(corpus, cluster, tmp_path)
     message = str(caught.value)
     assert message.startswith("a Ray worker on ") and "\n" not in message and "\x1b" not in message
     assert f"cannot open the model: {missing}: model file not found" in message
+
+
+def test_a_busy_cluster_runs_with_the_workers_that_are_up(models, corpus, cluster,
+                                                          tmp_path):  # fmt: skip
+    """One of the cluster's 2 CPUs is held by someone else's actor: of 2 workers one starts, and
+    the run finishes on it (files are handed only to workers that are up), with the output of
+    one process. (In-process, on this process's Ray session; bounded, so a regression fails
+    instead of hanging the suite.)"""
+    import threading
+
+    import ray
+
+    from amnet.deploy import ray_batch
+
+    @ray.remote(num_cpus=1)
+    class Holder:
+        def ping(self) -> bool:
+            return True
+
+    holder = Holder.remote()
+    ray.get(holder.ping.remote())  # up: one CPU is taken
+    files = [(str(path), path.stem) for path in sorted(corpus.glob("*.npy"))]
+    results: dict[str, object] = {}
+    run = threading.Thread(target=ray_batch.run_on_ray, args=(
+        str(models["onnx"]), {"intra_op_threads": 1}, files, 2, cluster,
+        lambda video_id, result: results.__setitem__(video_id, result)))  # fmt: skip
+    try:
+        run.start()
+        run.join(timeout=240)
+        assert not run.is_alive(), "the run waited for a worker that could not start"
+    finally:
+        ray.kill(holder)
+        run.join()
+    assert sorted(results) == sorted(video_id for _, video_id in files)
+    assert all(not isinstance(r, str) for r in results.values())

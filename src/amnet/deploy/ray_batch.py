@@ -30,6 +30,7 @@ import signal
 import socket
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -299,7 +300,6 @@ def run_on_ray(
     or an error message). ``gpu``: the model runs on a GPU, so each actor takes a share of one
     (:func:`worker_resources`)."""
     ray = import_ray()
-    from ray.util import ActorPool
 
     address = cluster_address(address)
     if address:
@@ -313,23 +313,49 @@ def run_on_ray(
             ray.cluster_resources(), workers, threads, gpu, "--workers"
         )
         actor = ray.remote(**resources)(_Worker)
-        actors = [actor.remote(model, options) for _ in range(workers)]
-        for node, error in ray.get([a.ready.remote() for a in actors]):
-            if error is not None:
-                raise AMNetError(
-                    f"a Ray worker on {node} cannot open the model: {error} (every node needs "
-                    "amnet, and the model and features at the same paths: a shared file system)"
-                )
-        pool = ActorPool(actors)
-        for video_id, result in pool.map_unordered(
-            lambda a, item: a.detect.remote(*item), list(files)
-        ):
-            on_result(video_id, result)
+        _hand_out(ray, [actor.remote(model, options) for _ in range(workers)], files, on_result)
     except ray.exceptions.RayActorError as exc:
         raise AMNetError(f"a Ray worker died: {_first_line(exc)}") from None
     finally:
         if started:
             ray.shutdown()
+
+
+def _hand_out(
+    ray: Any, actors: list[Any], files: Sequence[tuple[str, str]],
+    on_result: Callable[[str, Any], None],
+) -> None:  # fmt: skip
+    """Give each file to the next free worker; a worker joins as soon as it is up, so on a busy
+    shared cluster the run starts with the first ones while the others wait for their CPUs.
+    A worker that cannot open the model is left out with a warning (one line naming its node);
+    if none can, the run stops in that line."""
+    starting = {a.ready.remote(): a for a in actors}
+    running: dict[Any, Any] = {}  # task -> its worker
+    idle: list[Any] = []
+    queue = deque(files)
+    refused: list[str] = []
+    while queue or running:
+        if not starting and not running and not idle:
+            raise AMNetError(refused[-1])
+        done, _ = ray.wait([*starting, *running], num_returns=1)
+        if done[0] in starting:
+            worker = starting.pop(done[0])
+            node, error = ray.get(done[0])
+            if error is not None:
+                refused.append(
+                    f"a Ray worker on {node} cannot open the model: {error} (every node needs "
+                    "amnet, and the model and features at the same paths: a shared file system)"
+                )
+                logger.warning("%s", refused[-1])
+                ray.kill(worker)
+                continue
+        else:
+            worker = running.pop(done[0])
+            on_result(*ray.get(done[0]))
+        idle.append(worker)
+        while idle and queue:
+            free = idle.pop()
+            running[free.detect.remote(*queue.popleft())] = free
 
 
 def _first_line(exc: BaseException) -> str:
