@@ -63,11 +63,6 @@ def test_serve_on_a_joined_cluster_touches_only_its_own_app(cluster, models):
     assert _deploy_failure(serve, failed.value) == f"{missing}: model file not found"
     serve.shutdown()
 
-    def stopped_cleanly(server: subprocess.Popen) -> None:
-        server.send_signal(signal.SIGTERM)
-        _, err = server.communicate(timeout=120)
-        assert server.returncode == 0 and err == "", err  # -q: nothing to say
-
     # Serve started by amnet-serve; an application deployed beside it meanwhile survives it. A
     # request in flight when SIGTERM comes is answered first: here it waits 3 s on the replica
     # for a second request to batch with, and SIGTERM comes after 1 s.
