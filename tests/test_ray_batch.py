@@ -336,3 +336,21 @@ def test_a_busy_cluster_runs_with_the_workers_that_are_up(models, corpus, cluste
         run.join()
     assert sorted(results) == sorted(video_id for _, video_id in files)
     assert all(not isinstance(r, str) for r in results.values())
+
+
+def test_a_gpu_run_needs_gpus_on_the_cluster_not_on_the_driver(models, corpus, cluster,
+                                                              tmp_path):  # fmt: skip
+    """--device cuda from a driver without a GPU (a Ray head node): the driver reads the model's
+    contract on its CPU, and what decides is the cluster, here one without GPUs, in one line.
+    Before, the driver's own missing GPU stopped every GPU run from such a node."""
+    from clitools import run_main
+
+    out = tmp_path / "out.json"
+    proc = run_main("amnet.deploy.infer_cli", "--engine", str(models["onnx"]), str(corpus),
+                    "--device", "cuda", "--workers", "1", "--ray-address", cluster,
+                    "-o", str(out))  # fmt: skip
+    assert proc.returncode == 2
+    assert (
+        proc.stderr == "amnet-infer: error: the model runs on a GPU, and the Ray cluster has none\n"
+    )
+    assert list(tmp_path.iterdir()) == []
