@@ -45,6 +45,14 @@ def test_serve_on_a_joined_cluster_touches_only_its_own_app(cluster, models):
     port = free_port()
     command = serve_command(models["onnx"], port, "--ray-address", cluster)
 
+    # A GPU service from a driver without a GPU: the cluster decides (here: it has none).
+    proc = subprocess.run([*command, "--device", "cuda"], capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+    assert proc.returncode == 2
+    assert (
+        proc.stderr == "amnet-serve: error: the model runs on a GPU, and the Ray cluster has none\n"
+    )
+
     # Serve already runs there: refused in one line; its application keeps answering.
     their_port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": their_port})

@@ -613,7 +613,6 @@ def _run_workers(args: Any, files: list[FeatureFile], output: Path | None) -> in
 
     from amnet.console import bar_disabled
     from amnet.deploy import ray_batch
-    from amnet.deploy.backends import BACKEND_SUFFIXES
     from amnet.deploy.detector import Detector
 
     if args.workers < 1:
@@ -629,14 +628,7 @@ def _run_workers(args: Any, files: list[FeatureFile], output: Path | None) -> in
     ray_batch.import_ray()  # a missing extra is one line, before any work
     fusion = _class_scores(args, [f.video_id for f in files])
     options = {**detector_options(args), "intra_op_threads": args.threads or 1}
-    # The driver needs the model's contract (classes, time convention, settings), not its
-    # device: for a GPU run it reads it on the CPU, so that a driver on a node without a GPU
-    # (a Ray head node) can run GPU workers. Each worker opens the model as asked, and one that
-    # cannot says so in one line before any file is handed out. (A TensorRT engine opens on a
-    # GPU only.)
-    suffix = Path(args.engine).suffix.lower()
-    gpu_run = args.device == "cuda" and BACKEND_SUFFIXES.get(suffix) != "tensorrt"
-    contract = {**options, "device": "cpu", "precision": "fp32"} if gpu_run else options
+    contract, gpu_run = ray_batch.driver_options(args.engine, options)
     with Detector(args.engine, **contract) as detector:  # the model, checked here once
         on_gpu = gpu_run or detector.device != "cpu"
         class_names = _output_classes(args, fusion, detector.class_names)

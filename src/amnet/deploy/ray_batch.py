@@ -256,6 +256,23 @@ class _Worker:
         return video_id, (dets, self.detector.duration_of(array.shape[0]), int(array.shape[0]))
 
 
+def driver_options(
+    engine: str | os.PathLike, options: dict[str, Any]
+) -> tuple[dict[str, Any], bool]:
+    """How the driver opens the model for its contract (classes, time convention, settings),
+    and whether the run is on GPUs. The contract does not depend on the device: for a GPU run
+    the driver reads it on its CPU, so that a driver on a node without a GPU (a Ray head node)
+    can run GPU workers or replicas; each of those opens the model as asked and says in one
+    line if it cannot. A TensorRT engine opens on a GPU only."""
+    from amnet.deploy.backends import BACKEND_SUFFIXES
+
+    suffix = Path(engine).suffix.lower()
+    gpu_run = options.get("device") == "cuda" and BACKEND_SUFFIXES.get(suffix) != "tensorrt"
+    if not gpu_run:
+        return options, False
+    return {**options, "device": "cpu", "precision": "fp32"}, True
+
+
 def worker_resources(
     resources: Mapping[str, float], workers: int, threads: int, gpu: bool, flag: str
 ) -> tuple[int, dict[str, float]]:

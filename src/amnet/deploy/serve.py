@@ -46,7 +46,12 @@ from typing import Any
 import numpy as np
 
 from amnet.cli.common import OneLineParser, run_cli, setup_logging
-from amnet.deploy.ray_batch import cluster_address, init_ray, worker_resources
+from amnet.deploy.ray_batch import (
+    cluster_address,
+    driver_options,
+    init_ray,
+    worker_resources,
+)
 from amnet.errors import AMNetError
 
 logger = logging.getLogger("amnet.deploy.serve")
@@ -337,8 +342,9 @@ def _run(argv: list[str] | None) -> int:
         "precision": args.precision,
         "runtime": args.runtime,
     }
-    with Detector(args.engine, **options) as probe:  # the model, checked here in one line
-        on_gpu = probe.device != "cpu"
+    contract, gpu_run = driver_options(args.engine, options)
+    with Detector(args.engine, **contract) as probe:  # the model, checked here in one line
+        on_gpu = gpu_run or probe.device != "cpu"
     max_batch = args.max_batch or (8 if on_gpu else 1)
     _port_free(args.host, args.port)
     address = cluster_address(args.ray_address)
