@@ -43,13 +43,16 @@ def thin_env(tmp_path_factory) -> Path:
     source = base / "src"
     copy_project(source)
     env_dir = base / "venv"
-    venv.EnvBuilder(with_pip=True).create(env_dir)
+    # No pip inside (ensurepip costs seconds): this interpreter's pip installs into it.
+    venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
     proc = subprocess.run(
         [
-            str(python),
+            sys.executable,
             "-m",
             "pip",
+            "--python",
+            str(python),
             "install",
             "--quiet",
             "--disable-pip-version-check",
