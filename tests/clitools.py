@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import os
 import subprocess
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 
 
 def run_main(main: Callable[[list[str]], int] | str, *args: str) -> subprocess.CompletedProcess:
@@ -37,3 +39,30 @@ def interrupt_training_in_epoch(monkeypatch, epoch: int) -> None:
         return real_epoch(run, current, progress)
 
     monkeypatch.setattr(amnet.train, "train_one_epoch", interrupted)
+
+
+# Takes an amnet lock file (argv[1]) and holds it until killed, as a running command does.
+_HOLD_LOCK = """
+import sys, time
+from amnet.fileio import exclusive_lock
+held = exclusive_lock(sys.argv[1], "busy")
+held.__enter__()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(path: str | os.PathLike) -> Iterator[int]:
+    """Another process holds the lock file ``path`` while the block runs (its pid is yielded);
+    it is then killed with SIGKILL, as a crashed command would be, leaving the file behind."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, os.fspath(path)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()

@@ -178,3 +178,32 @@ def test_finished_work_is_not_replaced_without_a_flag(tiny_dataset, tmp_path, ca
     one_line_refusal(capsys, code, "--overwrite")
     assert (data / "annotations.json").read_text() == "{}"
     assert not (data / "features").exists()
+
+
+def test_one_training_at_a_time_per_run_folder(tiny_dataset, tmp_path, capsys):
+    """A second amnet-train on a run folder that another one is writing is refused at once,
+    naming the holder; the lock goes with its holder, even one killed with SIGKILL, and the file
+    that leaves does not block the next run. A file of the user's at the lock's path is left
+    alone."""
+    from clitools import lock_held_elsewhere
+
+    from amnet.cli.train import main as train_main
+    from amnet.train import RUN_LOCK
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml")
+    run = tmp_path / "run"
+    args = ["--config", config, "--data", str(tiny_dataset), "--out", str(run), "--epochs", "0",
+            "-q"]  # fmt: skip
+    run.mkdir()
+    with lock_held_elsewhere(run / RUN_LOCK) as pid:
+        one_line_refusal(capsys, train_main(args), f"{run}: another amnet-train", f"(pid {pid})")
+        assert os.listdir(run) == [RUN_LOCK]  # no log, no checkpoint of the refused run
+    assert (run / RUN_LOCK).exists()
+    assert train_main(args) == 0
+    assert sorted(os.listdir(run)) == ["last.pt", "train.log"]  # the lock went with the run
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / RUN_LOCK).write_text("my notes")
+    one_line_refusal(capsys, train_main([*args[:5], str(mine), *args[6:]]), "not an amnet lock")
+    assert os.listdir(mine) == [RUN_LOCK] and (mine / RUN_LOCK).read_text() == "my notes"

@@ -99,13 +99,25 @@ def test_a_stopped_job_resumes_where_it_stopped(models, corpus, reference, clust
         "amnet.deploy.infer_cli", *args, "--min-score", "0.02", "-q", "--resume-from", str(out)
     )
     assert proc.returncode == 2 and "other settings" in proc.stderr
+    # Another run writing this output: refused at once, its shards left as they are.
+    from clitools import lock_held_elsewhere
+
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out.json.parts").iterdir()}
+    with lock_held_elsewhere(tmp_path / ".out.json.lock") as pid:
+        proc = run_main("amnet.deploy.infer_cli", *args, "-q", "--resume-from", str(out))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (
+        f"amnet-infer: error: {out}: another amnet-infer --workers run is writing it; wait for "
+        f"it to finish (pid {pid})\n"
+    )
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out.json.parts").iterdir()} == before
 
     broken.write_bytes(good)
     proc = infer(*args, "-v", "--resume-from", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "resuming: 6 of 7 videos done already" in proc.stderr
     assert out.read_text() == reference
-    assert not (tmp_path / "out.json.parts").exists()
+    assert sorted(os.listdir(tmp_path)) == ["files", "out.json"]  # no shards, no lock file
 
 
 def test_skip_bad_and_formats_on_workers(models, corpus, cluster, tmp_path):

@@ -147,6 +147,67 @@ def publish(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
     return Path(out)
 
 
+# The first line of every lock file: a file at a lock path without it is not ours to touch.
+LOCK_MARK = "amnet lock"
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, busy: str) -> Iterator[None]:
+    """Hold the lock file ``path`` for this process alone while the block runs; removed after.
+
+    When another process holds it the block does not run: one AMNetError at once, ``busy``
+    followed by the holder's pid. The lock is the kernel's (``flock``), so a holder that is
+    killed, even with SIGKILL, releases it, and the file it leaves is taken over by the next
+    run. A file at ``path`` that is not an amnet lock file is refused, never replaced. Where
+    ``flock`` does not exist (not POSIX) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path = Path(path)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as exc:
+            raise AMNetError(f"{path}: cannot create the lock file ({exc.strerror})") from None
+        try:
+            head = os.pread(fd, 256, 0).decode("utf-8", "replace")
+            if head and not head.startswith(LOCK_MARK):
+                raise AMNetError(
+                    f"{path}: exists and is not an amnet lock file; refusing to use it"
+                )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = head.removeprefix(LOCK_MARK).split()
+                pid = f" (pid {holder[-1]})" if holder else ""
+                raise AMNetError(f"{busy}{pid}") from None
+            # The last holder removes the file on release; if that happened between our open and
+            # our flock, we hold a file no one else will see: start again on the one at the path.
+            try:
+                current = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:
+                current = None
+            opened = os.fstat(fd)
+            if current is not None and (current.st_ino, current.st_dev) == (
+                opened.st_ino,
+                opened.st_dev,
+            ):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{LOCK_MARK} pid {os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still holding it: the next run makes a fresh one
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_output(out: str | os.PathLike) -> Iterator[Path]:
     """``with atomic_output(path) as tmp:`` write ``tmp`` (a file beside ``path``); it becomes

@@ -36,11 +36,14 @@ from amnet.data import (
 )
 from amnet.errors import AMNetError
 from amnet.evaluation import evaluate_model
-from amnet.fileio import check_out_path, temp_beside
+from amnet.fileio import check_out_path, exclusive_lock, temp_beside
 from amnet.kernels import attention_backend
 from amnet.model import AMNet, AMNetLoss
 
 log = logging.getLogger(__name__)
+# A run folder's checkpoints, and the lock its writer holds (removed when the run ends).
+CHECKPOINTS = ("last.pt", "best.pt")
+RUN_LOCK = ".amnet-train.lock"
 
 
 class ModelEma:
@@ -145,22 +148,57 @@ def train(
     if out_dir.exists() and not out_dir.is_dir():
         raise AMNetError(f"{out_dir}: exists and is not a folder")
     created_dir = not out_dir.exists()
-    log_path = out_dir / "train.log"
-    created_log = not log_path.exists()
-    existing = [name for name in ("last.pt", "best.pt") if (out_dir / name).exists()]
-    if existing and resume is None and not overwrite:
-        raise AMNetError(
-            f"{out_dir}: already holds a run ({', '.join(existing)}); pass --resume "
-            f"{out_dir / 'last.pt'} to continue it or --overwrite to start again"
-        )
+    _refuse_existing_run(out_dir, resume, overwrite)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise AMNetError(f"{out_dir}: cannot create the run folder ({exc.strerror})") from None
     # Fail before any work when the checkpoints could not be written at the end of an epoch.
-    for name in ("last.pt", "best.pt"):
+    for name in CHECKPOINTS:
         check_out_path(out_dir / name)
     temp_beside(out_dir / "last.pt").unlink()  # the folder is writable (read-only mounts too)
+    try:
+        # One writer per run folder: a second amnet-train started on it meanwhile would
+        # interleave its log and replace the first one's checkpoints.
+        with exclusive_lock(out_dir / RUN_LOCK, _busy_message(out_dir)):
+            _refuse_existing_run(out_dir, resume, overwrite)  # one that ran meanwhile
+            return _train_logged(cfg, data_dir, out_dir, epochs, seed, device, resume, progress)
+    except AMNetError:
+        # Bad input found before the first checkpoint: no new folder is left behind.
+        if created_dir and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
+
+
+def _busy_message(out_dir: Path) -> str:
+    return (
+        f"{out_dir}: another amnet-train is writing this run; wait for it or choose another --out"
+    )
+
+
+def _refuse_existing_run(out_dir: Path, resume: object, overwrite: bool) -> None:
+    existing = [name for name in CHECKPOINTS if (out_dir / name).exists()]
+    if existing and resume is None and not overwrite:
+        raise AMNetError(
+            f"{out_dir}: already holds a run ({', '.join(existing)}); pass --resume "
+            f"{out_dir / 'last.pt'} to continue it or --overwrite to start again"
+        )
+
+
+def _train_logged(
+    cfg: dict[str, Any],
+    data_dir: str | os.PathLike | None,
+    out_dir: Path,
+    epochs: int | None,
+    seed: int | None,
+    device: str,
+    resume: str | os.PathLike | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """:func:`_train` with ``train.log`` beside the checkpoints; on bad input found before the
+    first checkpoint, no new log is left behind."""
+    log_path = out_dir / "train.log"
+    created_log = not log_path.exists()
     try:
         handler = logging.FileHandler(log_path)
     except OSError as exc:
@@ -180,12 +218,8 @@ def train(
     finally:
         logging.getLogger("amnet").removeHandler(handler)
         handler.close()
-        # Bad input found before the first checkpoint: no new folder or log is left behind.
-        if bad_input and not any((out_dir / n).exists() for n in ("last.pt", "best.pt")):
-            if created_log:
-                log_path.unlink(missing_ok=True)
-            if created_dir and not any(out_dir.iterdir()):
-                out_dir.rmdir()
+        if bad_input and created_log and not any((out_dir / n).exists() for n in CHECKPOINTS):
+            log_path.unlink(missing_ok=True)
 
 
 @dataclass

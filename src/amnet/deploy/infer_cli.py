@@ -93,6 +93,7 @@ from amnet.fileio import (
     atomic_write_text,
     channel_mismatch,
     check_out_path,
+    exclusive_lock,
     read_ahead,
     read_features,
     temp_beside,
@@ -607,13 +608,7 @@ def _run(argv: list[str] | None) -> int:
 
 def _run_workers(args: Any, files: list[FeatureFile], output: Path | None) -> int:
     """``--workers N``: the files on a Ray cluster, shards for resuming, one atomic output."""
-    import shutil
-
-    from tqdm import tqdm
-
-    from amnet.console import bar_disabled
     from amnet.deploy import ray_batch
-    from amnet.deploy.detector import Detector
 
     if args.workers < 1:
         raise AMNetError(f"--workers must be >= 1, got {args.workers}")
@@ -627,6 +622,27 @@ def _run_workers(args: Any, files: list[FeatureFile], output: Path | None) -> in
         raise AMNetError("--resume-from needs a file to write (not stdout)")
     ray_batch.import_ray()  # a missing extra is one line, before any work
     fusion = _class_scores(args, [f.video_id for f in files])
+    if output is None:
+        return _run_workers_on(args, files, output, fusion)
+    # One run per output: two would hand out the same videos, and the first to finish would
+    # remove the shards the other still writes.
+    busy = f"{output}: another amnet-infer --workers run is writing it; wait for it to finish"
+    with exclusive_lock(output.with_name(f".{output.name}.lock"), busy):
+        return _run_workers_on(args, files, output, fusion)
+
+
+def _run_workers_on(
+    args: Any, files: list[FeatureFile], output: Path | None, fusion: ClassScores | None
+) -> int:
+    """The body of :func:`_run_workers`, its options checked (and its output locked)."""
+    import shutil
+
+    from tqdm import tqdm
+
+    from amnet.console import bar_disabled
+    from amnet.deploy import ray_batch
+    from amnet.deploy.detector import Detector
+
     options = {**detector_options(args), "intra_op_threads": args.threads or 1}
     contract, gpu_run = ray_batch.driver_options(args.engine, options)
     with Detector(args.engine, **contract) as detector:  # the model, checked here once
