@@ -173,6 +173,8 @@ def test_empty_video(onnx_detector, torch_detector):
         (np.zeros((10, DIM), dtype="U1"), "dtype <U1"),
         (np.zeros((10, DIM), dtype=np.complex64), "complex"),
         (np.zeros((10, DIM), dtype=bool), "dtype bool"),
+        ("video_1.npy", r"got a path \('video_1.npy'\), not an array; read the file first"),
+        (Path("a/v.npy"), r"got a path \('a/v.npy'\)"),
     ],
 )
 def test_bad_inputs(onnx_detector, features, message):

@@ -195,7 +195,8 @@ def test_streams_share_a_detector_across_threads(models):
         (np.zeros(DIM, np.float32), "expected shape"),
         (np.full((3, DIM), np.nan, np.float32), "NaN"),
         (np.array([["a"] * DIM]), "dtype"),
-        ("not an array", "expected"),
+        ("video.npy", "got a path"),
+        ({"rows": 3}, "dtype object"),
     ],
 )
 def test_bad_blocks_leave_the_stream_unchanged(uncapped, block, message):

@@ -336,6 +336,11 @@ class Detector:
 
     def prepare(self, features: Any, name: str = "features") -> np.ndarray:
         """``features`` validated and cast to a contiguous float32 ``[T, C]`` array."""
+        if isinstance(features, (str, bytes, os.PathLike)):
+            raise AMNetError(
+                f"{name}: got a path ({os.fsdecode(features)!r}), not an array; read the file "
+                "first (amnet.fileio.read_features(path, detector.input_dim), or np.load)"
+            )
         if not isinstance(features, np.ndarray):
             try:
                 features = np.asarray(features)
