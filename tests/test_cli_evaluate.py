@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,35 @@ def test_json_is_the_last_line(files: tuple[Path, Path]) -> None:
         "Jump": pytest.approx([5 / 6, 1 / 2]),
         "Run": pytest.approx([1.0, 1.0]),
     }
+
+
+@pytest.mark.parametrize(
+    ("results", "warning", "average"),
+    [
+        # Another subset's results (or ids with another prefix): the score is 0, and says why.
+        ({"v1": [{"label": "Swim", "score": 0.9, "segment": [1.0, 2.0]}]},
+         "the results hold none of the 2 ground-truth videos, so every AP is 0", 0.0),
+        ({}, "the results hold none of the 2 ground-truth videos", 0.0),
+        # Part of the subset: the rest count as videos without detections, and are named.
+        ({"t2": RESULTS["t2"]}, "1 of the 2 ground-truth videos are not in the results", 0.5),
+        # A video listed without detections is in the results.
+        ({**RESULTS, "t1": []}, None, 0.5),
+        # Videos the ground truth does not have: false positives (last here, so no AP moves).
+        ({**RESULTS, "x9": [{"label": "Jump", "score": 0.1, "segment": [0.0, 10.0]}]},
+         "1 predicted videos are not in the ground truth", 11 / 12),
+    ],
+    ids=["another subset", "empty", "part of the subset", "a video without detections",
+         "videos beyond the ground truth"],
+)  # fmt: skip
+def test_results_that_miss_ground_truth_videos_say_so(tmp_path, caplog, results, warning, average):
+    gt = annotation_file(tmp_path / "gt.json")
+    pred = results_file(tmp_path / "pred.json", results)
+    proc = run_eval("--gt", str(gt), "--subset", "test", "--pred", str(pred), "--tiou", "0.5",
+                    "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["average_mAP"] == pytest.approx(average)
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [warning in line for line in said] == ([True] if warning else []), said
 
 
 def test_default_thresholds(files: tuple[Path, Path]) -> None:

@@ -352,12 +352,28 @@ def _match(
     p_seg, p_score, p_cls, p_vid, unknown = _prediction_arrays(
         predictions, video_index, num_classes
     )
-    if unknown:
+    # A results file of another subset, or with other video ids, scores 0 without a word.
+    missing = sum(vid not in predictions for vid in video_index)
+    if missing == len(video_index):
         log.warning(
-            "%d predicted videos are not in the ground truth; their detections count as false "
-            "positives",
-            unknown,
+            "the results hold none of the %d ground-truth videos, so every AP is 0: check the "
+            "subset and the video ids",
+            missing,
         )
+    else:
+        if unknown:
+            log.warning(
+                "%d predicted videos are not in the ground truth; their detections count as "
+                "false positives",
+                unknown,
+            )
+        if missing:
+            log.warning(
+                "%d of the %d ground-truth videos are not in the results; they count as videos "
+                "without detections",
+                missing,
+                len(video_index),
+            )
     # Predictions of classes absent from the ground truth never enter any AP.
     relevant = npos[p_cls] > 0
     if not relevant.all():
