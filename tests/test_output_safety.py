@@ -207,3 +207,23 @@ def test_one_training_at_a_time_per_run_folder(tiny_dataset, tmp_path, capsys):
     (mine / RUN_LOCK).write_text("my notes")
     one_line_refusal(capsys, train_main([*args[:5], str(mine), *args[6:]]), "not an amnet lock")
     assert os.listdir(mine) == [RUN_LOCK] and (mine / RUN_LOCK).read_text() == "my notes"
+
+
+def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tmp_path, monkeypatch, caplog):
+    """On a file system that cannot lock (flock gives ENOLCK on some network mounts) the command
+    still runs, says so, and leaves no lock file."""
+    import errno
+    import fcntl
+
+    from amnet.fileio import exclusive_lock
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with exclusive_lock(tmp_path / ".lock", "busy"):
+        assert not (tmp_path / ".lock").exists()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / '.lock'}: cannot lock ({os.strerror(errno.ENOLCK)}); going on without the lock"
+    ]
+    assert os.listdir(tmp_path) == []

@@ -6,6 +6,7 @@ import contextlib
 import glob
 import hashlib
 import json
+import logging
 import mmap as mmap_module
 import os
 import stat
@@ -20,6 +21,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from amnet.errors import AMNetError
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -159,13 +162,28 @@ def exclusive_lock(path: str | os.PathLike, busy: str) -> Iterator[None]:
     followed by the holder's pid. The lock is the kernel's (``flock``), so a holder that is
     killed, even with SIGKILL, releases it, and the file it leaves is taken over by the next
     run. A file at ``path`` that is not an amnet lock file is refused, never replaced. Where
-    ``flock`` does not exist (not POSIX) the block runs unlocked."""
+    files cannot be locked (not POSIX, or a file system without locks) the block runs
+    unlocked, with a warning for the latter."""
+    path = Path(path)
+    fd = _take_lock(path, busy)
+    if fd is None:
+        yield
+        return
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{LOCK_MARK} pid {os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still holding it: the next run makes a fresh one
+        os.close(fd)
+
+
+def _take_lock(path: Path, busy: str) -> int | None:
+    """The open, locked descriptor of the lock file at ``path`` (None: no locking here)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    path = Path(path)
+        return None
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
@@ -181,8 +199,13 @@ def exclusive_lock(path: str | os.PathLike, busy: str) -> Iterator[None]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = head.removeprefix(LOCK_MARK).split()
-                pid = f" (pid {holder[-1]})" if holder else ""
-                raise AMNetError(f"{busy}{pid}") from None
+                raise AMNetError(busy + (f" (pid {holder[-1]})" if holder else "")) from None
+            except OSError as exc:  # e.g. ENOLCK: a network file system without locks
+                log.warning("%s: cannot lock (%s); going on without the lock", path, exc.strerror)
+                os.close(fd)
+                if not head:
+                    path.unlink(missing_ok=True)
+                return None
             # The last holder removes the file on release; if that happened between our open and
             # our flock, we hold a file no one else will see: start again on the one at the path.
             try:
@@ -194,17 +217,10 @@ def exclusive_lock(path: str | os.PathLike, busy: str) -> Iterator[None]:
                 opened.st_ino,
                 opened.st_dev,
             ):
-                break
+                return fd
         except BaseException:
             os.close(fd)
             raise
-        os.close(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{LOCK_MARK} pid {os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        path.unlink(missing_ok=True)  # while still holding it: the next run makes a fresh one
         os.close(fd)
 
 
