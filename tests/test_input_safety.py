@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import shutil
 import threading
 import time
@@ -166,6 +167,56 @@ def test_a_killed_training_leaves_a_run_that_resumes(data, tmp_path, capsys):
     (run / ".last.pt.abcd1234.tmp").write_bytes(b"PK\x03\x04 half a zip")
     assert train_main([*args, "--epochs", "2", "--resume", str(run / "last.pt")]) == 0
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
+
+
+class RunsCode:
+    """Unpickling this calls ``os.mkdir(marker)``: what a malicious checkpoint does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+@pytest.mark.parametrize(
+    ("layout", "said"),
+    [
+        ("torch.save", "pickled Python objects"),
+        ("torch.save, legacy format", "pickled Python objects"),
+        # A newer pickle protocol: the loader stops at the first instruction it does not take.
+        ("pickle protocol 5", "the weights-only loader refused it"),
+    ],
+)
+def test_checkpoints_that_would_run_code_are_refused_unrun(tiny_dataset, tmp_path, capsys,
+                                                           layout, said):  # fmt: skip
+    """Every command that reads a checkpoint reads it with weights_only=True: a file that
+    would run code on loading is one line, and its code never runs."""
+    from amnet.cli.evaluate import main as eval_main
+    from amnet.cli.export import main as export_main
+
+    marker = tmp_path / "the_code_ran"
+    ckpt = tmp_path / "evil.pt"
+    payload = {"format": 1, "model": RunsCode(marker)}
+    if layout.startswith("torch.save"):
+        torch.save(payload, ckpt, _use_new_zipfile_serialization=layout == "torch.save")
+    else:
+        ckpt.write_bytes(pickle.dumps(payload, protocol=5))
+    video = tmp_path / "v.npy"
+    np.save(video, np.zeros((40, DIM), np.float32))
+    commands = [
+        (infer_main, ["--engine", str(ckpt), str(video)]),
+        (eval_main, ["--ckpt", str(ckpt), "--data", str(tiny_dataset)]),
+        (export_main, ["onnx", "--ckpt", str(ckpt), "--out", str(tmp_path / "m.onnx")]),
+        (train_main, ["--config", TINY, "--data", str(tiny_dataset), "--out",
+                      str(tmp_path / "run"), "--resume", str(ckpt), "-q"]),
+    ]  # fmt: skip
+    for main, argv in commands:
+        one_line_error(capsys, main(argv), str(ckpt), said)
+    with pytest.raises(AMNetError, match=said):
+        Detector(ckpt)
+    assert not marker.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.pt", "v.npy"]
 
 
 @pytest.fixture(scope="module")

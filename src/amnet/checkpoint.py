@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,16 @@ def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
         torch.save(payload, tmp)
 
 
+def _is_cut_zip(path: Path) -> bool:
+    """A file that starts as a zip archive (torch's format) but has no intact end: cut short."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head == b"PK\x03\x04" and not zipfile.is_zipfile(path)
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load and sanity-check a checkpoint file; every failure is a one-line AMNetError."""
     path = Path(path)
@@ -44,10 +55,23 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except MemoryError:
         raise AMNetError(f"{path}: too large to load") from None
     except Exception as exc:  # torch's unpickler raises many types on damaged or foreign files
-        if "unsupported global" in str(exc).lower():  # a pickled model, not a state dict
+        said = str(exc)
+        if "unsupported global" in said.lower():  # a pickled model, or code run on loading
             raise AMNetError(
                 f"{path}: not an AMNet checkpoint (it holds pickled Python objects, which are "
                 "never loaded: checkpoints are read with weights_only=True)"
+            ) from None
+        if _is_cut_zip(path):
+            raise AMNetError(
+                f"{path}: not a readable checkpoint (truncated or damaged: its zip archive is "
+                "incomplete)"
+            ) from None
+        # torch's refusal is a paragraph that suggests weights_only=False: keep its reason only.
+        reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", said)
+        if reason:
+            raise AMNetError(
+                f"{path}: not a readable checkpoint (the weights-only loader refused it: "
+                f"{reason.group(1).strip()[:120]})"
             ) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         first = re.sub(r"\x1b\[[0-9;]*m", "", first)  # torch colours some messages
