@@ -430,6 +430,18 @@ def test_bench_takes_relative_paths_and_fails_when_a_backend_fails(
     assert bench_main(["--engine", "broken.onnx", *args]) == 2
     assert "failed" in capsys.readouterr().err
     assert bench_main(["--engine", "broken.onnx", *args, "--keep-going"]) == 2  # nothing measured
+    # One benchmark per work folder: a second one is refused at once.
+    from clitools import lock_held_elsewhere
+
+    capsys.readouterr()
+    (tmp_path / "w").mkdir()
+    with lock_held_elsewhere(tmp_path / "w" / ".amnet-bench.lock") as pid:
+        code = bench_main(["--engine", "model.onnx", *args, "--work", "w"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "amnet-bench: error: w: another amnet-bench is using this work folder; wait for it or "
+        f"give another --work (pid {pid})\n"
+    )
 
 
 def test_a_stopped_benchmark_stops_its_workers_at_once(tmp_path, models, monkeypatch):

@@ -76,6 +76,7 @@ import numpy as np
 from amnet.cli.bench_worker import ANSWER
 from amnet.cli.common import OneLineParser, run_cli, setup_logging
 from amnet.errors import AMNetError
+from amnet.fileio import exclusive_lock
 from amnet.layouts import layout_path
 
 logger = logging.getLogger("amnet.deploy.bench")
@@ -619,8 +620,13 @@ def _run(argv: list[str] | None) -> int:
     temporary = args.work is None
     work = Path(tempfile.mkdtemp(prefix="amnet-bench-")) if temporary else Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    # Two runs in one work folder would write each other's data and models, and time each other.
+    busy = (
+        f"{work}: another amnet-bench is using this work folder; wait for it or give another --work"
+    )
     try:
-        return _bench(args, wanted, lengths, work.resolve())
+        with exclusive_lock(work / ".amnet-bench.lock", busy):
+            return _bench(args, wanted, lengths, work.resolve())
     finally:
         if temporary:
             shutil.rmtree(work, ignore_errors=True)
