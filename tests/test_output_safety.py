@@ -227,3 +227,19 @@ def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tmp_path, monk
         f"{tmp_path / '.lock'}: cannot lock ({os.strerror(errno.ENOLCK)}); going on without the lock"
     ]
     assert os.listdir(tmp_path) == []
+
+
+def test_one_writer_per_dataset_folder(tmp_path, capsys):
+    from clitools import lock_held_elsewhere
+
+    from amnet.cli.synth import main as synth_main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    args = ["--out", str(data), "--preset", "tiny", "--videos", "2", "--dim", "8", "-q"]
+    with lock_held_elsewhere(data / ".amnet-synth.lock") as pid:
+        one_line_refusal(capsys, synth_main([*args, "--overwrite"]),
+                         f"{data}: another amnet-synth is writing this dataset", f"(pid {pid})")  # fmt: skip
+    assert os.listdir(data) == [".amnet-synth.lock"]  # nothing of the refused run
+    assert synth_main([*args, "--overwrite"]) == 0
+    assert sorted(os.listdir(data)) == ["annotations.json", "features"]

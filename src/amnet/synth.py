@@ -66,7 +66,7 @@ from amnet.annotations import (
 )
 from amnet.console import bar_disabled
 from amnet.errors import AMNetError
-from amnet.fileio import atomic_save_npy, atomic_write_json
+from amnet.fileio import atomic_save_npy, atomic_write_json, exclusive_lock
 from amnet.layouts import layout_path
 
 logger = logging.getLogger(__name__)
@@ -749,19 +749,31 @@ def write_dataset(
     out = prepare_output(out)
     features_dir = out / "features"
     try:
-        features_dir.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise AMNetError(f"{features_dir}: cannot create ({exc.strerror})") from None
+        raise AMNetError(f"{out}: cannot create ({exc.strerror})") from None
 
     began = time.perf_counter()
     snippets = written = inside = 0
-    for video in tqdm(videos, desc="amnet-synth", unit="video", disable=bar_disabled(progress)):
-        features = synthesize_features(video, world, difficulty, video_rng(seed, video.video_id))
-        atomic_save_npy(features_dir / f"{video.video_id}.npy", features)
-        snippets += len(features)
-        written += features.nbytes
-        inside += int(foreground_mask(video, len(features)).sum())
-    atomic_write_json(out / "annotations.json", dump_database(videos, version=version), indent=1)
+    # One writer per dataset folder: two would mix their videos under one annotation file.
+    busy = (
+        f"{out}: another amnet-synth is writing this dataset; wait for it or choose another --out"
+    )
+    with exclusive_lock(out / ".amnet-synth.lock", busy):
+        try:
+            features_dir.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise AMNetError(f"{features_dir}: cannot create ({exc.strerror})") from None
+        bar = tqdm(videos, desc="amnet-synth", unit="video", disable=bar_disabled(progress))
+        for video in bar:
+            rng = video_rng(seed, video.video_id)
+            features = synthesize_features(video, world, difficulty, rng)
+            atomic_save_npy(features_dir / f"{video.video_id}.npy", features)
+            snippets += len(features)
+            written += features.nbytes
+            inside += int(foreground_mask(video, len(features)).sum())
+        database = dump_database(videos, version=version)
+        atomic_write_json(out / "annotations.json", database, indent=1)
     elapsed = time.perf_counter() - began
     summary = DatasetSummary(
         videos=len(videos),
