@@ -228,8 +228,11 @@ def test_cuda_without_cuda_provider_is_an_error(models):
         pytest.skip("this ONNX Runtime has a CUDA provider")
     with pytest.raises(AMNetError, match="no CUDA provider"):
         Detector(models["onnx"], device="cuda")
-    with pytest.raises(AMNetError, match="device must be"):
+    with pytest.raises(AMNetError, match="device must be") as refused:
         Detector(models["onnx"], device="tpu")
+    assert "CUDA_VISIBLE_DEVICES" not in str(refused.value)
+    with pytest.raises(AMNetError, match="got 'cuda:1'; choose the GPU with CUDA_VISIBLE_DEVICES"):
+        Detector(models["onnx"], device="cuda:1")
 
 
 def test_tensorrt_backend_without_tensorrt(tmp_path, models):

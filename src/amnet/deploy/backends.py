@@ -101,7 +101,13 @@ def check_device(device: str | None, allowed: tuple[str, ...], backend: str) -> 
     if device is None:
         return allowed[0]
     if not isinstance(device, str) or device.lower() not in DEVICES:
-        raise AMNetError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+        # "cuda:1": the GPU is chosen the way every CUDA program's is, outside the process.
+        hint = (
+            "; choose the GPU with CUDA_VISIBLE_DEVICES (e.g. CUDA_VISIBLE_DEVICES=1 and 'cuda')"
+            if isinstance(device, str) and device.lower().startswith("cuda:")
+            else ""
+        )
+        raise AMNetError(f"device must be one of {', '.join(DEVICES)}, got {device!r}{hint}")
     device = device.lower()
     if device not in allowed:
         raise AMNetError(f"the {backend} backend runs on {' or '.join(allowed)}, not {device}")
