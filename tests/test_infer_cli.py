@@ -58,6 +58,9 @@ def good_dir(tmp_path) -> Path:
     for i, length in enumerate((60, 256, 300)):
         np.save(folder / f"video_{i}.npy", feats(length, i))
     (folder / "notes.txt").write_text("not a feature file, ignored in a folder")
+    # What a copy from macOS leaves: AppleDouble files, not arrays; hidden, so left out.
+    (folder / "._video_0.npy").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+    np.save(folder / ".cache.npy", feats(10))
     return folder
 
 

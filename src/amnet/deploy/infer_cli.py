@@ -13,7 +13,8 @@
     amnet-infer --engine MODEL --describe [--runtime openvino] [--precision bf16] [...]
 
 MODEL is a ``.onnx``, ``.plan``/``.engine`` (with its ``.plan.json``) or ``.pt`` file; FEATURES
-are ``.npy`` files ``[T, C]`` or folders of them (sorted, not recursive). The video id is the
+are ``.npy`` files ``[T, C]`` or folders of them (sorted, not recursive, hidden files left out:
+a copy from macOS brings ``._<name>.npy`` files that are not arrays). The video id is the
 file stem. Output (stdout unless ``--output``, which is written atomically):
 
 - ``activitynet`` (default): the ActivityNet results JSON ``{"version", "results":
@@ -245,12 +246,17 @@ def build_parser() -> OneLineParser:
 
 
 def expand_inputs(items: Sequence[str]) -> list[FeatureFile]:
-    """Files as given, folders as their ``*.npy`` files (sorted, not recursive)."""
+    """Files as given, folders as their ``*.npy`` files (sorted, not recursive); in a folder,
+    hidden files (``.name.npy``, macOS's ``._name.npy``) are left out."""
     files: list[FeatureFile] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() == ".npy" and p.is_file())
+            found = sorted(
+                p
+                for p in path.iterdir()
+                if p.suffix.lower() == ".npy" and not p.name.startswith(".") and p.is_file()
+            )
             if not found:
                 raise AMNetError(f"{path}: folder has no .npy feature files")
             files.extend(FeatureFile(p, p.stem) for p in found)
