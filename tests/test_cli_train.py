@@ -88,11 +88,13 @@ def test_resume_continues_the_run(one_epoch, small_data, tmp_path):
 def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(small_data, tmp_path, monkeypatch):
     """A run killed after its first epoch and resumed gives the weights of the same run left
     alone, to the bit: the checkpoint carries the random streams (shuffling, crops, dropout), so
-    the resumed epochs draw what the uninterrupted ones drew. A resume keeps its run's seed."""
+    the resumed epochs draw what the uninterrupted ones drew. A resume keeps its run's seed.
+    ``--resume auto`` is the command a scheduler can rerun as it is: it starts the run, then
+    continues it, then finds it done and leaves it alone."""
     args = ["--config", str(TINY), "--data", str(small_data), "--epochs", "2", "--quiet"]
     assert cli("train", *args, "--out", str(tmp_path / "whole")).returncode == 0
     interrupt_training_in_epoch(monkeypatch, 1)
-    proc = cli("train", *args, "--out", str(tmp_path / "killed"))
+    proc = cli("train", *args, "--out", str(tmp_path / "killed"), "--resume", "auto")
     assert proc.returncode == 130 and "interrupted" in proc.stderr  # as Ctrl-C stops it
     monkeypatch.undo()
     last = tmp_path / "killed" / "last.pt"
@@ -103,7 +105,7 @@ def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(small_data, tmp_pat
         ),
         "seed 0, not 7",
     )
-    proc = cli("train", *args, "--out", str(tmp_path / "killed"), "--resume", str(last))
+    proc = cli("train", *args, "--out", str(tmp_path / "killed"), "--resume", "auto")
     assert proc.returncode == 0, proc.stderr
     whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
     resumed = torch.load(last, weights_only=True)
@@ -111,6 +113,23 @@ def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(small_data, tmp_pat
     for weights in ("model", "ema"):
         for name, tensor in whole[weights].items():
             assert torch.equal(tensor, resumed[weights][name]), (weights, name)
+    log = (tmp_path / "killed" / "train.log").read_text()
+    assert "--resume auto: a new run" in log and f"--resume auto: continuing {last}" in log
+
+    # Done: run again, the command does nothing and leaves the finished run as it is.
+    before = (last.stat().st_ino, last.stat().st_mtime_ns, last.read_bytes())
+    proc = cli("train", *args, "--out", str(tmp_path / "killed"), "--resume", "auto")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["epochs"] == 0, proc.stderr
+    assert (last.stat().st_ino, last.stat().st_mtime_ns, last.read_bytes()) == before
+    assert_one_line_error(
+        cli("train", *args, "--out", str(tmp_path / "killed"), "--resume", "auto", "--overwrite"),
+        "--resume and --overwrite do not go together",
+    )
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "auto").write_text("a file of the user's named auto")
+    assert_one_line_error(
+        cli("train", *args, "--out", str(tmp_path / "killed"), "--resume", "auto"), "./auto"
+    )
 
 
 def test_loader_workers_draw_their_own_crops(tmp_path):

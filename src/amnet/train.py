@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 # A run folder's checkpoints, and the lock its writer holds (removed when the run ends).
 CHECKPOINTS = ("last.pt", "best.pt")
 RUN_LOCK = ".amnet-train.lock"
+# ``resume`` that means: this run's own last.pt if it has one, else a new run.
+AUTO_RESUME = "auto"
 
 
 class ModelEma:
@@ -139,7 +141,19 @@ def train(
     so it ends where the uninterrupted run would have (on the same machine and device).
 
     A folder that already holds a run's checkpoints is only written to with ``resume`` (continue
-    it) or ``overwrite`` (start again): finished work is never replaced silently."""
+    it) or ``overwrite`` (start again): finished work is never replaced silently.
+    ``resume="auto"`` continues ``out_dir/last.pt`` where there is one and starts the run where
+    there is none: one command for a job that a scheduler may stop and start again."""
+    if resume is not None and overwrite:
+        raise AMNetError(
+            "--resume and --overwrite do not go together: one continues the run, the other "
+            "starts it again"
+        )
+    auto = isinstance(resume, str) and resume == AUTO_RESUME
+    if auto and Path(AUTO_RESUME).exists():
+        raise AMNetError(
+            f"--resume {AUTO_RESUME}: a file of that name is here too; write ./{AUTO_RESUME} for it"
+        )
     if seed is not None and (isinstance(seed, bool) or not 0 <= seed < 2**32):
         raise AMNetError(f"--seed must be an integer in [0, 2**32), got {seed!r}")
     if epochs is not None and epochs < 0:
@@ -161,13 +175,26 @@ def train(
         # One writer per run folder: a second amnet-train started on it meanwhile would
         # interleave its log and replace the first one's checkpoints.
         with exclusive_lock(out_dir / RUN_LOCK, _busy_message(out_dir)):
+            note = None
+            if auto:
+                resume = out_dir / "last.pt" if (out_dir / "last.pt").is_file() else None
+                note = f"--resume auto: {f'continuing {resume}' if resume else 'a new run'}"
             _refuse_existing_run(out_dir, resume, overwrite)  # one that ran meanwhile
-            return _train_logged(cfg, data_dir, out_dir, epochs, seed, device, resume, progress)
+            return _train_logged(
+                cfg, data_dir, out_dir, epochs, seed, device, resume, progress, note
+            )
     except AMNetError:
         # Bad input found before the first checkpoint: no new folder is left behind.
         if created_dir and not any(out_dir.iterdir()):
             out_dir.rmdir()
         raise
+
+
+def _same_file(a: str | os.PathLike, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _busy_message(out_dir: Path) -> str:
@@ -194,9 +221,10 @@ def _train_logged(
     device: str,
     resume: str | os.PathLike | None,
     progress: bool,
+    note: str | None = None,
 ) -> dict[str, Any]:
-    """:func:`_train` with ``train.log`` beside the checkpoints; on bad input found before the
-    first checkpoint, no new log is left behind."""
+    """:func:`_train` with ``train.log`` beside the checkpoints (``note`` logged first); on bad
+    input found before the first checkpoint, no new log is left behind."""
     log_path = out_dir / "train.log"
     created_log = not log_path.exists()
     try:
@@ -209,6 +237,8 @@ def _train_logged(
     if package_logger.getEffectiveLevel() > logging.INFO:
         package_logger.setLevel(logging.INFO)
     package_logger.addHandler(handler)
+    if note:
+        log.info("%s", note)
     bad_input = False
     try:
         return _train(cfg, data_dir, out_dir, epochs, seed, device, resume, progress)
@@ -501,7 +531,10 @@ def _train(
         history.append(record)
         run.save("last.pt", epoch + 1)
     if run.epochs == 0 or run.start_epoch >= run.epochs:
-        run.save("last.pt", run.start_epoch)
+        if resume is not None and _same_file(resume, out_dir / "last.pt"):
+            log.info("the run has done its %d epochs already; nothing to do", run.start_epoch)
+        else:
+            run.save("last.pt", run.start_epoch)
     return {
         "out_dir": str(out_dir),
         "history": history,

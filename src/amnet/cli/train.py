@@ -28,7 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, help="random seed (default: 0; a resumed run keeps its checkpoint's)"
     )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--resume", help="continue from a last.pt of the same run")
+    p.add_argument(
+        "--resume",
+        help="continue from a last.pt of the same run; 'auto': OUT/last.pt if there is one, "
+        "else start (a job that may be stopped and started again)",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
