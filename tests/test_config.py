@@ -68,6 +68,14 @@ def test_unknown_key_is_named(tmp_path):
         ("dataset:\n  max_seq_len: 100\n", "max_seq_len"),
         ("- a\n- b\n", "mapping"),
         ("model: {embd_dim: 64\n", "malformed YAML"),
+        # A key given twice: YAML loaders keep the last value silently; the line is named.
+        (
+            "opt:\n  learning_rate: 1.0e-3\n  learning_rate: 5.0\n",
+            r"malformed YAML \(key 'learning_rate' given twice, line 3\)",
+        ),
+        ("model: {embd_dim: 64, embd_dim: 128}\n", "key 'embd_dim' given twice"),
+        # Python tags are never constructed (no code runs from a config).
+        ("opt: !!python/object/apply:os.system ['true']\n", "could not determine a constructor"),
         ("base: missing.yaml\n", "not found"),
         # Feature file names: never a path out of the feature folder.
         ("dataset:\n  file_prefix: ../v_\n", "file_prefix must be text without path"),

@@ -100,17 +100,42 @@ def merge_config(
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that gives a key twice: the plain loader keeps
+    the last value silently, so a key pasted twice would change a setting without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and on which line, e.g. "key 'lr' given twice, line 4"."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if problem and mark is not None:
+        return f"{problem}, line {mark.line + 1}"
+    return str(exc).splitlines()[0]
+
+
 def _read_yaml(path: Path) -> dict:
     refuse_special_input(path)
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+            data = yaml.load(handle, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python tags
     except FileNotFoundError:
         raise AMNetError(f"{path}: config file not found") from None
     except IsADirectoryError:
         raise AMNetError(f"{path}: is a folder, expected a YAML config") from None
     except yaml.YAMLError as exc:
-        raise AMNetError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
+        raise AMNetError(f"{path}: malformed YAML ({_yaml_problem(exc)})") from None
     except UnicodeDecodeError as exc:
         raise AMNetError(f"{path}: not a text file ({exc.reason} at byte {exc.start})") from None
     except RecursionError:
