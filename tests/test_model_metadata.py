@@ -83,6 +83,18 @@ def test_every_class_of_bad_field_is_refused(good_meta, key, value):
         assert str(info.value).startswith("m.onnx: ") and "\n" not in str(info.value)
 
 
+def test_a_key_given_twice_in_stored_json_is_refused(good_meta):
+    """JSON keeps the last of two equal keys silently; in a model's stored config that would be
+    a setting changed without a word."""
+    from amnet.metadata import decode_metadata
+
+    as_text = encode_metadata(good_meta)
+    config = json.dumps(good_meta["config"])
+    as_text["config"] = config[:-1] + ', "test_cfg": {}}'  # test_cfg again, at the end
+    with pytest.raises(AMNetError, match=r"'config' \(key 'test_cfg' appears twice in one object\)"):
+        decode_metadata(as_text, "m.onnx")
+
+
 # One case of each kind per backend: the validator runs when a Detector opens the file.
 WIRING = [("fps", 0), ("chunk_overlap", 1.0), ("class_names", ["a", "b"]), ("max_seq_len", 2.5)]
 

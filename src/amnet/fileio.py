@@ -346,7 +346,7 @@ class _DuplicateKey(ValueError):
     pass
 
 
-def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """``object_pairs_hook`` that refuses a key given twice in one object: json keeps the last
     silently, which would drop a video's annotations or detections without a word."""
     out: dict[str, Any] = {}
@@ -365,7 +365,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     refuse_special_input(path)
     try:
         with open(path, encoding="utf-8") as handle:
-            return json.load(handle, object_pairs_hook=_unique_object)
+            return json.load(handle, object_pairs_hook=unique_object)
     except _DuplicateKey as exc:
         raise AMNetError(f"{path}: {what}: {exc}") from None
     except FileNotFoundError:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from amnet.errors import AMNetError
-from amnet.fileio import publish, read_json, temp_beside
+from amnet.fileio import publish, read_json, temp_beside, unique_object
 
 __all__ = [
     "METADATA_KEYS",
@@ -163,7 +163,7 @@ def _decode_value(kind: str, raw: Any) -> Any:
     """One stored value -> its typed value; text (ONNX) and typed JSON (sidecar) alike, with no
     silent coercion (``int(2.7)`` or ``float(True)`` would hide a damaged file)."""
     if kind == "json":
-        return json.loads(raw) if isinstance(raw, str) else raw
+        return json.loads(raw, object_pairs_hook=unique_object) if isinstance(raw, str) else raw
     if kind == "bool":
         if isinstance(raw, bool):
             return raw
