@@ -91,7 +91,9 @@ def test_a_key_given_twice_in_stored_json_is_refused(good_meta):
     as_text = encode_metadata(good_meta)
     config = json.dumps(good_meta["config"])
     as_text["config"] = config[:-1] + ', "test_cfg": {}}'  # test_cfg again, at the end
-    with pytest.raises(AMNetError, match=r"'config' \(key 'test_cfg' appears twice in one object\)"):
+    with pytest.raises(
+        AMNetError, match=r"'config' \(key 'test_cfg' appears twice in one object\)"
+    ):
         decode_metadata(as_text, "m.onnx")
 
 
