@@ -121,3 +121,28 @@ def test_empty_subset_is_an_error(tmp_path):
     root = write_dataset(tmp_path, {"a": 50})
     with pytest.raises(AMNetError, match="has no videos"):
         make(root, subset="training")
+
+
+@pytest.mark.parametrize("force_upsampling", [False, True])
+def test_annotations_outside_the_features_are_named(tmp_path, caplog, force_upsampling):
+    """An annotation past its video's features (a wrong fps, stride or feature file) can be
+    neither learnt nor found: a warning counts them; a training split with no annotation inside
+    its features is an error (it would train on background only)."""
+    root = write_dataset(tmp_path, {"a": 40, "b": 30, "c": 50})  # a and c: validation
+    kw = {"force_upsampling": force_upsampling}
+    make(root, training=True, **kw)
+    assert not caplog.records
+    ann = json.loads((root / "annotations.json").read_text())
+    ann["database"]["c"]["fps"] = 300.0  # its segments now map ten times further out
+    (root / "annotations.json").write_text(json.dumps(ann))
+    make(root, training=True, **kw)
+    [record] = caplog.records
+    assert record.levelname == "WARNING"
+    assert "2 of the 4 annotations of this split lie wholly outside" in record.getMessage()
+    assert "first: video 'c' [" in record.getMessage()
+    ann["database"]["a"]["fps"] = 300.0
+    (root / "annotations.json").write_text(json.dumps(ann))
+    with pytest.raises(AMNetError, match=r"4 of the 4 annotations .* check fps, feature_stride"):
+        make(root, training=True, **kw)
+    make(root, training=False, **kw)  # ground truth to evaluate against: a warning only
+    assert "4 of the 4" in caplog.records[-1].getMessage()

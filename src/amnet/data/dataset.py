@@ -22,7 +22,12 @@ from amnet.class_scores import AGNOSTIC_CLASS
 from amnet.console import bar_disabled
 from amnet.errors import AMNetError
 from amnet.fileio import load_features, refuse_special_input
-from amnet.timebase import resample_snippets, resampled_timebase, seconds_to_snippets
+from amnet.timebase import (
+    resample_snippets,
+    resampled_timebase,
+    seconds_to_snippets,
+    snippets_to_seconds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +158,7 @@ class VideoFeatureDataset(Dataset):
         self.rng = np.random.default_rng(seed)
         self._check_labels(annotation_file)
         self._check_files()
+        self._check_segments()
 
     def _check_labels(self, path: str | os.PathLike) -> None:
         if len(self.class_names) == 1:
@@ -200,18 +206,60 @@ class VideoFeatureDataset(Dataset):
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
             raise AMNetError(f"{len(bad)} bad feature file(s): {'; '.join(bad[:3])}{more}")
 
+    def _timebase(self, video: VideoAnnotation, num_snippets: int) -> tuple[float, float, float]:
+        """(fps, feature stride, frames per snippet) of ``video`` as the model sees it."""
+        fps = video.fps or self.default_fps
+        stride: float = self.feature_stride
+        frames: float = self.num_frames
+        if self.force_upsampling:  # every video becomes max_seq_len snippets
+            stride, frames = resampled_timebase(num_snippets, stride, frames, self.max_seq_len)
+        return fps, stride, frames
+
+    def _check_segments(self) -> None:
+        """Annotations that lie wholly outside their video's features (a wrong fps or stride,
+        features of another video) can be neither learnt nor found, and nothing else would say
+        so: a warning with their count. A training split whose annotations all lie outside is
+        an error: it would train on background only."""
+        outside = total = 0
+        first = ""
+        for video in self.videos:
+            if not len(video.segments):
+                continue
+            path = self.feature_path(video.video_id)
+            length = int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
+            fps, stride, frames = self._timebase(video, length)
+            if self.force_upsampling:
+                length = self.max_seq_len
+            seg = seconds_to_snippets(video.segments, fps, stride, frames)
+            gone = np.minimum(seg[:, 1], length) <= np.maximum(seg[:, 0], 0.0)
+            total += len(seg)
+            outside += int(gone.sum())
+            if gone.any() and not first:
+                start, end = video.segments[int(np.argmax(gone))]
+                ends = float(snippets_to_seconds(np.float64(length), fps, stride, frames))
+                first = (
+                    f"video {video.video_id!r} [{start:g}, {end:g}] s, its features end at "
+                    f"{ends:.1f} s"
+                )
+        if not outside:
+            return
+        message = (
+            f"{self.annotation_file}: {outside} of the {total} annotations of this split lie "
+            f"wholly outside their videos' features (first: {first}); check fps, "
+            "feature_stride, num_frames and the feature files"
+        )
+        if self.is_training and outside == total:
+            raise AMNetError(message)
+        log.warning("%s; they can be neither learnt nor found", message)
+
     def __len__(self) -> int:
         return len(self.videos)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         video = self.videos[index]
         feats = load_features(self.feature_path(video.video_id), self.input_dim)
-        fps = video.fps or self.default_fps
-        stride: float = self.feature_stride
-        frames: float = self.num_frames
-        if self.force_upsampling:
-            # Every video becomes max_seq_len snippets with a time base of its own.
-            stride, frames = resampled_timebase(feats.shape[0], stride, frames, self.max_seq_len)
+        fps, stride, frames = self._timebase(video, feats.shape[0])
+        if self.force_upsampling:  # every video becomes max_seq_len snippets
             feats = resample_snippets(feats, self.max_seq_len)
         segments = seconds_to_snippets(video.segments, fps, stride, frames)
         segments = np.clip(segments, 0, feats.shape[0])
