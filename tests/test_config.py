@@ -96,6 +96,7 @@ def test_unknown_key_is_named(tmp_path):
         ("test_cfg:\n  nms_method: greedy\n", "test_cfg: postprocess.nms_method"),
         ("test_cfg:\n  score_thresh: 2\n", "score_thresh must be in .0, 1."),  # keeps nothing
         ("test_cfg:\n  tiou_thresholds: [0.5, 1.5]\n", "test_cfg.tiou_thresholds must be"),
+        ("test_cfg:\n  tiou_thresholds: [0.5, 0.7, 0.5]\n", "a non-empty list of distinct numbers"),
     ],
 )
 def test_bad_configs_give_one_line_errors(tmp_path, text, message):

@@ -416,6 +416,15 @@ def test_parse_tiou_rejects(spec: str) -> None:
         parse_tiou(spec)
 
 
+def test_a_threshold_given_twice_is_refused() -> None:
+    """The average over thresholds would weigh it twice; in a list or a config alike."""
+    with pytest.raises(AMNetError, match=r"tIoU threshold 0\.5 given twice"):
+        parse_tiou("0.5,0.7,0.5")
+    gt = {"v": video("v", [(0, 10, "a")])}
+    with pytest.raises(AMNetError, match=r"tIoU threshold 0\.7 given twice"):
+        evaluate_detection(gt, {"v": dets([(0, 10, 0.9, 0)])}, ["a"], [0.7, 0.7])
+
+
 def test_parse_tiou_hints_at_swapped_range() -> None:
     with pytest.raises(AMNetError, match=r"did you mean 0\.3:0\.7:0\.1"):
         parse_tiou("0.3:0.1:0.7")

@@ -260,7 +260,12 @@ def _validate_settings(cfg: Mapping[str, Any], where: str) -> None:
         return v is None or (isinstance(v, str) and v != "")
 
     def tious(v: Any) -> bool:
-        return isinstance(v, list) and len(v) > 0 and all(_in(t, 0, 1, low_open=True) for t in v)
+        return (
+            isinstance(v, list)
+            and len(v) > 0
+            and all(_in(t, 0, 1, low_open=True) for t in v)
+            and len(set(v)) == len(v)  # one given twice would weigh twice in the average
+        )
 
     rules: list[tuple[str, str, Any, str]] = [
         # (section, key, test, what it must be)
@@ -289,7 +294,7 @@ def _validate_settings(cfg: Mapping[str, Any], where: str) -> None:
         ("train_cfg", "ema_decay", lambda v: _in(v, 0, 1, high_open=True), "in [0, 1)"),
         ("train_cfg", "amp", lambda v: isinstance(v, bool), "true or false"),
         ("train_cfg", "eval_every", lambda v: count(v, 0), "an integer >= 0"),
-        ("test_cfg", "tiou_thresholds", tious, "a non-empty list of numbers in (0, 1]"),
+        ("test_cfg", "tiou_thresholds", tious, "a non-empty list of distinct numbers in (0, 1]"),
     ]  # fmt: skip
     for section, key, test, rule in rules:
         value = cfg[section][key]

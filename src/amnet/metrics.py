@@ -113,6 +113,9 @@ def _check_thresholds(thresholds: object, what: str = "tIoU thresholds") -> np.n
         raise AMNetError(f"{what}: more than {_MAX_THRESHOLDS} tIoU thresholds")
     if not np.isfinite(values).all() or (values <= 0).any() or (values > 1).any():
         raise AMNetError(f"{what}: tIoU thresholds must lie in (0, 1], got {values.tolist()}")
+    unique, counts = np.unique(values, return_counts=True)
+    if (counts > 1).any():  # the average over thresholds would weigh it twice
+        raise AMNetError(f"{what}: tIoU threshold {unique[counts > 1][0]:g} given twice")
     return values
 
 
