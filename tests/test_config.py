@@ -137,3 +137,18 @@ def test_model_defaults_have_one_source_and_every_key_is_honoured_or_refused(tmp
     ok = tmp_path / "ok.yaml"
     ok.write_text("opt:\n  type: adamw\nmodel:\n  offset_activation: relu\n")
     assert load_config(ok)["model"]["offset_activation"] == "relu"
+
+
+def test_the_training_api_checks_a_config_mapping_as_a_file_is_checked(tmp_path):
+    """``train(cfg, ...)`` takes a mapping: a partial one is completed from the defaults and
+    checked like a YAML file, before anything is written; anything else is one line."""
+    from amnet.train import train
+
+    run = tmp_path / "run"
+    with pytest.raises(AMNetError, match=r"opt\.learning_rate must be > 0, got 'x'"):
+        train({"opt": {"learning_rate": "x"}}, tmp_path, run, epochs=0, progress=False)
+    with pytest.raises(AMNetError, match="unknown config key 'modle'"):
+        train({"modle": {}}, tmp_path, run, epochs=0, progress=False)
+    with pytest.raises(AMNetError, match="the config must be a mapping"):
+        train(None, tmp_path, run, epochs=0, progress=False)  # type: ignore[arg-type]
+    assert not run.exists()

@@ -13,7 +13,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,12 @@ def train(
     it) or ``overwrite`` (start again): finished work is never replaced silently.
     ``resume="auto"`` continues ``out_dir/last.pt`` where there is one and starts the run where
     there is none: one command for a job that a scheduler may stop and start again."""
+    if not isinstance(cfg, Mapping):
+        raise AMNetError(
+            f"the config must be a mapping (amnet.config.load_config(path)), got {type(cfg).__name__}"
+        )
+    # A partial mapping is completed from the defaults and checked, as a YAML file would be.
+    cfg = config_from_dict(cfg)
     if resume is not None and overwrite:
         raise AMNetError(
             "--resume and --overwrite do not go together: one continues the run, the other "
