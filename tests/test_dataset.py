@@ -1,4 +1,5 @@
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,7 @@ def test_annotations_outside_the_features_are_named(tmp_path, caplog, force_upsa
     its features is an error (it would train on background only)."""
     root = write_dataset(tmp_path, {"a": 40, "b": 30, "c": 50})  # a and c: validation
     kw = {"force_upsampling": force_upsampling}
+    caplog.set_level(logging.WARNING)
     make(root, training=True, **kw)
     assert not caplog.records
     ann = json.loads((root / "annotations.json").read_text())
