@@ -66,7 +66,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 f"{path}: not a readable checkpoint (truncated or damaged: its zip archive is "
                 "incomplete)"
             ) from None
-        # torch's refusal is a paragraph that suggests weights_only=False: keep its reason only.
+        # torch's refusal is a paragraph that suggests loading unsafely: keep its reason only.
         reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", said)
         if reason:
             raise AMNetError(
