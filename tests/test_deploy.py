@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -533,6 +534,21 @@ def test_windows_of_several_videos_packed_into_shared_calls(models, onnx_detecto
         np.testing.assert_array_equal(dets.labels, want.labels)
         np.testing.assert_allclose(dets.scores, want.scores, atol=1e-5)
         np.testing.assert_allclose(dets.segments, want.segments, atol=1e-4)
+
+
+def test_more_post_processing_workers_than_cpus_are_cut_to_the_cpus(models, caplog):
+    """Each worker is a fresh interpreter: a slip such as 1000 would start hundreds of them to
+    compete for a few CPUs. The pool is cut to the CPUs this process may use, with a warning."""
+    cpus = len(os.sched_getaffinity(0))
+    with Detector(models["onnx"], postprocess_workers=cpus + 998) as det:
+        assert det.postprocess_workers == cpus
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said == [
+        f"postprocess_workers {cpus + 998} is more than the {cpus} CPUs this process may use; "
+        f"using {cpus}"
+    ]
+    with Detector(models["onnx"], postprocess_workers=cpus) as det:
+        assert det.postprocess_workers == cpus
 
 
 @pytest.mark.parametrize(("batch_size", "workers"), [(1, None), (3, 2)])

@@ -115,6 +115,27 @@ def _score(name: str, value: Any) -> float:
     return float(value)
 
 
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's or a job's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _fit_to_cpus(workers: int) -> int:
+    """Post-processing processes beyond the usable CPUs only compete for them (each one is a
+    fresh interpreter, so a slip such as 1000 would start hundreds): cut, with a warning."""
+    cpus = _usable_cpus()
+    if workers > cpus:
+        logger.warning(
+            "postprocess_workers %d is more than the %d CPUs this process may use; using %d",
+            workers, cpus, cpus,
+        )  # fmt: skip
+        return cpus
+    return workers
+
+
 def _positive(name: str, value: Any, integer: bool = False) -> Any:
     if value is None:
         return None
@@ -206,7 +227,7 @@ class Detector:
         feature_stride = _positive("feature_stride", feature_stride, integer=True)
         num_frames = _positive("num_frames", num_frames, integer=True)
         batch_size = _positive("batch_size", batch_size, integer=True)
-        self.postprocess_workers: int = (
+        self.postprocess_workers: int = _fit_to_cpus(
             _positive("postprocess_workers", postprocess_workers, integer=True) or 0
         )
         self._pool: ProcessPoolExecutor | None = None
