@@ -71,9 +71,9 @@ def truncate_video(
     return feats[start : start + max_len], window, labels[keep], start
 
 
-def _feature_problem(path: Path, input_dim: int) -> str | None:
-    """What is wrong with one feature file, or None. Memory-mapped and scanned in blocks, so a
-    long video costs no more memory than one block."""
+def _feature_problem(path: Path, input_dim: int) -> str | int:
+    """What is wrong with one feature file, or (a good one) its number of snippets.
+    Memory-mapped and scanned in blocks, so a long video costs no more memory than one block."""
     if not path.is_file():
         return "a folder" if path.is_dir() else "not a regular file"
     try:
@@ -93,7 +93,7 @@ def _feature_problem(path: Path, input_dim: int) -> str | None:
             chunk = np.asarray(array[start : start + block], dtype=np.float32)
         if not np.isfinite(chunk).all():
             return f"NaN or Inf at snippet {start + int(np.argwhere(~np.isfinite(chunk))[0, 0])}"
-    return None
+    return int(array.shape[0])
 
 
 class VideoFeatureDataset(Dataset):
@@ -157,8 +157,7 @@ class VideoFeatureDataset(Dataset):
         self.force_upsampling = force_upsampling
         self.rng = np.random.default_rng(seed)
         self._check_labels(annotation_file)
-        self._check_files()
-        self._check_segments()
+        self._check_segments(self._check_files())
 
     def _check_labels(self, path: str | os.PathLike) -> None:
         if len(self.class_names) == 1:
@@ -180,9 +179,10 @@ class VideoFeatureDataset(Dataset):
     def feature_path(self, video_id: str) -> Path:
         return self.feature_folder / f"{self.file_prefix}{video_id}{self.file_ext}"
 
-    def _check_files(self) -> None:
+    def _check_files(self) -> dict[str, int]:
         """Fail early, naming the files, rather than mid-epoch: every feature file is read once
-        and must be a non-empty ``[T, input_dim]`` float array of finite values."""
+        and must be a non-empty ``[T, input_dim]`` float array of finite values. Returns each
+        video's number of snippets."""
         missing = [
             str(self.feature_path(v.video_id))
             for v in self.videos
@@ -194,17 +194,21 @@ class VideoFeatureDataset(Dataset):
                 f"{len(missing)} feature file(s) missing: {', '.join(missing[:3])}{more}"
             )
         bad = []
+        lengths: dict[str, int] = {}
         videos = tqdm(
             self.videos, desc="checking features", unit="video", leave=False,
             disable=bar_disabled() or len(self.videos) < 50,
         )  # fmt: skip
         for v in videos:
-            problem = _feature_problem(self.feature_path(v.video_id), self.input_dim)
-            if problem:
-                bad.append(f"{self.feature_path(v.video_id)} ({problem})")
+            found = _feature_problem(self.feature_path(v.video_id), self.input_dim)
+            if isinstance(found, str):
+                bad.append(f"{self.feature_path(v.video_id)} ({found})")
+            else:
+                lengths[v.video_id] = found
         if bad:
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
             raise AMNetError(f"{len(bad)} bad feature file(s): {'; '.join(bad[:3])}{more}")
+        return lengths
 
     def _timebase(self, video: VideoAnnotation, num_snippets: int) -> tuple[float, float, float]:
         """(fps, feature stride, frames per snippet) of ``video`` as the model sees it."""
@@ -215,7 +219,7 @@ class VideoFeatureDataset(Dataset):
             stride, frames = resampled_timebase(num_snippets, stride, frames, self.max_seq_len)
         return fps, stride, frames
 
-    def _check_segments(self) -> None:
+    def _check_segments(self, lengths: dict[str, int]) -> None:
         """Annotations that lie wholly outside their video's features (a wrong fps or stride,
         features of another video) can be neither learnt nor found, and nothing else would say
         so: a warning with their count. A training split whose annotations all lie outside is
@@ -225,8 +229,7 @@ class VideoFeatureDataset(Dataset):
         for video in self.videos:
             if not len(video.segments):
                 continue
-            path = self.feature_path(video.video_id)
-            length = int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
+            length = lengths[video.video_id]
             fps, stride, frames = self._timebase(video, length)
             if self.force_upsampling:
                 length = self.max_seq_len
