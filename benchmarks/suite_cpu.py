@@ -52,9 +52,15 @@ try:
         if RECORDS not in os.environ:
             yield
             return
-        cpu, wall = _cpu_seconds(), time.perf_counter()
+        cpu, wall, start = _cpu_seconds(), time.perf_counter(), time.time()
         yield
-        row = {"id": item.nodeid, "cpu": _cpu_seconds() - cpu, "wall": time.perf_counter() - wall}
+        row = {
+            "id": item.nodeid,
+            "cpu": _cpu_seconds() - cpu,
+            "wall": time.perf_counter() - wall,
+            "start": start,  # epoch seconds: the run's timeline, worker by worker
+            "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+        }
         with open(_record_file(), "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -70,6 +76,22 @@ def _busy_seconds() -> float:
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _print_workers(rows: list[dict[str, Any]], began: float, wall: float) -> None:
+    """When each worker ran tests: a worker that ends early while another still runs (a long
+    group at the end) is wall time the suite spends on one core."""
+    print("\n| worker | tests | first test starts (s) | last test ends (s) | in tests, wall s |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    by_worker: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for r in rows:
+        by_worker[r["worker"]].append(r)
+    for worker, mine in sorted(by_worker.items()):
+        first = min(r["start"] for r in mine) - began
+        last = max(r["start"] + r["wall"] for r in mine) - began
+        print(f"| {worker} | {len(mine)} | {first:.1f} | {last:.1f} | "
+              f"{sum(r['wall'] for r in mine):.1f} |")  # fmt: skip
+    print(f"\n(the run took {wall:.1f} s from start to pytest's exit)")
 
 
 def main() -> int:
@@ -89,7 +111,7 @@ def main() -> int:
         }
         command = [sys.executable, "-m", "pytest", "-q", "-n", "auto", "--dist", "loadgroup",
                    "-p", "suite_cpu", "-p", "no:cacheprovider", *args.pytest_args]  # fmt: skip
-        busy, wall = _busy_seconds(), time.perf_counter()
+        busy, wall, began = _busy_seconds(), time.perf_counter(), time.time()
         proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
         busy, wall = _busy_seconds() - busy, time.perf_counter() - wall
         rows = [
@@ -119,6 +141,7 @@ def main() -> int:
     print("| test file | tests | CPU s | wall s |\n| --- | ---: | ---: | ---: |")
     for name, (cpu, w, n) in sorted(per_file.items(), key=lambda kv: -kv[1][0]):
         print(f"| {name} | {n} | {cpu:.1f} | {w:.1f} |")
+    _print_workers(rows, began, wall)
     print(f"\n| the {args.top} tests with the most CPU | CPU s | wall s |\n| --- | ---: | ---: |")
     for r in sorted(rows, key=lambda r: -r["cpu"])[: args.top]:
         print(f"| {r['id']} | {r['cpu']:.1f} | {r['wall']:.1f} |")

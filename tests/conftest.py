@@ -9,9 +9,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # before torch is imported; an oversubscribed torch thread pool is many times slower.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import dataclasses
 import json
 import logging
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +21,29 @@ import pytest
 from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _interpret_as_compiled() -> None:
+    """Run interpreted kernels with the compiled kernels' overflow semantics.
+
+    Triton's interpreter checks every 32-bit integer add, sub and mul for overflow (in int64,
+    with an assertion): a debug aid that compiled kernels leave out unless built with debug on,
+    and a third of the interpreter's time. The tests' indices stay far below 2**31, where the
+    check cannot fire; the interpreter exposes no option for it, so it is switched off on the
+    interpreter's builder where that has the field."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    builder = getattr(interpreter, "interpreter_builder", None)
+    options = getattr(builder, "options", None)
+    if dataclasses.is_dataclass(options) and getattr(options, "sanitize_overflow", False):
+        builder.options = dataclasses.replace(options, sanitize_overflow=False)
+
+
+_interpret_as_compiled()
 
 
 def shared(
@@ -123,6 +148,26 @@ def torch_detector(models):
     from amnet.deploy import Detector
 
     return Detector(models["pt"])
+
+
+# The tests that use the shared Ray cluster (``cluster``) and have not ended yet in this
+# process: the cluster stops after the last of them. Idle, its daemons still take about a tenth
+# of a core, and the Ray tests run early (their group is collected first).
+_cluster_users: set[str] = set()
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    _cluster_users.update(i.nodeid for i in items if "cluster" in getattr(i, "fixturenames", ()))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    yield
+    if item.nodeid in _cluster_users:
+        _cluster_users.discard(item.nodeid)
+        if not _cluster_users and "ray" in sys.modules:
+            sys.modules["ray"].shutdown()  # the fixture's own shutdown at the end is then a no-op
 
 
 @pytest.fixture(scope="session")
