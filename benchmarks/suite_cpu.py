@@ -71,6 +71,13 @@ except ImportError:  # pragma: no cover - the driver below does not need pytest 
 # -- the driver ---------------------------------------------------------------------------
 
 
+def _children_cpu() -> float:
+    """CPU seconds of this process's waited-for descendants: pytest, its workers, and what they
+    waited for in turn."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return children.ru_utime + children.ru_stime
+
+
 def _busy_seconds() -> float:
     """CPU seconds the whole machine has spent busy since boot (all cores)."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
@@ -112,8 +119,10 @@ def main() -> int:
         command = [sys.executable, "-m", "pytest", "-q", "-n", "auto", "--dist", "loadgroup",
                    "-p", "suite_cpu", "-p", "no:cacheprovider", *args.pytest_args]  # fmt: skip
         busy, wall, began = _busy_seconds(), time.perf_counter(), time.time()
+        waited = _children_cpu()
         proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
         busy, wall = _busy_seconds() - busy, time.perf_counter() - wall
+        waited = _children_cpu() - waited
         rows = [
             json.loads(line)
             for path in Path(records).glob("*.jsonl")
@@ -130,7 +139,8 @@ def main() -> int:
     print(f"wall {wall:.1f} s on {cores} cores; the machine busy {busy:.1f} CPU s "
           f"({busy / (wall * cores):.0%} of its capacity); the tests' own processes "
           f"{tests_cpu:.1f} CPU s, the rest (Ray daemons, pytest start-up and collection, "
-          f"other load) {busy - tests_cpu:.1f}\n")  # fmt: skip
+          f"other load) {busy - tests_cpu:.1f}, of which pytest's processes outside the tests "
+          f"(start-up, collection, the controller) {waited - tests_cpu:.1f}\n")  # fmt: skip
 
     per_file: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0])
     for r in rows:
@@ -146,7 +156,8 @@ def main() -> int:
     for r in sorted(rows, key=lambda r: -r["cpu"])[: args.top]:
         print(f"| {r['id']} | {r['cpu']:.1f} | {r['wall']:.1f} |")
     if args.json:
-        totals = {"wall_s": wall, "busy_cpu_s": busy, "tests_cpu_s": tests_cpu, "cores": cores}
+        totals = {"wall_s": wall, "busy_cpu_s": busy, "tests_cpu_s": tests_cpu,
+                  "pytest_cpu_s": waited, "cores": cores}  # fmt: skip
         Path(args.json).write_text(json.dumps({"totals": totals, "tests": rows}, indent=1))
     return 0
 
