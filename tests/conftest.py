@@ -31,19 +31,19 @@ def _interpret_as_compiled() -> None:
     and a third of the interpreter's time. The tests' indices stay far below 2**31, where the
     check cannot fire; the interpreter exposes no option for it, so it is switched off on the
     interpreter's builder where that has the field."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
+    if os.environ.get("TRITON_INTERPRET") != "1" or "triton" not in sys.modules:
         return
-    try:
-        from triton.runtime import interpreter
-    except ImportError:
-        return
+    from triton.runtime import interpreter
+
     builder = getattr(interpreter, "interpreter_builder", None)
     options = getattr(builder, "options", None)
     if dataclasses.is_dataclass(options) and getattr(options, "sanitize_overflow", False):
         builder.options = dataclasses.replace(options, sanitize_overflow=False)
 
 
-_interpret_as_compiled()
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # The kernel tests import triton when collected: no import here for runs without them.
+    _interpret_as_compiled()
 
 
 def shared(
