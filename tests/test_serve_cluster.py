@@ -40,6 +40,7 @@ def get(port: int, path: str) -> str:
 
 
 def test_serve_on_a_joined_cluster_touches_only_its_own_app(cluster, models):
+    """One Serve start on the cluster (each costs several actor processes) serves every step."""
     from ray import serve
 
     port = free_port()
@@ -52,24 +53,6 @@ def test_serve_on_a_joined_cluster_touches_only_its_own_app(cluster, models):
     assert (
         proc.stderr == "amnet-serve: error: the model runs on a GPU, and the Ray cluster has none\n"
     )
-
-    # Serve already runs there: refused in one line; its application keeps answering.
-    their_port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": their_port})
-    serve.run(theirs_app(), name="theirs", route_prefix="/theirs")
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
-    assert "Ray Serve already runs on the cluster" in proc.stderr
-    assert get(their_port, "/theirs") == "theirs"
-
-    # Replicas that cannot open the model (on a node without it): the reason, not Serve's "failed
-    # to update the deployments".
-    missing = str(models["onnx"].parent / "elsewhere" / "model.onnx")
-    with pytest.raises(RuntimeError) as failed:
-        serve.run(make_app(missing, {}, 1 << 20, 1, 1, 0.01), name=APP_NAME, route_prefix="/a")
-    assert _deploy_failure(serve, failed.value) == f"{missing}: model file not found"
-    serve.shutdown()
 
     # Serve started by amnet-serve; an application deployed beside it meanwhile survives it. A
     # request in flight when SIGTERM comes is answered first: here it waits 3 s on the replica
@@ -92,6 +75,22 @@ def test_serve_on_a_joined_cluster_touches_only_its_own_app(cluster, models):
     assert answers[0][0] == 200 and "detections" in answers[0][1], answers
     assert set(serve.status().applications) == {"theirs"}
     assert get(port, "/theirs") == "theirs"
+
+    # Serve now runs there with someone else's application: refused in one line, not
+    # reconfigured; that application keeps answering. (A new port: Serve's proxy holds ours.)
+    again = serve_command(models["onnx"], free_port(), "--ray-address", cluster)
+    proc = subprocess.run(again, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
+    assert "Ray Serve already runs on the cluster" in proc.stderr
+    assert get(port, "/theirs") == "theirs"
+
+    # Replicas that cannot open the model (on a node without it): the reason, not Serve's "failed
+    # to update the deployments".
+    missing = str(models["onnx"].parent / "elsewhere" / "model.onnx")
+    with pytest.raises(RuntimeError) as failed:
+        serve.run(make_app(missing, {}, 1 << 20, 1, 1, 0.01), name=APP_NAME, route_prefix="/a")
+    assert _deploy_failure(serve, failed.value) == f"{missing}: model file not found"
     serve.delete("theirs")
 
     # Alone on the cluster, Serve goes with our application; the cluster stays.
