@@ -170,6 +170,18 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
             sys.modules["ray"].shutdown()  # the fixture's own shutdown at the end is then a no-op
 
 
+# The Ray modules skip at set-up, not at collection: only the worker that runs their group
+# (xdist_group "ray") then imports Ray, which takes 2-3 CPU s with Serve.
+@pytest.fixture(scope="session")
+def ray_installed() -> object:
+    return pytest.importorskip("ray", reason="the [scale] extra (Ray) is not installed")
+
+
+@pytest.fixture(scope="session")
+def ray_serve(ray_installed: object) -> object:
+    return pytest.importorskip("ray.serve", reason="the [scale] extra (Ray Serve) is not installed")
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[str]:
     """A running Ray cluster, as a user's own that ``--ray-address`` joins (its address): started

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("ray", reason="the [scale] extra (Ray) is not installed")
 # Ray tests start clusters: run them on one pytest worker, one after another.
-pytestmark = pytest.mark.xdist_group("ray")
+pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.usefixtures("ray_installed")]
 
 DIM = 2048
 

@@ -22,14 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytest.importorskip("ray.serve", reason="the [scale] extra (Ray Serve) is not installed")
 from videos import DIM, video
 
 from amnet.deploy import Detector
 
 # Each Ray test starts a local cluster: run them on one pytest worker, one after another.
-pytestmark = pytest.mark.xdist_group("ray")
+pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.usefixtures("ray_serve")]
 
 
 def npy(array: np.ndarray) -> bytes:

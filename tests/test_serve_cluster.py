@@ -12,14 +12,12 @@ import time
 import urllib.request
 
 import pytest
-
-pytest.importorskip("ray.serve", reason="the [scale] extra (Ray Serve) is not installed")
 from test_serve import Client, free_port, serve_command, wait_ready
 from videos import video
 
 from amnet.deploy.serve import APP_NAME, _deploy_failure, _port_free, _stop_serve, make_app
 
-pytestmark = pytest.mark.xdist_group("ray")
+pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.usefixtures("ray_serve")]
 
 
 def theirs_app():

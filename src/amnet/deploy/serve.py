@@ -41,6 +41,7 @@ import signal
 import socket
 import sys
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
@@ -173,8 +174,12 @@ class DetectionService:
 
 def import_serve() -> tuple[Any, Any]:
     try:
-        import ray
-        from ray import serve
+        with warnings.catch_warnings():
+            # Importing Serve trips deprecations inside Ray's own use of its dependencies
+            # (pydantic's): nothing a user of this package can act on.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import ray
+            from ray import serve
     except ImportError:
         raise AMNetError(
             "amnet-serve needs Ray Serve: pip install 'amnet[scale]' (or 'ray[serve]')"
