@@ -16,6 +16,7 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from filelock import FileLock
@@ -173,21 +174,21 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 # The Ray modules skip at set-up, not at collection: only the worker that runs their group
 # (xdist_group "ray") then imports Ray, which takes 2-3 CPU s with Serve.
 @pytest.fixture(scope="session")
-def ray_installed() -> object:
+def ray_installed() -> Any:
     return pytest.importorskip("ray", reason="the [scale] extra (Ray) is not installed")
 
 
 @pytest.fixture(scope="session")
-def ray_serve(ray_installed: object) -> object:
+def ray_serve(ray_installed: Any) -> Any:
     return pytest.importorskip("ray.serve", reason="the [scale] extra (Ray Serve) is not installed")
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[str]:
+def cluster(ray_installed: Any) -> Iterator[str]:
     """A running Ray cluster, as a user's own that ``--ray-address`` joins (its address): started
     once for the Ray tests (their xdist group keeps them on one worker), with this process as
     its first driver, and stopped with its processes after."""
-    ray = pytest.importorskip("ray", reason="the [scale] extra (Ray) is not installed")
+    ray = ray_installed
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
              log_to_driver=False)  # fmt: skip
     try:
