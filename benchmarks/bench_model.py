@@ -4,6 +4,7 @@
     python benchmarks/bench_model.py infer [--dims 128,256,512,1024] [--length 2304]
     python benchmarks/bench_model.py update [--config configs/thumos14_i3d.yaml] [--repeats 20]
     python benchmarks/bench_model.py flops [--config configs/thumos14_i3d.yaml] [--length 2304]
+    python benchmarks/bench_model.py heads [--repeats 20]
 
 ``train``: seconds per training iteration (batch of ``loader.batch_size`` crops of
 ``max_seq_len`` snippets, forward + backward + AdamW step), the implied time per epoch on
@@ -14,6 +15,10 @@ memory. ``infer``: snippets per second of one chunk through ``predict`` for each
 (fused vs loop) and the EMA update (one multi-tensor lerp vs one lerp per tensor).
 ``flops``: floating-point operations of one window through ``predict`` (torch's FLOP counter:
 matmuls and convolutions), per top-level module and per snippet.
+``heads``: the classification and regression heads over the 6 pyramid levels, as the model
+runs them (all levels joined into one sequence) and one pass per level, interleaved (median
+ms), forward + backward and forward alone, for the tiny config's training batch and the paper
+config's CPU crop, training crop and inference window.
 Each measurement runs in its own process so that peak memory belongs to it alone.
 """
 
@@ -208,6 +213,61 @@ def measure_flops(config: str, length: int) -> dict:
     return {"config": config, "length": length, "total": total, "modules": modules}
 
 
+HEAD_CASES = (  # config, batch, snippets
+    ("configs/tiny_cpu.yaml", 4, 256),
+    ("configs/thumos14_i3d.yaml", 2, 288),
+    ("configs/thumos14_i3d.yaml", 2, 2304),
+    ("configs/thumos14_i3d.yaml", 1, 2304),
+)
+
+
+def measure_heads(config: str, batch: int, length: int, repeats: int) -> dict:
+    """Milliseconds of both heads over all levels: joined (the model's form) and per level."""
+    import statistics
+
+    import torch
+    from torch.nn import functional as F
+
+    from amnet.config import load_config
+    from amnet.model import AMNet
+
+    torch.manual_seed(0)
+    cfg = load_config(ROOT / config)
+    model = AMNet.from_config(cfg).train()
+    cls, reg = model.cls_head, model.reg_head
+    dim = cfg["model"]["embd_dim"]
+    levels = [torch.randn(batch, length >> i, dim, requires_grad=True) for i in range(model.n_levels)]  # fmt: skip
+    masks = [torch.ones(batch, length >> i, 1) for i in range(model.n_levels)]
+
+    def joined() -> torch.Tensor:
+        return cls(levels, masks).sum() + reg(levels, masks).sum()
+
+    def per_level() -> torch.Tensor:
+        logits = [cls.run_levels([x], [m]) for x, m in zip(levels, masks, strict=True)]
+        raw = [reg.run_levels([x], [m]) * s.scale for x, m, s in zip(levels, masks, reg.scales, strict=True)]  # fmt: skip
+        offsets = F.softplus(torch.cat(raw, 1)) * torch.cat(masks, 1)
+        return torch.cat(logits, 1).sum() + offsets.sum()
+
+    forms = {"joined": joined, "per_level": per_level}
+    times: dict[str, list[float]] = {f"{n}_{p}": [] for n in forms for p in ("train", "forward")}
+    for i in range(repeats + 1):
+        for name, form in forms.items():
+            started = time.perf_counter()
+            form().backward()
+            train = time.perf_counter() - started
+            with torch.no_grad():
+                started = time.perf_counter()
+                form()
+                forward = time.perf_counter() - started
+            if i:  # the first round warms up
+                times[f"{name}_train"].append(train)
+                times[f"{name}_forward"].append(forward)
+    return {
+        "config": config, "batch": batch, "length": length,
+        **{f"{name}_ms": 1e3 * statistics.median(t) for name, t in times.items()},
+    }  # fmt: skip
+
+
 def run_child(args: list[str]) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=True
@@ -219,7 +279,7 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("what", choices=["train", "infer", "update", "flops"])
+    p.add_argument("what", choices=["train", "infer", "update", "flops", "heads"])
     p.add_argument("--config", default="configs/thumos14_i3d.yaml")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--dims", default="128,256,512,1024")
@@ -253,6 +313,22 @@ def main() -> None:
             print(f"| {name} | {flops / 1e9:.1f} | {flops / r['total']:.0%} |")
         if args.json_out:
             Path(args.json_out).write_text(json.dumps(r, indent=1))
+        return
+    if args.what == "heads":
+        print("| config | batch × T | forward + backward: joined / per level (ms) | speed-up "
+              "| forward: joined / per level (ms) | speed-up |")  # fmt: skip
+        print("| --- | --- | --- | --- | --- | --- |")
+        rows = [measure_heads(c, b, t, args.repeats) for c, b, t in HEAD_CASES]
+        for r in rows:
+            print(
+                f"| {Path(r['config']).stem} | {r['batch']} × {r['length']} "
+                f"| {r['joined_train_ms']:.1f} / {r['per_level_train_ms']:.1f} "
+                f"| {r['per_level_train_ms'] / r['joined_train_ms']:.2f}× "
+                f"| {r['joined_forward_ms']:.1f} / {r['per_level_forward_ms']:.1f} "
+                f"| {r['per_level_forward_ms'] / r['joined_forward_ms']:.2f}× |"
+            )
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(rows, indent=1))
         return
     if args.what == "update":
         r = measure_update(args.config, args.repeats)

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch.nn import functional as F
 
 from amnet.checkpoint import load_model, save_checkpoint
 from amnet.config import DEFAULTS, config_from_dict
@@ -40,6 +41,28 @@ def test_padding_never_leaks(overrides):
     for got in (batched[1], noisy_out[1]):
         assert torch.allclose(got[0], alone[0][0], atol=1e-5)
         assert torch.allclose(got[1], alone[0][1], atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_heads_give_each_level_what_a_pass_over_that_level_alone_gives(kernel_size):
+    """The heads run all levels as one joined sequence: no level may read another's rows, here
+    with every row of every level valid (no padding between levels to hide a leak)."""
+    model = small_model(head_kernel_size=kernel_size)
+    with torch.no_grad():
+        for scale in model.reg_head.scales:
+            scale.scale.uniform_(0.5, 2.0)  # a distinct scale per level
+        levels = [torch.randn(2, 64 >> level, 32) for level in range(model.n_levels)]
+        masks = [torch.ones(2, 64 >> level, 1) for level in range(model.n_levels)]
+        logits, offsets = model.cls_head(levels, masks), model.reg_head(levels, masks)
+        start = 0
+        for level, (x, mask) in enumerate(zip(levels, masks, strict=True)):
+            end = start + x.shape[1]
+            alone = model.cls_head.run_levels([x], [mask])
+            assert torch.allclose(logits[:, start:end], alone, atol=1e-6)
+            raw = model.reg_head.run_levels([x], [mask]) * model.reg_head.scales[level].scale
+            assert torch.allclose(offsets[:, start:end], F.softplus(raw), atol=1e-6)
+            start = end
+        assert start == logits.shape[1] == offsets.shape[1]
 
 
 def test_output_shapes_and_point_count():

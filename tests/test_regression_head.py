@@ -12,6 +12,7 @@ import torch
 
 from amnet.config import load_config
 from amnet.model import AMNet
+from amnet.model.heads import level_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(
@@ -31,7 +32,7 @@ def offset_slopes(model: AMNet, feats: torch.Tensor, lengths: torch.Tensor):
     """
     pre: list[torch.Tensor] = []
 
-    def keep(module, inputs, output):  # the output layer's result, one tensor per level
+    def keep(module, inputs, output):  # the output layer's result, all levels joined
         leaf = output.detach().requires_grad_()
         pre.append(leaf)
         return leaf
@@ -43,11 +44,15 @@ def offset_slopes(model: AMNet, feats: torch.Tensor, lengths: torch.Tensor):
             out = model(feats, lengths)
     finally:
         handle.remove()
-    assert len(pre) == model.n_levels
+    assert len(pre) == 1
+    padded = -(-feats.shape[1] // model.pad_multiple) * model.pad_multiple
+    rows = level_rows([padded // 2**level for level in range(model.n_levels)], model.reg_head.gap,
+                      feats.device)  # fmt: skip
     slopes = []
     for k in range(2):
-        grads = torch.autograd.grad(out.offsets[..., k].sum(), pre, retain_graph=True)
-        slopes.append(torch.cat([g[:, k, :] for g in grads], dim=1))  # conv layout [B, 2, T]
+        (grad,) = torch.autograd.grad(out.offsets[..., k].sum(), pre, retain_graph=True)
+        # conv layout [B, 2, T]; the rows between levels dropped
+        slopes.append(grad[:, k, :].index_select(1, rows))
     return out.offsets.detach(), torch.stack(slopes, -1), out.point_mask
 
 

@@ -139,21 +139,20 @@ class AMNet(nn.Module):
         encoded = x if self.ame is not None else None
         padded = x.shape[1]
 
-        cls_out, reg_out, point_masks = [], [], []
+        features, masks = [], []
         level_mask, level_lengths = mask, lengths
         for level, block in enumerate(self.pyramid):
             if level > 0:
                 x, level_mask, level_lengths = masked_max_pool(x, level_mask, level_lengths)
             x = block(x, level_mask, level_lengths)
-            cls_out.append(self.cls_head(x, level_mask))
-            reg_out.append(self.reg_head(x, level_mask, level))
-            point_masks.append(level_mask.squeeze(-1) > 0)
+            features.append(x)
+            masks.append(level_mask)
 
         centers, strides, levels = pyramid_points(padded, self.n_levels, x.device)
         return AMNetOutput(
-            cls_logits=torch.cat(cls_out, dim=1),
-            offsets=torch.cat(reg_out, dim=1),
-            point_mask=torch.cat(point_masks, dim=1),
+            cls_logits=self.cls_head(features, masks),
+            offsets=self.reg_head(features, masks),
+            point_mask=torch.cat(masks, dim=1).squeeze(-1) > 0,
             centers=centers,
             strides=strides,
             levels=levels,
