@@ -1,10 +1,11 @@
 """AMNet speed and memory on this machine (PyTorch eager, reference attention on CPU).
 
     python benchmarks/bench_model.py train [--config configs/thumos14_i3d.yaml] [--iters 3]
+        [--crop SNIPPETS]
     python benchmarks/bench_model.py infer [--dims 128,256,512,1024] [--length 2304]
     python benchmarks/bench_model.py update [--config configs/thumos14_i3d.yaml] [--repeats 20]
     python benchmarks/bench_model.py flops [--config configs/thumos14_i3d.yaml] [--length 2304]
-    python benchmarks/bench_model.py heads [--repeats 20]
+    python benchmarks/bench_model.py heads [--repeats 20] [--device cuda]
 
 ``train``: seconds per training iteration (batch of ``loader.batch_size`` crops of
 ``max_seq_len`` snippets, forward + backward + AdamW step), the implied time per epoch on
@@ -55,8 +56,11 @@ def synthetic_batch(cfg: dict, batch: int, length: int, seed: int = 0):
     return feats, torch.full((batch,), length), segs, labels
 
 
-def measure_train(config: str, iters: int, overrides: dict, device: str = "cpu") -> dict:
-    """One training step as ``amnet-train`` runs it (AMP on CUDA), repeated ``iters`` times."""
+def measure_train(
+    config: str, iters: int, overrides: dict, device: str = "cpu", crop: int | None = None
+) -> dict:
+    """One training step as ``amnet-train`` runs it (AMP on CUDA), repeated ``iters`` times, on
+    crops of ``crop`` snippets (default: the config's ``max_seq_len``)."""
     import torch
 
     from amnet.config import load_config
@@ -67,6 +71,8 @@ def measure_train(config: str, iters: int, overrides: dict, device: str = "cpu")
     torch.manual_seed(0)
     cfg = load_config(ROOT / config)
     cfg["model"].update(overrides)
+    if crop is not None:
+        cfg["dataset"]["max_seq_len"] = crop
     dev = torch.device(device)
     model = AMNet.from_config(cfg).to(dev).train()
     criterion = AMNetLoss(model, cfg["train_cfg"]).to(dev).train()
@@ -221,7 +227,7 @@ HEAD_CASES = (  # config, batch, snippets
 )
 
 
-def measure_heads(config: str, batch: int, length: int, repeats: int) -> dict:
+def measure_heads(config: str, batch: int, length: int, repeats: int, device: str = "cpu") -> dict:
     """Milliseconds of both heads over all levels: joined (the model's form) and per level."""
     import statistics
 
@@ -233,11 +239,16 @@ def measure_heads(config: str, batch: int, length: int, repeats: int) -> dict:
 
     torch.manual_seed(0)
     cfg = load_config(ROOT / config)
-    model = AMNet.from_config(cfg).train()
+    dev = torch.device(device)
+    model = AMNet.from_config(cfg).to(dev).train()
     cls, reg = model.cls_head, model.reg_head
     dim = cfg["model"]["embd_dim"]
-    levels = [torch.randn(batch, length >> i, dim, requires_grad=True) for i in range(model.n_levels)]  # fmt: skip
-    masks = [torch.ones(batch, length >> i, 1) for i in range(model.n_levels)]
+    levels = [torch.randn(batch, length >> i, dim, device=dev, requires_grad=True) for i in range(model.n_levels)]  # fmt: skip
+    masks = [torch.ones(batch, length >> i, 1, device=dev) for i in range(model.n_levels)]
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
 
     def joined() -> torch.Tensor:
         return cls(levels, masks).sum() + reg(levels, masks).sum()
@@ -252,18 +263,21 @@ def measure_heads(config: str, batch: int, length: int, repeats: int) -> dict:
     times: dict[str, list[float]] = {f"{n}_{p}": [] for n in forms for p in ("train", "forward")}
     for i in range(repeats + 1):
         for name, form in forms.items():
+            sync()
             started = time.perf_counter()
             form().backward()
+            sync()
             train = time.perf_counter() - started
             with torch.no_grad():
                 started = time.perf_counter()
                 form()
+                sync()
                 forward = time.perf_counter() - started
             if i:  # the first round warms up
                 times[f"{name}_train"].append(train)
                 times[f"{name}_forward"].append(forward)
     return {
-        "config": config, "batch": batch, "length": length,
+        "config": config, "batch": batch, "length": length, "device": device,
         **{f"{name}_ms": 1e3 * statistics.median(t) for name, t in times.items()},
     }  # fmt: skip
 
@@ -286,7 +300,8 @@ def main() -> None:
     p.add_argument("--length", type=int, default=2304)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--variants", default="base", help="train: comma list of base, dim1024, heads8")
-    p.add_argument("--device", default="cpu", help="train: cpu or cuda")
+    p.add_argument("--device", default="cpu", help="train, heads: cpu or cuda")
+    p.add_argument("--crop", type=int, help="train: crop length (default: the config's)")
     p.add_argument("--json-out", help="also write all results as JSON here")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
@@ -294,11 +309,9 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         if args.what == "train":
-            print(
-                json.dumps(
-                    measure_train(args.config, args.iters, json.loads(args.overrides), args.device)
-                )
-            )
+            overrides = json.loads(args.overrides)
+            r = measure_train(args.config, args.iters, overrides, args.device, args.crop)
+            print(json.dumps(r))
         else:
             print(json.dumps(measure_infer(args.config, args.dim, args.length, args.repeats)))
         return
@@ -318,7 +331,7 @@ def main() -> None:
         print("| config | batch × T | forward + backward: joined / per level (ms) | speed-up "
               "| forward: joined / per level (ms) | speed-up |")  # fmt: skip
         print("| --- | --- | --- | --- | --- | --- |")
-        rows = [measure_heads(c, b, t, args.repeats) for c, b, t in HEAD_CASES]
+        rows = [measure_heads(c, b, t, args.repeats, args.device) for c, b, t in HEAD_CASES]
         for r in rows:
             print(
                 f"| {Path(r['config']).stem} | {r['batch']} × {r['length']} "
@@ -366,6 +379,7 @@ def main() -> None:
         for name in args.variants.split(","):
             child = ["train", "--config", args.config, "--iters", str(args.iters)]
             child += ["--device", args.device, "--overrides", json.dumps(variants[name])]
+            child += [] if args.crop is None else ["--crop", str(args.crop)]
             try:
                 r = run_child(child)
             except subprocess.CalledProcessError as exc:
@@ -380,7 +394,7 @@ def main() -> None:
             print(
                 f"| {Path(args.config).name} {name} | {r['device']}, {r['attention']} "
                 f"| {r['params_m']:.1f} | {r['batch']} × {r['length']} "
-                f"| {r['seconds_per_iter']:.2f} | {r['seconds_per_epoch_thumos14']:.0f} "
+                f"| {r['seconds_per_iter']:.3f} | {r['seconds_per_epoch_thumos14']:.0f} "
                 f"| {r['peak_rss_mb']:.0f} | {cuda} |"
             )
     else:

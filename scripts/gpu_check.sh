@@ -17,6 +17,7 @@
 #   attention_bench.json  benchmark results (rewritten after every measurement)
 #   attention_bench.md    the same as a markdown table
 #   train_memory.log/.json  training-step time and peak CUDA memory (D 512, D 1024, 8 heads)
+#   heads.log             the heads joined into one pass vs one pass per level (ms)
 #   tune.log, attention_tuning.json/.md  (opt-in step "tune") candidate kernel tile sizes:
 #                         parity and speed next to SDPA, the table default_block_sizes follows
 #   e2e.log               the 212-video THUMOS14-shaped test set end to end on CUDA, PyTorch
@@ -37,7 +38,7 @@ export TRITON_INTERPRET=0
 export PYTHONUNBUFFERED=1
 unset AMNET_ATTENTION
 
-STEPS=" ${STEPS:-kernel_tests train_cuda bench train_memory e2e tensorrt} "
+STEPS=" ${STEPS:-kernel_tests train_cuda bench train_memory heads e2e tensorrt} "
 wanted() { [[ $STEPS == *" $1 "* ]]; }
 
 summary="$OUT/summary.md"
@@ -96,6 +97,10 @@ step bench 150 "$PY" benchmarks/bench_attention.py --out "$OUT" --dtypes fp16 --
 # CUDA memory, each in its own process. Writes train_memory.log and train_memory.json.
 step train_memory 100 "$PY" benchmarks/bench_model.py train --device cuda --iters 2 \
   --variants base,dim1024,heads8 --json-out "$OUT/train_memory.json"
+
+# The classification and regression heads over the 6 levels, joined into one pass (the model's
+# form) and one pass per level, forward + backward and forward alone (a few seconds).
+step heads 60 "$PY" benchmarks/bench_model.py heads --device cuda --repeats 20
 
 # Opt-in (STEPS="... tune"): candidate tile sizes of the kernel, parity and speed next to SDPA.
 step tune 170 "$PY" benchmarks/tune_attention_blocks.py --out "$OUT"

@@ -3,9 +3,8 @@
 A head runs every level in one pass: the levels are joined along time with ``kernel_size // 2``
 zero rows after each, which a same-padded convolution reads exactly as it reads its own zero
 padding, so no level sees another's rows and each point gets the numbers a per-level pass gives.
-One convolution per layer instead of one per layer and level: 6× fewer operators, and the heads'
-training step (forward + backward) 1.4-2× faster on CPU crops (docs/BENCHMARKS.md, "Pyramid heads").
-"""
+One convolution per layer instead of one per layer and level: the heads' forward + backward is
+1.3-1.6× faster on CPU training crops (docs/BENCHMARKS.md, "Pyramid heads")."""
 
 from __future__ import annotations
 
