@@ -48,14 +48,12 @@ class Mlp(nn.Module):
 
 
 class Scale(nn.Module):
-    """A learnable scalar (one per pyramid level for the regression head)."""
+    """A learnable scalar (one per pyramid level for the regression head, which applies them all
+    at once); a module of its own for the checkpoints' ``scales.<level>.scale`` names."""
 
     def __init__(self, init: float = 1.0) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.tensor(init, dtype=torch.float32))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
