@@ -53,6 +53,9 @@ PROG = "to_onnx"
 # decomposition, better in fp16) and below opset 20, from which the exporter emits Gelu, an
 # operator older TensorRT 10 parsers lack. 17..20 all pass the parity checks here.
 DEFAULT_OPSET = 17
+# The graph pads by computed amounts and builds index ranges (Pad and Range take tensors from
+# opset 11), so the export needs 11; 20 is the newest every TensorRT 10 parser reads.
+MIN_OPSET = 11
 SCORES_ATOL = 1e-4  # absolute, on probabilities
 SEGMENTS_ATOL = 1e-3  # snippets, on valid points only
 HELD_OUT_WINDOWS = 2  # training windows that static INT8's parity is reported on
@@ -291,6 +294,13 @@ def format_parity(rows: Sequence[ParityRow], title: str) -> str:
     return "\n".join(lines)
 
 
+def opset_range() -> str:
+    """The opsets the export takes: what the model needs and what TensorRT 10 reads."""
+    from amnet.export.trt_compat import TRT_OPSET_RANGE
+
+    return f"{MIN_OPSET}..{TRT_OPSET_RANGE[1]}"
+
+
 def export_onnx(
     ckpt: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -323,8 +333,10 @@ def export_onnx(
     ckpt = Path(ckpt)
     out = Path(out) if out is not None else ckpt.with_suffix(".onnx")
     reason = check_opset(int(opset))
+    if int(opset) < MIN_OPSET:
+        reason = f"the model's graph needs opset {MIN_OPSET} or later"
     if reason:
-        raise AMNetError(f"--opset {opset}: {reason}")
+        raise AMNetError(f"--opset {opset}: {reason} (the export takes {opset_range()})")
     check_out_path(out, [ckpt])  # never onto the checkpoint: symlinks and hard links too
     if not ckpt.is_file():
         raise AMNetError(f"{ckpt}: checkpoint not found")
@@ -575,7 +587,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "--opset",
         type=int,
         default=DEFAULT_OPSET,
-        help=f"ONNX opset, 9..20 (default {DEFAULT_OPSET})",
+        help=f"ONNX opset, {opset_range()} (default {DEFAULT_OPSET})",
     )
     parser.add_argument(
         "--ema",
