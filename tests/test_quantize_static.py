@@ -205,6 +205,19 @@ def test_quantize_static_needs_windows(static_model, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_quantized_graph_that_is_not_valid_onnx_is_not_written(models, tmp_path):
+    """Called directly on an opset-12 graph, static INT8's per-channel nodes are invalid there
+    (their axis is opset 13): refused before the file is published, as no runtime loads it."""
+    from amnet.export.to_onnx import export_onnx
+
+    src = tmp_path / "m12.onnx"
+    export_onnx(models["pt"], src, opset=12, parity=False)
+    windows = calibration_windows(training_videos(models)[:1], 256, 0.25, 1)
+    with pytest.raises(ValueError, match=r"the quantized graph is not valid ONNX: .*axis"):
+        quantize_int8_static(src, tmp_path / "m12.int8.onnx", windows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m12.onnx"]
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -217,6 +230,10 @@ def test_quantize_static_needs_windows(static_model, tmp_path):
             "--calibration-windows must be a positive integer",
         ),
         (["--int8", "int4"], "argument --int8: invalid choice"),
+        (
+            ["--int8", "static", "--calibration", "{data}", "--opset", "12"],
+            "--opset 12: static INT8 quantizes per channel, which needs opset 13 or later",
+        ),
     ],
 )
 def test_bad_static_requests_are_one_line_and_write_nothing(

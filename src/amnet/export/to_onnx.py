@@ -56,6 +56,8 @@ DEFAULT_OPSET = 17
 # The graph pads by computed amounts and builds index ranges (Pad and Range take tensors from
 # opset 11), so the export needs 11; 20 is the newest every TensorRT 10 parser reads.
 MIN_OPSET = 11
+# Static INT8 quantizes weights per output channel: QuantizeLinear's axis is opset 13.
+MIN_STATIC_INT8_OPSET = 13
 SCORES_ATOL = 1e-4  # absolute, on probabilities
 SEGMENTS_ATOL = 1e-3  # snippets, on valid points only
 HELD_OUT_WINDOWS = 2  # training windows that static INT8's parity is reported on
@@ -347,6 +349,11 @@ def export_onnx(
         raise AMNetError(f"int8 must be dynamic or static, got {int8!r}")
     if (calibration is not None or calibration_windows is not None) and scheme != "static":
         raise AMNetError("a calibration set is for static INT8 only (--int8 static)")
+    if scheme == "static" and int(opset) < MIN_STATIC_INT8_OPSET:
+        raise AMNetError(
+            f"--opset {opset}: static INT8 quantizes per channel, which needs opset "
+            f"{MIN_STATIC_INT8_OPSET} or later"
+        )
     if scheme:
         from amnet.export.quantize import int8_path_for
 
