@@ -318,6 +318,16 @@ def test_bad_checkpoints(tmp_path):
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
     cases[foreign] = "not an AMNet checkpoint"
+    # An exported model where the checkpoint goes (a real ONNX file; an engine's bytes).
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )  # fmt: skip
+    onnx.save(onnx.helper.make_model(graph), str(tmp_path / "model.onnx"))
+    (tmp_path / "model.plan").write_bytes(np.random.default_rng(1).bytes(512))
+    for exported in (tmp_path / "model.onnx", tmp_path / "model.plan"):
+        cases[exported] = "an exported model, not a checkpoint (give the .pt file amnet-train"
     for ckpt, message in cases.items():
         out = tmp_path / "m.onnx"
         line = assert_one_line_error(export_cli("--ckpt", str(ckpt), "--out", str(out)))

@@ -55,6 +55,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except MemoryError:
         raise AMNetError(f"{path}: too large to load") from None
     except Exception as exc:  # torch's unpickler raises many types on damaged or foreign files
+        if path.suffix.lower() in (".onnx", ".plan", ".engine"):
+            raise AMNetError(
+                f"{path}: an exported model, not a checkpoint (give the .pt file amnet-train wrote)"
+            ) from None
         said = str(exc)
         if "unsupported global" in said.lower():  # a pickled model, or code run on loading
             raise AMNetError(
