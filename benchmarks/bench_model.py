@@ -236,6 +236,7 @@ def measure_heads(config: str, batch: int, length: int, repeats: int, device: st
 
     from amnet.config import load_config
     from amnet.model import AMNet
+    from amnet.model.heads import join_levels
 
     torch.manual_seed(0)
     cfg = load_config(ROOT / config)
@@ -251,11 +252,18 @@ def measure_heads(config: str, batch: int, length: int, repeats: int, device: st
             torch.cuda.synchronize()
 
     def joined() -> torch.Tensor:
-        return cls(levels, masks).sum() + reg(levels, masks).sum()
+        both = join_levels(levels, masks, cls.gap)  # once for both heads, as the model does
+        return cls(both).sum() + reg(both).sum()
+
+    def alone(head: torch.nn.Module, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        for layer in head.trunk:  # one level through the same layers, nothing joined
+            x = layer(x, m)
+        return head.out(x, m)
 
     def per_level() -> torch.Tensor:
-        logits = [cls.run_levels([x], [m]) for x, m in zip(levels, masks, strict=True)]
-        raw = [reg.run_levels([x], [m]) * s.scale for x, m, s in zip(levels, masks, reg.scales, strict=True)]  # fmt: skip
+        pairs = list(zip(levels, masks, strict=True))
+        logits = [alone(cls, x, m) for x, m in pairs]
+        raw = [alone(reg, x, m) * s.scale for (x, m), s in zip(pairs, reg.scales, strict=True)]
         offsets = F.softplus(torch.cat(raw, 1)) * torch.cat(masks, 1)
         return torch.cat(logits, 1).sum() + offsets.sum()
 

@@ -6,6 +6,7 @@ from amnet.checkpoint import load_model, save_checkpoint
 from amnet.config import DEFAULTS, config_from_dict
 from amnet.errors import AMNetError
 from amnet.model import AMNet, AMNetLoss
+from amnet.model.heads import join_levels
 from amnet.model.targets import assign_targets, foreground_mask, pyramid_points
 
 SMALL = {"embd_dim": 32, "head_dim": 32, "n_heads": 4, "short_window": 5}
@@ -53,13 +54,15 @@ def test_heads_give_each_level_what_a_pass_over_that_level_alone_gives(kernel_si
             scale.scale.uniform_(0.5, 2.0)  # a distinct scale per level
         levels = [torch.randn(2, 64 >> level, 32) for level in range(model.n_levels)]
         masks = [torch.ones(2, 64 >> level, 1) for level in range(model.n_levels)]
-        logits, offsets = model.cls_head(levels, masks), model.reg_head(levels, masks)
+        joined = join_levels(levels, masks, model.cls_head.gap)
+        logits, offsets = model.cls_head(joined), model.reg_head(joined)
         start = 0
         for level, (x, mask) in enumerate(zip(levels, masks, strict=True)):
             end = start + x.shape[1]
-            alone = model.cls_head.run_levels([x], [mask])
+            one = join_levels([x], [mask], model.cls_head.gap)
+            alone = model.cls_head.run_levels(one)
             assert torch.allclose(logits[:, start:end], alone, atol=1e-6)
-            raw = model.reg_head.run_levels([x], [mask]) * model.reg_head.scales[level].scale
+            raw = model.reg_head.run_levels(one) * model.reg_head.scales[level].scale
             assert torch.allclose(offsets[:, start:end], F.softplus(raw), atol=1e-6)
             start = end
         assert start == logits.shape[1] == offsets.shape[1]

@@ -22,7 +22,7 @@ from amnet.model.blocks import masked_max_pool
 from amnet.model.config import ModelConfig
 from amnet.model.embedding import FeatureEmbedding
 from amnet.model.gam import GAMBlock
-from amnet.model.heads import ClassificationHead, RegressionHead
+from amnet.model.heads import ClassificationHead, RegressionHead, join_levels
 from amnet.model.losses import diou_loss_1d, sigmoid_focal_loss
 from amnet.model.targets import assign_targets, foreground_mask, pyramid_points
 
@@ -148,10 +148,12 @@ class AMNet(nn.Module):
             features.append(x)
             masks.append(level_mask)
 
+        # Both heads run all levels in one pass over the same joined sequence (heads.py).
+        joined = join_levels(features, masks, self.cls_head.gap)
         centers, strides, levels = pyramid_points(padded, self.n_levels, x.device)
         return AMNetOutput(
-            cls_logits=self.cls_head(features, masks),
-            offsets=self.reg_head(features, masks),
+            cls_logits=self.cls_head(joined),
+            offsets=self.reg_head(joined),
             point_mask=torch.cat(masks, dim=1).squeeze(-1) > 0,
             centers=centers,
             strides=strides,

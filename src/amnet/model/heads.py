@@ -4,13 +4,14 @@ A head runs every level in one pass: the levels are joined along time with ``ker
 zero rows after each, which a same-padded convolution reads exactly as it reads its own zero
 padding, so no level sees another's rows and each point gets the numbers a per-level pass gives.
 One convolution per layer instead of one per layer and level: the heads' forward + backward is
-1.3-1.6× faster on CPU training crops (docs/BENCHMARKS.md, "Pyramid heads")."""
+1.4-1.6× faster on CPU training crops (docs/BENCHMARKS.md, "Pyramid heads")."""
 
 from __future__ import annotations
 
 import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -20,14 +21,19 @@ from amnet.model.blocks import ConvNormAct, MaskedConv1d, Scale
 from amnet.model.config import OFFSET_ACTIVATIONS
 
 
-def join_levels(levels: Sequence[torch.Tensor], gap: int) -> torch.Tensor:
-    """``[B, T_l, C]`` per level → ``[B, Σ (T_l + gap), C]``, ``gap`` zero rows after each."""
-    return torch.cat([F.pad(x, (0, 0, 0, gap)) for x in levels], dim=1)
+@dataclass
+class JoinedLevels:
+    """The pyramid's levels joined for the heads, built once per forward for both of them."""
+
+    x: torch.Tensor  # [B, Σ (T_l + gap), D], ``gap`` zero rows after each level
+    mask: torch.Tensor  # [B, Σ (T_l + gap), 1]
+    rows: torch.Tensor  # [Σ T_l]: each point's row in ``x``, levels in order
+    sizes: list[int]  # T_l
 
 
 def level_rows(sizes: Sequence[int], gap: int, device: torch.device) -> torch.Tensor:
-    """Each point's row in :func:`join_levels`' output, levels in order ``[Σ T_l]``. (One
-    gather, not a slice per level: ONNX shape inference keeps the static dims through it.)"""
+    """Each point's row in the joined sequence, levels in order ``[Σ T_l]``. (One gather, not a
+    slice per level: ONNX shape inference keeps the static dims through it.)"""
     rows, start = [], 0
     for size in sizes:
         rows.append(torch.arange(size, device=device) + start)
@@ -35,9 +41,21 @@ def level_rows(sizes: Sequence[int], gap: int, device: torch.device) -> torch.Te
     return torch.cat(rows)
 
 
+def join_levels(
+    levels: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], gap: int
+) -> JoinedLevels:
+    """``[B, T_l, C]`` features and ``[B, T_l, 1]`` masks per level, joined along time."""
+
+    def join(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([F.pad(t, (0, 0, 0, gap)) for t in parts], dim=1)
+
+    sizes = [t.shape[1] for t in levels]
+    return JoinedLevels(join(levels), join(masks), level_rows(sizes, gap, levels[0].device), sizes)
+
+
 class PyramidHead(nn.Module):
     """``num_layers - 1`` × [Conv + LayerNorm + ReLU] then Conv(→ ``out_dim``), run over all
-    levels at once."""
+    levels at once (joined with :attr:`gap` rows between them)."""
 
     def __init__(
         self, dim: int, head_dim: int, out_dim: int, num_layers: int, kernel_size: int
@@ -50,15 +68,12 @@ class PyramidHead(nn.Module):
         self.out = MaskedConv1d(dims[-1], out_dim, kernel_size)
         self.gap = kernel_size // 2
 
-    def run_levels(
-        self, levels: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]
-    ) -> torch.Tensor:
+    def run_levels(self, joined: JoinedLevels) -> torch.Tensor:
         """The output at every point of every level ``[B, Σ T_l, out_dim]``, levels in order."""
-        x, mask = join_levels(levels, self.gap), join_levels(masks, self.gap)
+        x = joined.x
         for layer in self.trunk:
-            x = layer(x, mask)
-        rows = level_rows([t.shape[1] for t in levels], self.gap, x.device)
-        return self.out(x, mask).index_select(1, rows)
+            x = layer(x, joined.mask)
+        return self.out(x, joined.mask).index_select(1, joined.rows)
 
 
 class ClassificationHead(PyramidHead):
@@ -79,10 +94,8 @@ class ClassificationHead(PyramidHead):
         assert bias is not None  # MaskedConv1d always has one
         nn.init.constant_(bias, -math.log((1 - prior_prob) / prior_prob))
 
-    def forward(
-        self, levels: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]
-    ) -> torch.Tensor:
-        return self.run_levels(levels, masks)
+    def forward(self, joined: JoinedLevels) -> torch.Tensor:
+        return self.run_levels(joined)
 
 
 # softplus(b) = 1 at b = 0.541: every offset starts at one stride, with slope sigmoid(b) = 0.63.
@@ -125,14 +138,12 @@ class RegressionHead(PyramidHead):
             assert bias is not None  # MaskedConv1d always has one
             nn.init.constant_(bias, _SOFTPLUS_ONE)
 
-    def forward(
-        self, levels: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]
-    ) -> torch.Tensor:
+    def forward(self, joined: JoinedLevels) -> torch.Tensor:
         # Each point's level scale, as one vector over the points (one parameter per level).
-        per_level = zip(self.scales.parameters(), levels, strict=True)
-        scale = torch.cat([s.expand(t.shape[1]) for s, t in per_level])
-        z = self.run_levels(levels, masks) * scale[:, None]
+        per_level = zip(self.scales.parameters(), joined.sizes, strict=True)
+        scale = torch.cat([s.expand(size) for s, size in per_level])
+        z = self.run_levels(joined) * scale[:, None]
         if self.activation == "relu":
             return torch.relu(z)
         # softplus(0) at padded points is not 0; the mask keeps them exactly 0 as before.
-        return F.softplus(z) * torch.cat(list(masks), dim=1)
+        return F.softplus(z) * joined.mask.index_select(1, joined.rows)
