@@ -154,7 +154,7 @@ class AMNet(nn.Module):
         return AMNetOutput(
             cls_logits=self.cls_head(joined),
             offsets=self.reg_head(joined),
-            point_mask=torch.cat(masks, dim=1).squeeze(-1) > 0,
+            point_mask=joined.point_mask.squeeze(-1) > 0,
             centers=centers,
             strides=strides,
             levels=levels,

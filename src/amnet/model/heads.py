@@ -29,6 +29,7 @@ class JoinedLevels:
     mask: torch.Tensor  # [B, Σ (T_l + gap), 1]
     rows: torch.Tensor  # [Σ T_l]: each point's row in ``x``, levels in order
     sizes: list[int]  # T_l
+    point_mask: torch.Tensor  # [B, Σ T_l, 1]: the levels' masks, points in order (no gaps)
 
 
 def level_rows(sizes: Sequence[int], gap: int, device: torch.device) -> torch.Tensor:
@@ -50,7 +51,8 @@ def join_levels(
         return torch.cat([F.pad(t, (0, 0, 0, gap)) for t in parts], dim=1)
 
     sizes = [t.shape[1] for t in levels]
-    return JoinedLevels(join(levels), join(masks), level_rows(sizes, gap, levels[0].device), sizes)
+    rows = level_rows(sizes, gap, levels[0].device)
+    return JoinedLevels(join(levels), join(masks), rows, sizes, torch.cat(list(masks), dim=1))
 
 
 class PyramidHead(nn.Module):
@@ -146,4 +148,4 @@ class RegressionHead(PyramidHead):
         if self.activation == "relu":
             return torch.relu(z)
         # softplus(0) at padded points is not 0; the mask keeps them exactly 0 as before.
-        return F.softplus(z) * joined.mask.index_select(1, joined.rows)
+        return F.softplus(z) * joined.point_mask
