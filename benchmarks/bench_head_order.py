@@ -33,14 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def _alternating(self: GroupAttention, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """GroupAttention.forward with the four head sets alternating between the two windows."""
     long_x, short_x = x.split(self.half_dim, dim=-1)
-    ql, kl, vl = (split_heads(t, self.half_heads) for t in self.qkv_long(long_x).chunk(3, -1))
-    qs, ks, vs = (split_heads(t, self.half_heads) for t in self.qkv_short(short_x).chunk(3, -1))
-    hh, window = self.half_heads, self.windows[-1]
+    hh, window, dh = self.half_heads, self.windows[-1], self.half_dim // self.half_heads
+    ql, kl, vl = (split_heads(t, hh, dh) for t in self.qkv_long(long_x).split(self.half_dim, -1))
+    qs, ks, vs = (split_heads(t, hh, dh) for t in self.qkv_short(short_x).split(self.half_dim, -1))
     windows = [0] * hh + [window] * hh + [0] * hh + [window] * hh
     q, k, v = (torch.cat(parts, dim=1) for parts in ([ql, qs, ql, qs], [kl, ks, ks, kl], [vl, vs, vs, vl]))  # fmt: skip
     long_self, short_self, long_cross, short_cross = group_attention(
-        q, k, v, windows, lengths
-    ).chunk(4, dim=1)
+        q, k, v, windows, lengths, self.scale
+    ).split(hh, dim=1)
     out = torch.cat([merge_heads(long_self + long_cross), merge_heads(short_self + short_cross)], -1)  # fmt: skip
     return self.drop(self.proj(out))
 

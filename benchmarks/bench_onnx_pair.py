@@ -1,9 +1,11 @@
-"""Two exported graphs of the same model side by side in ONNX Runtime: one window per call,
-calls interleaved round by round (median ms), and the largest output difference. For judging a
-change to the exported graph: export one checkpoint with the code before and after it.
+"""Two exported graphs of the same model side by side in ONNX Runtime: their node counts, the
+time to open a session on each (the cold start of a Detector; opens interleaved, median), one
+window per call (calls interleaved round by round, median ms), and the largest output
+difference. For judging a change to the exported graph: export one checkpoint with the code
+before and after it.
 
     python benchmarks/bench_onnx_pair.py BEFORE.onnx AFTER.onnx [--shapes 1x2304,1x288]
-        [--rounds 10] [--threads 2] [--json]
+        [--rounds 10] [--opens 5] [--threads 2] [--json]
 
 Both sessions are opened as the package opens them (``amnet.deploy.backend_onnx.open_session``).
 """
@@ -27,12 +29,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("after")
     p.add_argument("--shapes", default="1x2304", help="comma list of BATCHxSNIPPETS")
     p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--opens", type=int, default=5, help="session opens per model")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", action="store_true", help="also print the results as a JSON line")
     args = p.parse_args(argv)
+    import onnx
+
+    paths = {"before": args.before, "after": args.after}
+    nodes = {name: len(onnx.load(path).graph.node) for name, path in paths.items()}
+    opens: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(args.opens):
+        for name, path in paths.items():
+            started = time.perf_counter()
+            open_session(path, intra_op_threads=args.threads)
+            opens[name].append(time.perf_counter() - started)
+    open_s = {name: statistics.median(t) for name, t in opens.items()}
+    print("| graph | nodes | session open (s) |")
+    print("| --- | ---: | ---: |")
+    for name in paths:
+        print(f"| {name} | {nodes[name]} | {open_s[name]:.3f} |")
+    print(f"\nopen: {open_s['before'] / open_s['after']:.2f}× faster after\n")
     sessions = {
-        "before": open_session(args.before, intra_op_threads=args.threads),
-        "after": open_session(args.after, intra_op_threads=args.threads),
+        name: open_session(path, intra_op_threads=args.threads) for name, path in paths.items()
     }
     channels = read_onnx_metadata(args.after)["config"]["dataset"]["input_dim"]
     rng = np.random.default_rng(0)
@@ -62,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {batch} × {length} | {before:.1f} | {after:.1f} | {before / after:.2f}× "
               f"| {diff:.1e} |")  # fmt: skip
     if args.json:
-        print(json.dumps({"before": args.before, "after": args.after, "results": rows}))
+        print(json.dumps({"before": args.before, "after": args.after, "nodes": nodes,
+                          "open_s": open_s, "results": rows}))  # fmt: skip
     return 0
 
 

@@ -48,8 +48,8 @@ def _window_bias(windows: torch.Tensor, t_q: int, t_k: int, device: torch.device
 
 def _key_bias(lengths: torch.Tensor, t_k: int) -> torch.Tensor:
     """``[B, 1, 1, Tk]``: 0 for keys below the video's length, ``_MASKED`` past it."""
-    keys = torch.arange(t_k, device=lengths.device).view(1, t_k)
-    return torch.where(keys < lengths.view(-1, 1), 0.0, _MASKED).view(-1, 1, 1, t_k)
+    keys = torch.arange(t_k, device=lengths.device)
+    return torch.where(keys < lengths[:, None], 0.0, _MASKED)[:, None, None, :]
 
 
 def _tracing() -> bool:
@@ -103,9 +103,9 @@ def _band_bias(t: int, half: int, lengths: torch.Tensor, device: torch.device) -
     """``[B, 1, T, S]``: 0 where band column d of query i (key ``i + d - half``) lies inside the
     video, ``_MASKED`` where it is padding or past the length, as in the dense form."""
     span = 2 * half + 1
-    key = torch.arange(t, device=device).view(t, 1) + torch.arange(span, device=device) - half
-    visible = (key >= 0).view(1, 1, t, span) & (key.view(1, 1, t, span) < lengths.view(-1, 1, 1, 1))
-    return torch.where(visible, 0.0, _MASKED)
+    key = torch.arange(t, device=device)[:, None] + torch.arange(span, device=device) - half
+    visible = (key >= 0) & (key < lengths[:, None, None])  # [B, T, S]
+    return torch.where(visible, 0.0, _MASKED)[:, None]
 
 
 def _banded_shifted(
@@ -144,8 +144,8 @@ def _band_gather(
     k_pad = torch.nn.functional.pad(k, (0, 0, half, half))
     v_pad = torch.nn.functional.pad(v, (0, 0, half, half))
     span = 2 * half + 1
-    index = torch.arange(t, device=k.device).view(t, 1) + torch.arange(span, device=k.device)
-    index = index.view(-1)
+    index = torch.arange(t, device=k.device)[:, None] + torch.arange(span, device=k.device)
+    index = index.flatten()
     b, h, dh = k.shape[0], k.shape[1], k.shape[-1]
     k_band = k_pad.index_select(2, index).view(b, h, t, span, dh)
     v_band = v_pad.index_select(2, index).view(b, h, t, span, dh)
@@ -217,7 +217,8 @@ def group_attention_reference(
         key_bias = None
         parts = []
         for start, end, window in _runs(windows):
-            qh, kh, vh = q[:, start:end], k[:, start:end], v[:, start:end]
+            whole = start == 0 and end == q.shape[1]  # no Slice nodes in the exported graph
+            qh, kh, vh = (q, k, v) if whole else (q[:, start:end], k[:, start:end], v[:, start:end])
             if window > 0 and t_q == t_k:
                 parts.append(_banded(qh, kh, vh, window, lengths, scale))
             else:
@@ -230,5 +231,5 @@ def group_attention_reference(
                     parts.append(_dense(qh, kh, vh, win, key_bias, scale))
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
     # A query row below the length always sees itself, so only rows past it see no key.
-    row_valid = (torch.arange(t_q, device=device).view(1, t_q) < lengths.view(-1, 1)).to(out.dtype)
-    return (out * row_valid.view(-1, 1, t_q, 1)).to(q.dtype)
+    row_valid = (torch.arange(t_q, device=device) < lengths[:, None]).to(out.dtype)
+    return (out * row_valid[:, None, :, None]).to(q.dtype)

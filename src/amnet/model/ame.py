@@ -41,9 +41,11 @@ class GlobalAttention(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, source: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        k, v = self.kv(source).chunk(2, dim=-1)
-        q, k, v = (split_heads(t, self.num_heads) for t in (self.q(x), k, v))
-        out = group_attention(q, k, v, [0] * self.num_heads, lengths)
+        dim = self.q.out_features
+        head_dim = dim // self.num_heads
+        k, v = self.kv(source).split(dim, dim=-1)  # fixed sizes: one Split node when exported
+        q, k, v = (split_heads(t, self.num_heads, head_dim) for t in (self.q(x), k, v))
+        out = group_attention(q, k, v, [0] * self.num_heads, lengths, head_dim**-0.5)
         return self.drop(self.proj(merge_heads(out)))
 
 

@@ -56,16 +56,15 @@ class Scale(nn.Module):
         self.scale = nn.Parameter(torch.tensor(init, dtype=torch.float32))
 
 
-def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """``[B, T, H*Dh]`` → ``[B, H, T, Dh]``."""
-    b, t, c = x.shape
-    return x.view(b, t, num_heads, c // num_heads).transpose(1, 2)
+def split_heads(x: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+    """``[B, T, H*Dh]`` → ``[B, H, T, Dh]``. The head sizes are numbers, not read off x's
+    shape: exported, no arithmetic on dimensions."""
+    return x.view(x.shape[0], x.shape[1], num_heads, head_dim).transpose(1, 2)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """``[B, H, T, Dh]`` → ``[B, T, H*Dh]``."""
-    b, h, t, d = x.shape
-    return x.transpose(1, 2).reshape(b, t, h * d)
+    return x.transpose(1, 2).flatten(2)
 
 
 def masked_max_pool(

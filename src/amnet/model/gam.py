@@ -32,20 +32,26 @@ class GroupAttention(nn.Module):
         # of one window are adjacent, so the reference attention takes one run per window: the
         # same numbers, a 14% smaller exported graph (DESIGN §4).
         self.windows = [0] * (2 * hh) + [short_window] * (2 * hh)
+        # A number, not read off q's shape: the exported graph gets a constant.
+        self.scale = (self.half_dim // hh) ** -0.5
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # split() by fixed sizes, not chunk(): exported, one Split node instead of a size
+        # computed from the tensor's shape and a Slice per part.
         long_x, short_x = x.split(self.half_dim, dim=-1)
         ql, kl, vl = (
-            split_heads(t, self.half_heads) for t in self.qkv_long(long_x).chunk(3, dim=-1)
+            split_heads(t, self.half_heads, self.half_dim // self.half_heads)
+            for t in self.qkv_long(long_x).split(self.half_dim, dim=-1)
         )
         qs, ks, vs = (
-            split_heads(t, self.half_heads) for t in self.qkv_short(short_x).chunk(3, dim=-1)
+            split_heads(t, self.half_heads, self.half_dim // self.half_heads)
+            for t in self.qkv_short(short_x).split(self.half_dim, dim=-1)
         )
         q = torch.cat([ql, ql, qs, qs], dim=1)
         k = torch.cat([kl, ks, ks, kl], dim=1)
         v = torch.cat([vl, vs, vs, vl], dim=1)
-        out = group_attention(q, k, v, self.windows, lengths)
-        long_self, long_cross, short_self, short_cross = out.chunk(4, dim=1)
+        out = group_attention(q, k, v, self.windows, lengths, self.scale)
+        long_self, long_cross, short_self, short_cross = out.split(self.half_heads, dim=1)
         long_out = merge_heads(long_self + long_cross)
         short_out = merge_heads(short_self + short_cross)
         return self.drop(self.proj(torch.cat([long_out, short_out], dim=-1)))
@@ -62,8 +68,10 @@ class PlainAttention(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        q, k, v = (split_heads(t, self.num_heads) for t in self.qkv(x).chunk(3, dim=-1))
-        out = group_attention(q, k, v, [0] * self.num_heads, lengths)
+        dim = self.proj.in_features
+        head_dim = dim // self.num_heads
+        q, k, v = (split_heads(t, self.num_heads, head_dim) for t in self.qkv(x).split(dim, dim=-1))
+        out = group_attention(q, k, v, [0] * self.num_heads, lengths, head_dim**-0.5)
         return self.drop(self.proj(merge_heads(out)))
 
 
