@@ -159,7 +159,20 @@ _cluster_users: set[str] = set()
 
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    _cluster_users.update(i.nodeid for i in items if "cluster" in getattr(i, "fixturenames", ()))
+    users = [i for i in items if "cluster" in getattr(i, "fixturenames", ())]
+    _cluster_users.update(i.nodeid for i in users)
+    # Ray modules that start their own cluster and have no test on the shared one go last, so
+    # that they do not run beside the shared cluster idling until its last user is done. (The
+    # sort is stable; pytest-xdist's workers all collect this order.)
+    shared = {i.module for i in users if getattr(i, "module", None) is not None}
+
+    def private_ray_module(item: pytest.Item) -> bool:
+        group = item.get_closest_marker("xdist_group")
+        return bool(
+            group and group.args == ("ray",) and getattr(item, "module", None) not in shared
+        )
+
+    items.sort(key=private_ray_module)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -4,7 +4,6 @@ This is the end-to-end check of the whole training path (data → model → loss
 EMA → chunked inference → post-processing → metric).
 """
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +50,8 @@ def tiny_data(tiny_dataset):
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
-    started = time.perf_counter()
-    train(load_config(TINY), tiny_data, run, epochs=TINY_EPOCHS, seed=0, progress=False)
-    return run, time.perf_counter() - started
+    summary = train(load_config(TINY), tiny_data, run, epochs=TINY_EPOCHS, seed=0, progress=False)
+    return run, summary
 
 
 def test_roc_auc_helper():
@@ -69,14 +67,16 @@ def test_untrained_model_scores_low(tiny_data, tmp_path):
     assert result.average_mAP < 0.1
 
 
-def test_tiny_config_learns(trained, tiny_data):
-    run, _ = trained
+def test_tiny_config_learns(trained):
+    """The run's own validation at its last epoch scored the weights ``last.pt`` holds (EMA);
+    that evaluation is the one asserted on, not a second pass over the same videos (how a
+    checkpoint evaluates after loading is test_cli_train's)."""
+    run, summary = trained
     assert (run / "last.pt").is_file() and (run / "best.pt").is_file()
     assert "validation average mAP" in (run / "train.log").read_text()
-    model, cfg, names = load_model(run / "last.pt")
-    test_set = make_dataset(cfg, tiny_data, "val_split", False, names)
-    _, result = evaluate_model(model, test_set, cfg, "cpu", progress=False)
-    assert result.average_mAP >= 0.5, result.to_json()
+    last = summary["history"][-1]
+    assert last["epoch"] == TINY_EPOCHS
+    assert last["val_ema_mAP"] >= 0.5, last
 
 
 def test_actionness_mask_separates_action_from_background(trained, tiny_data):

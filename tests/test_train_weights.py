@@ -10,6 +10,8 @@ import torch
 
 from amnet.checkpoint import chosen_weights, load_model, read_checkpoint, save_checkpoint
 from amnet.config import load_config
+from amnet.data import make_dataset
+from amnet.evaluation import evaluate_model
 from amnet.train import ModelEma, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +53,11 @@ def test_best_checkpoint_names_the_weights_validation_chose(models, tmp_path):
         assert torch.equal(value, want[key]), key
     raw, _, _ = load_model(tmp_path / "best.pt", use_ema=False)
     assert all(torch.equal(v, ckpt["model"][k]) for k, v in raw.state_dict().items())
+    # The loaded checkpoint evaluates to the figure validation recorded for it.
+    _, cfg, names = load_model(tmp_path / "best.pt")
+    val = make_dataset(cfg, models["data"], "val_split", False, names)
+    _, result = evaluate_model(model, val, cfg, "cpu", progress=False)
+    assert result.average_mAP == pytest.approx(ckpt["best_map"], abs=1e-9)
 
 
 def test_format_1_checkpoints_load_with_the_relu_head(tmp_path):
