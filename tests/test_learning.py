@@ -70,7 +70,7 @@ def test_untrained_model_scores_low(tiny_data, tmp_path):
 def test_tiny_config_learns(trained):
     """The run's own validation at its last epoch scored the weights ``last.pt`` holds (EMA);
     that evaluation is the one asserted on, not a second pass over the same videos (how a
-    checkpoint evaluates after loading is test_cli_train's)."""
+    checkpoint evaluates after loading is test_train_weights')."""
     run, summary = trained
     assert (run / "last.pt").is_file() and (run / "best.pt").is_file()
     assert "validation average mAP" in (run / "train.log").read_text()

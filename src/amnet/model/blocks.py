@@ -57,8 +57,8 @@ class Scale(nn.Module):
 
 
 def split_heads(x: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
-    """``[B, T, H*Dh]`` → ``[B, H, T, Dh]``. The head sizes are numbers, not read off x's
-    shape: exported, no arithmetic on dimensions."""
+    """``[B, T, H*Dh]`` → ``[B, H, T, Dh]``. The head sizes are given as numbers: exported,
+    only B and T are read off x's shape, with no arithmetic on them."""
     return x.view(x.shape[0], x.shape[1], num_heads, head_dim).transpose(1, 2)
 
 
