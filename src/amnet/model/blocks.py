@@ -74,16 +74,20 @@ def masked_max_pool(
 
     Returns the pooled features, the new mask and the new lengths ``ceil(length / 2)``.
     """
-    filled = torch.where(mask > 0, x, torch.full_like(x, float("-inf")))
+    # Scalars, not full_like/zeros_like tensors: exported, constants instead of a shape read and
+    # a ConstantOfShape each.
+    filled = torch.where(mask > 0, x, float("-inf"))
     pooled = F.max_pool1d(filled.transpose(1, 2), kernel_size=3, stride=2, padding=1).transpose(
         1, 2
     )
-    new_lengths = torch.div(lengths + 1, 2, rounding_mode="floor")
+    # Lengths are >= 0, where truncation is the floor: exported, one integer Div, where floor
+    # division takes a Div and five ops fixing the sign.
+    new_lengths = torch.div(lengths + 1, 2, rounding_mode="trunc")
     new_mask = (
         (torch.arange(pooled.shape[1], device=x.device)[None, :] < new_lengths[:, None])
         .unsqueeze(-1)
         .to(x.dtype)
     )
     # where(), not a product: rows past the length pooled only -inf, and -inf * 0 is NaN.
-    pooled = torch.where(new_mask > 0, pooled, torch.zeros_like(pooled))
+    pooled = torch.where(new_mask > 0, pooled, 0.0)
     return pooled, new_mask, new_lengths
