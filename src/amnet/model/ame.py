@@ -35,17 +35,17 @@ class GlobalAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.num_heads = num_heads
+        # Numbers, not read off the tensors' shapes: the exported graph gets constants.
+        self.dim, self.head_dim = dim, dim // num_heads
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, source: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        dim = self.q.out_features
-        head_dim = dim // self.num_heads
-        k, v = self.kv(source).split(dim, dim=-1)  # fixed sizes: one Split node when exported
-        q, k, v = (split_heads(t, self.num_heads, head_dim) for t in (self.q(x), k, v))
-        out = group_attention(q, k, v, [0] * self.num_heads, lengths, head_dim**-0.5)
+        k, v = self.kv(source).split(self.dim, dim=-1)  # fixed sizes: one Split node exported
+        q, k, v = (split_heads(t, self.num_heads, self.head_dim) for t in (self.q(x), k, v))
+        out = group_attention(q, k, v, [0] * self.num_heads, lengths, self.head_dim**-0.5)
         return self.drop(self.proj(merge_heads(out)))
 
 

@@ -32,19 +32,20 @@ class GroupAttention(nn.Module):
         # of one window are adjacent, so the reference attention takes one run per window: the
         # same numbers, a 14% smaller exported graph (DESIGN §4).
         self.windows = [0] * (2 * hh) + [short_window] * (2 * hh)
-        # A number, not read off q's shape: the exported graph gets a constant.
-        self.scale = (self.half_dim // hh) ** -0.5
+        # Numbers, not read off the tensors' shapes: the exported graph gets constants.
+        self.head_dim = self.half_dim // hh
+        self.scale = self.head_dim**-0.5
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         # split() by fixed sizes, not chunk(): exported, one Split node instead of a size
         # computed from the tensor's shape and a Slice per part.
         long_x, short_x = x.split(self.half_dim, dim=-1)
         ql, kl, vl = (
-            split_heads(t, self.half_heads, self.half_dim // self.half_heads)
+            split_heads(t, self.half_heads, self.head_dim)
             for t in self.qkv_long(long_x).split(self.half_dim, dim=-1)
         )
         qs, ks, vs = (
-            split_heads(t, self.half_heads, self.half_dim // self.half_heads)
+            split_heads(t, self.half_heads, self.head_dim)
             for t in self.qkv_short(short_x).split(self.half_dim, dim=-1)
         )
         q = torch.cat([ql, ql, qs, qs], dim=1)
@@ -63,15 +64,17 @@ class PlainAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.dim, self.head_dim = dim, dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        dim = self.proj.in_features
-        head_dim = dim // self.num_heads
-        q, k, v = (split_heads(t, self.num_heads, head_dim) for t in self.qkv(x).split(dim, dim=-1))
-        out = group_attention(q, k, v, [0] * self.num_heads, lengths, head_dim**-0.5)
+        q, k, v = (
+            split_heads(t, self.num_heads, self.head_dim)
+            for t in self.qkv(x).split(self.dim, dim=-1)
+        )
+        out = group_attention(q, k, v, [0] * self.num_heads, lengths, self.head_dim**-0.5)
         return self.drop(self.proj(merge_heads(out)))
 
 
