@@ -604,6 +604,31 @@ def test_post_processing_processes_leave_ctrl_c_to_the_caller(models, onnx_detec
                                atol=1e-5)  # fmt: skip
 
 
+def test_a_killed_post_processing_worker_fails_one_call_not_the_detector(models, onnx_detector):
+    """The out-of-memory killer or an operator may kill a pool process. That breaks a
+    ProcessPoolExecutor for good; the call that needed it gets a one-line error and the next
+    call runs on a new pool, with the same detections."""
+    import signal
+
+    videos = [video(300, seed=1), video(700, seed=2)]
+    with Detector(models["onnx"], intra_op_threads=1, postprocess_workers=1) as det:
+        first = det.detect_raw_many(videos)
+        (victim,) = det._pool._processes.values()  # type: ignore[union-attr]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(timeout=30)
+        with pytest.raises(AMNetError, match=r"^a post-processing worker process died \(killed"):
+            det.detect_raw_many(videos)
+        again = det.detect_raw_many(videos)
+        (fresh,) = det._pool._processes.values()  # type: ignore[union-attr]
+        assert fresh.pid != victim.pid
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.scores, b.scores)
+        np.testing.assert_array_equal(a.segments, b.segments)
+    np.testing.assert_allclose(again[1].scores, onnx_detector.detect_raw(videos[1]).scores,
+                               atol=1e-5)  # fmt: skip
+
+
 def test_a_failed_backend_call_in_a_stream_is_raised_to_the_caller(models, monkeypatch):
     """The batch paths call the backend on the Detector's thread: a failure there reaches the
     caller as the same one-line error, and the Detector serves the next stream."""

@@ -44,7 +44,9 @@ Post-processing (decoding, NMS, score voting) runs on the CPU. With ``postproces
 window is back from the backend, so it overlaps the backend calls of the next videos and
 spreads over N cores (what a GPU host needs: there, one core's post-processing takes longer
 than the backend). The pool is started on first use ("spawn": the calling script needs the
-usual ``if __name__ == "__main__":`` guard) and stopped by :meth:`Detector.close`.
+usual ``if __name__ == "__main__":`` guard) and stopped by :meth:`Detector.close`. A worker
+that dies (killed by a signal or the out-of-memory killer) fails the call that was using it with
+a one-line :class:`~amnet.errors.AMNetError`; the Detector's next call starts a new pool.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -520,6 +523,27 @@ class Detector:
         queued: the calling thread meanwhile takes the next video from ``jobs`` (a generator
         may be reading it) and post-processes the videos whose windows are back."""
         pool = self._executor() if self.postprocess_workers else None
+        try:
+            yield from self._run_pipeline(jobs, pool)
+        except BrokenProcessPool:
+            # A dead worker breaks the whole pool for good: drop it so that the next call
+            # starts a new one, instead of every later call failing the same way.
+            assert pool is not None
+            with self._pool_lock:
+                if self._pool is pool:
+                    self._pool = None
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise AMNetError(
+                "a post-processing worker process died (killed, or out of memory; a script "
+                'that uses postprocess_workers needs the `if __name__ == "__main__":` guard); '
+                "the next call starts new workers"
+            ) from None
+
+    def _run_pipeline(
+        self,
+        jobs: Iterable[tuple[np.ndarray, PostprocessConfig, float | None]],
+        pool: ProcessPoolExecutor | None,
+    ) -> Iterator[Detections]:
         runner = self._runner()
         waiting_limit = 4 * self.postprocess_workers
         # One slot per video in input order: [result, raw outputs, settings]. The result is
