@@ -288,6 +288,26 @@ def test_onnx_runtime_does_not_import_torch(models):
 # -- concurrency and memory ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("policy", "spins"), [(None, True), ("ACTIVE", True), (" passive", False)])
+def test_onnx_runtime_threads_sleep_when_omp_wait_policy_is_passive(models, monkeypatch, policy,
+                                                                    spins):  # fmt: skip
+    """A host that shares its cores sets OMP_WAIT_POLICY=PASSIVE (as for OpenMP, case and
+    blanks aside): the Detector's ONNX Runtime threads then sleep instead of spinning for work.
+    Otherwise ONNX Runtime keeps its default (spinning)."""
+    if policy is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+    with Detector(models["onnx"]) as det:
+        options = det.backend.session.get_session_options()  # type: ignore[attr-defined]
+        try:
+            entry = options.get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # not set: ONNX Runtime's default, spinning
+            entry = None
+        assert det(video(300, seed=4))  # and it runs
+    assert (entry != "0") == spins, entry
+
+
 @pytest.mark.parametrize(("name", "calls"), [("onnx", 12), ("pt", 2)])
 def test_thread_safety(models, onnx_detector, torch_detector, name, calls):
     det = onnx_detector if name == "onnx" else torch_detector

@@ -10,6 +10,7 @@ whole multi-threaded :class:`~amnet.deploy.detector.Detector`.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from amnet.metadata import INPUT_NAMES, OUTPUT_NAMES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OnnxRuntimeBackend", "import_onnxruntime", "open_session"]
+__all__ = ["OnnxRuntimeBackend", "import_onnxruntime", "open_session", "spinning_allowed"]
 
 _CPU, _CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 # ONNX Runtime's default (warning) would print graph-optimisation notes on stderr for every
@@ -45,12 +46,30 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
 
 
-def open_session(path: str | Path, device: str = "cpu", intra_op_threads: int | None = None) -> Any:
+def spinning_allowed() -> bool:
+    """Whether ONNX Runtime's CPU threads may spin (busy-wait) for work: its default, unless
+    ``OMP_WAIT_POLICY`` is ``PASSIVE``, the variable with which OpenMP runtimes (PyTorch's
+    CPU threads among them) are told not to.
+
+    Spinning buys latency when the model has the cores to itself (one paper-size window: 13%
+    faster, docs/BENCHMARKS.md). Beside other CPU work (feature extraction, other processes
+    of a pipeline) the spinning threads take the cores that work needs, and each call ran up
+    to 1.5 times slower and burnt more CPU than with waiting threads asleep."""
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() != "PASSIVE"
+
+
+def open_session(
+    path: str | Path,
+    device: str = "cpu",
+    intra_op_threads: int | None = None,
+    spinning: bool | None = None,
+) -> Any:
     """An ``onnxruntime.InferenceSession`` on ``device`` ("cpu" or "cuda"): the one way the
     package opens ONNX models (the backend, export parity checks, benchmarks).
 
     CUDA only when this ONNX Runtime has the provider and the session really got it (ONNX Runtime
-    itself would fall back to the CPU with a warning; here that is an error).
+    itself would fall back to the CPU with a warning; here that is an error). ``spinning``:
+    whether idle CPU threads busy-wait for work (default: :func:`spinning_allowed`).
     """
     ort = import_onnxruntime()
     if device == "cuda":
@@ -68,6 +87,8 @@ def open_session(path: str | Path, device: str = "cpu", intra_op_threads: int | 
     options.log_severity_level = _LOG_ERROR
     if intra_op_threads:
         options.intra_op_num_threads = int(intra_op_threads)
+    if not (spinning_allowed() if spinning is None else spinning):
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # ORT raises its own exception types for unreadable models
