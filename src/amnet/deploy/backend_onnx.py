@@ -51,7 +51,7 @@ def spinning_allowed() -> bool:
     ``OMP_WAIT_POLICY`` is ``PASSIVE``, the variable with which OpenMP runtimes (PyTorch's
     CPU threads among them) are told not to.
 
-    Spinning buys latency when the model has the cores to itself (one paper-size window: 13%
+    Spinning buys latency when the model has the cores to itself (a short paper-size window: 9%
     faster, docs/BENCHMARKS.md). Beside other CPU work (feature extraction, other processes
     of a pipeline) the spinning threads take the cores that work needs, and each call ran up
     to 1.5 times slower and burnt more CPU than with waiting threads asleep."""
