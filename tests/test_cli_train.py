@@ -132,6 +132,68 @@ def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(small_data, tmp_pat
     )
 
 
+def test_a_killed_loader_worker_is_one_line_and_the_run_resumes(small_data, tmp_path,
+                                                                monkeypatch):  # fmt: skip
+    """The out-of-memory killer's usual victim in training is a data-loading worker. The run
+    stops with one line that says so (not an "internal error"), and ``--resume auto`` finishes
+    it from the epoch before."""
+    import multiprocessing
+    import os
+    import signal
+
+    import amnet.train
+
+    class KillsItsWorkers:
+        """The epoch's loader; its worker processes are killed after the first batch."""
+
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __len__(self):
+            return len(self.loader)
+
+        def __getattr__(self, name):
+            return getattr(self.loader, name)
+
+        def __iter__(self):
+            # The worker has up to 2 batches ready ahead (prefetch_factor): at least one batch
+            # more than that must be left for the epoch to notice the death.
+            assert len(self.loader) >= 4
+            before = set(multiprocessing.active_children())
+            batches = iter(self.loader)  # starts the workers
+            yield next(batches)
+            workers = set(multiprocessing.active_children()) - before
+            assert workers
+            for worker in workers:
+                os.kill(worker.pid, signal.SIGKILL)
+                worker.join(timeout=30)
+            yield from batches
+
+    real_epoch = amnet.train.train_one_epoch
+
+    def epoch_whose_workers_die(run, epoch, progress):
+        if epoch == 1:
+            run.loader = KillsItsWorkers(run.loader)
+        return real_epoch(run, epoch, progress)
+
+    config = tmp_path / "workers.yaml"
+    # One video per batch: the epoch still needs batches from the workers after the first.
+    config.write_text(f"base: {TINY}\nloader:\n  num_workers: 1\n  batch_size: 1\n")
+    args = ["--config", str(config), "--data", str(small_data), "--out", str(tmp_path / "run"),
+            "--epochs", "2", "--quiet", "--resume", "auto"]  # fmt: skip
+    monkeypatch.setattr(amnet.train, "train_one_epoch", epoch_whose_workers_die)
+    assert_one_line_error(
+        cli("train", *args),
+        "a data-loading worker process died (DataLoader worker (pid",
+        "Lower loader.num_workers or loader.batch_size; `amnet-train --resume auto` continues",
+    )
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
+    proc = cli("train", *args)
+    assert proc.returncode == 0, proc.stderr
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 2
+
+
 def test_loader_workers_draw_their_own_crops(tmp_path):
     """With loader workers, each draws its own crops, new ones every epoch, and the same ones
     again for the same seed (without seeding them, every worker starts each epoch from a copy

@@ -452,10 +452,27 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: bool) -> dict[str, f
     """One pass over the training split; the mean of each loss term."""
     run.model.train()
     run.criterion.train()
-    totals: dict[str, float] = {}
-    count = 0
     bar = tqdm(run.loader, desc=f"epoch {epoch + 1}/{run.epochs}", unit="batch",
                disable=bar_disabled(progress), leave=False)  # fmt: skip
+    try:
+        totals, count = _run_batches(run, bar)
+    except RuntimeError as exc:
+        # torch reports a dead loader worker (the out-of-memory killer's usual victim) as a
+        # RuntimeError raised wherever the main process is when it notices.
+        if not str(exc).startswith("DataLoader worker"):
+            raise
+        raise AMNetError(
+            f"a data-loading worker process died ({str(exc).rstrip('.')}): out of memory? "
+            "Lower loader.num_workers or loader.batch_size; `amnet-train --resume auto` "
+            "continues from the last finished epoch"
+        ) from None
+    return {k: v / max(count, 1) for k, v in totals.items()}
+
+
+def _run_batches(run: TrainingRun, bar: Any) -> tuple[dict[str, float], int]:
+    """The optimiser steps of one epoch; the sum of each loss term and the batch count."""
+    totals: dict[str, float] = {}
+    count = 0
     for batch in bar:
         feats, lengths = batch["feats"].to(run.device), batch["lengths"].to(run.device)
         with torch.autocast(device_type=run.device.type, dtype=torch.float16, enabled=run.use_amp):
@@ -475,7 +492,7 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: bool) -> dict[str, f
             totals[key] = totals.get(key, 0.0) + float(value.detach())
         count += 1
         bar.set_postfix(loss=f"{float(losses['final_loss'].detach()):.3f}")
-    return {k: v / max(count, 1) for k, v in totals.items()}
+    return totals, count
 
 
 def validate(run: TrainingRun, val_set: VideoFeatureDataset, progress: bool) -> dict[str, float]:
