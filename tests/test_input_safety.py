@@ -289,6 +289,46 @@ def test_a_full_disk_on_stdout_is_one_line(tiny_model, tmp_path, capsys, monkeyp
     one_line_error(capsys, code, "No space left")
 
 
+def _cpu_tensor_beyond_the_address_space() -> None:
+    torch.empty(2**62, dtype=torch.uint8)  # a real refusal of PyTorch's CPU allocator
+
+
+def _python_buffer_beyond_the_address_space() -> None:
+    bytearray(2**62)
+
+
+def _cuda_out_of_memory() -> None:
+    # The class PyTorch raises when a GPU runs out (no GPU here to exhaust).
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has ...")
+
+
+@pytest.mark.parametrize(
+    ("allocate", "detail"),
+    [
+        (_cpu_tensor_beyond_the_address_space, "(DefaultCPUAllocator: "),
+        (_python_buffer_beyond_the_address_space, ""),
+        (_cuda_out_of_memory, "(CUDA out of memory. Tried to allocate 20.00 GiB."),
+    ],
+)
+def test_running_out_of_memory_is_one_line_not_an_internal_error(allocate, detail, capsys,
+                                                                 monkeypatch):  # fmt: skip
+    """A batch or window too large for the machine is the user's to shrink: every command says
+    "out of memory" in one line, with the allocator's words, even with AMNET_DEBUG set (that
+    shows tracebacks of internal errors only). Other runtime errors stay internal errors."""
+    from amnet.cli.common import run_cli
+
+    monkeypatch.setenv("AMNET_DEBUG", "1")
+    line = one_line_error(capsys, run_cli(lambda argv: allocate(), [], "amnet-x"),
+                          "amnet-x: error: out of memory" + (f" {detail}" if detail else ""))  # fmt: skip
+    assert "internal" not in line
+    monkeypatch.delenv("AMNET_DEBUG")
+
+    def a_bug(argv):
+        raise RuntimeError("shape mismatch")
+
+    one_line_error(capsys, run_cli(a_bug, [], "amnet-x"), "internal error (RuntimeError: shape")
+
+
 def test_name_clashes_leave_no_partial_png_set(tiny_model, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     videos = []

@@ -111,6 +111,12 @@ def run_cli(fn: Callable[[list[str] | None], int | None], argv: list[str] | None
     except MemoryError:
         print(f"{prog}: error: out of memory", file=sys.stderr)
         return EXIT_USER_ERROR
+    except RuntimeError as exc:
+        detail = allocation_failure(exc)
+        if detail is None:
+            return _internal_error(exc, prog)
+        print(f"{prog}: error: out of memory ({detail})", file=sys.stderr)
+        return EXIT_USER_ERROR
     except OSError as exc:
         # The environment said no (read-only file system, disk full, permissions, a name that
         # is a folder): one line naming the file. The atomic writers leave nothing behind.
@@ -118,16 +124,30 @@ def run_cli(fn: Callable[[list[str] | None], int | None], argv: list[str] | None
         print(f"{prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as exc:
-        # A bug of ours. The user still gets one line; AMNET_DEBUG=1 shows the traceback.
-        if os.environ.get("AMNET_DEBUG"):
-            raise
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        print(
-            f"{prog}: error: internal error ({type(exc).__name__}: {first}); "
-            "AMNET_DEBUG=1 shows the traceback",
-            file=sys.stderr,
-        )
-        return EXIT_USER_ERROR
+        return _internal_error(exc, prog)
+
+
+def allocation_failure(exc: BaseException) -> str | None:
+    """The allocator's words when ``exc`` is a failed allocation that PyTorch raised: its
+    ``OutOfMemoryError`` (CUDA) or the CPU allocator refusing a size; else None."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    if type(exc).__name__ == "OutOfMemoryError":
+        return text[:200]
+    cpu = text.find("DefaultCPUAllocator:")
+    return text[cpu:][:200] if cpu >= 0 else None
+
+
+def _internal_error(exc: BaseException, prog: str) -> int:
+    # A bug of ours. The user still gets one line; AMNET_DEBUG=1 shows the traceback.
+    if os.environ.get("AMNET_DEBUG"):
+        raise exc
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    print(
+        f"{prog}: error: internal error ({type(exc).__name__}: {first}); "
+        "AMNET_DEBUG=1 shows the traceback",
+        file=sys.stderr,
+    )
+    return EXIT_USER_ERROR
 
 
 class OneLineParser(argparse.ArgumentParser):
