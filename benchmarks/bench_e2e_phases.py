@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--infer-cli", action="store_true", help="also time amnet-infer on the set")
     args = p.parse_args(argv)
 
-    from amnet.cli.bench import _checkpoint_from_config, _dataset
+    from amnet.cli.bench import _checkpoint_from_config, _claim_work_folder, _dataset
     from amnet.config import load_config
     from amnet.deploy.detector import Detector
     from amnet.fileio import read_features
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = SimpleNamespace(
         layout=None, subset=None, preset=args.preset, videos=args.videos, seed=0, quiet=True
     )
-    args.work.mkdir(parents=True, exist_ok=True)
+    _claim_work_folder(args.work)  # amnet-bench's rule: never a folder of the user's files
     data, class_names = _dataset(opts, args.work, dim)
     ckpt = _checkpoint_from_config(args.config, args.work, data, class_names, 0)
     files = sorted((data / "features").glob("*.npy"))

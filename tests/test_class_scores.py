@@ -41,6 +41,22 @@ def test_each_detection_is_repeated_for_the_top_classes_with_the_geometric_mean_
     assert len(fuse_class_scores(Detections.empty(), np.array([1.0]), 2)) == 0
     with pytest.raises(AMNetError, match="topk"):
         fuse_class_scores(det, np.array([1.0]), 0)
+    again = fuse_class_scores(det, [0.1, 0.6, 0.3], np.int64(2))  # a list, a numpy integer
+    assert again.scores.tolist() == fused.scores.tolist()
+    assert again.labels.tolist() == fused.labels.tolist()
+
+
+@pytest.mark.parametrize(
+    "probabilities",
+    [[0.2, np.nan], [0.2, -0.1], [0.2, np.inf], [[0.2, 0.8]], 0.5, [], ["a", "b"]],
+    ids=["nan", "negative", "inf", "2-d", "scalar", "empty", "text"],
+)
+def test_fusion_refuses_probabilities_that_are_not_one_per_class(probabilities):
+    """The classifier file reader refuses these; in Python they would give NaN or infinite
+    fused scores, or an index error deep inside, so they are refused the same way."""
+    det = Detections([[0.0, 1.0]], [0.9], [0])
+    with pytest.raises(AMNetError, match="one finite, non-negative value per class"):
+        fuse_class_scores(det, probabilities)
 
 
 def write(path: Path, obj: object) -> Path:
@@ -198,6 +214,8 @@ def test_fusion_refuses_what_it_cannot_do_in_one_line(agnostic_run, models, tmp_
     partial = write(tmp_path / "partial.json", {"results": {"nobody": [0.2] * 5},
                                                "class": known.names})  # fmt: skip
     out = tmp_path / "out.json"
+    multi = write(tmp_path / "multi.json", {"results": {"v": [
+        {"label": name, "score": 0.5, "segment": [1.0, 2.0]} for name in known.names[:2]]}})  # fmt: skip
     infer = ("amnet.deploy.infer_cli", "--engine")
     cases = [
         # A multi-class model has its classes already.
@@ -226,6 +244,9 @@ def test_fusion_refuses_what_it_cannot_do_in_one_line(agnostic_run, models, tmp_
           "--class-scores", str(other), "--out", str(out)), "are not among its 5 classes"),
         (("amnet.cli.evaluate", "--gt", str(ann), "--subset", "test", "--pred",
           str(agnostic_run["raw"])), "add --class-scores SCORES.json or --class-agnostic"),
+        # Results of a multi-class model: their labels would be dropped and replaced.
+        (("amnet.cli.evaluate", "--gt", str(ann), "--subset", "test", "--pred", str(multi),
+          "--class-scores", str(classes)), "go with the results of a class-agnostic model"),
     ]  # fmt: skip
     for args, message in cases:
         proc = run_main(*args)

@@ -296,13 +296,21 @@ def test_feature_dim_not_matching_the_config(small_data, tmp_path):
     )
 
 
-def test_empty_training_split(small_data, tmp_path):
+@pytest.mark.parametrize(
+    ("split", "message"),
+    [("train_split", "has no videos"), ("val_split", "(val_split: [] trains without validation)")],
+)
+def test_a_split_without_videos_is_refused(small_data, tmp_path, split, message):
+    """A misspelt subset is an error: for the validation split it would otherwise train
+    without validation, silently (no best.pt, no mAP)."""
     cfg = tmp_path / "split.yaml"
-    cfg.write_text(f"base: {TINY}\ndataset:\n  train_split: [training]\n")
+    cfg.write_text(f"base: {TINY}\ndataset:\n  {split}: [tset]\n")
     assert_one_line_error(
         cli("train", "--config", str(cfg), "--data", str(small_data), "--out", str(tmp_path / "r")),
-        "has no videos",
+        "subset ['tset'] has no videos",
+        message,
     )
+    assert not (tmp_path / "r").exists()
 
 
 def test_corrupt_and_foreign_checkpoints(small_data, tmp_path):

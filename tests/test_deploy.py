@@ -176,12 +176,112 @@ def test_empty_video(onnx_detector, torch_detector):
         (np.zeros((10, DIM), dtype=bool), "dtype bool"),
         ("video_1.npy", r"got a path \('video_1.npy'\), not an array; read the file first"),
         (Path("a/v.npy"), r"got a path \('a/v.npy'\)"),
+        (None, "dtype object"),
+        ([[0.5] * DIM, [0.5]], "not an array"),
     ],
 )
-def test_bad_inputs(onnx_detector, features, message):
+@pytest.mark.parametrize("way", ["one", "many", "iter"])
+def test_bad_inputs(onnx_detector, features, message, way):
+    """Every way in checks each video the same way: the batch paths name the video (its
+    index), and the detector keeps working after the refusal."""
+    good = video(60, seed=4)
     with pytest.raises(AMNetError, match=message) as info:
-        onnx_detector(features)
+        if way == "one":
+            onnx_detector(features)
+        elif way == "many":
+            onnx_detector.detect_raw_many([good, features])
+        else:
+            list(onnx_detector.detect_raw_iter(iter([good, features, good])))
     assert "\n" not in str(info.value)
+    assert str(info.value).startswith("features: " if way == "one" else "video 1: ")
+    if way != "one":
+        (again,) = onnx_detector.detect_raw_many([good])
+        assert again.scores.tolist() == onnx_detector.detect_raw(good).scores.tolist()
+
+
+def test_outputs_that_overflow_are_an_error_not_an_empty_answer(torch_detector):
+    """Finite features of extreme magnitude overflow inside the model: its NaN scores would
+    vanish in post-processing and leave no detections, a silent wrong answer."""
+    x = np.full((50, DIM), 1e20, np.float32)
+
+    def stream() -> None:
+        live = torch_detector.stream()
+        live.push(x)
+        live.flush()
+
+    for call in (lambda: torch_detector(x), lambda: torch_detector.detect_raw_many([x]), stream):
+        with pytest.raises(
+            AMNetError, match=r"outputs are NaN or Inf .* largest magnitude is 1e\+20"
+        ):
+            call()
+    assert len(torch_detector(x / 1e20)) > 0
+
+
+def test_per_video_arguments_hold_one_value_per_video(onnx_detector):
+    videos = [video(80, seed=1), video(300, seed=2)]
+    lazy = "must be a list or tuple .* got generator; for a generator use detect_raw_iter"
+    with pytest.raises(AMNetError, match=lazy):
+        onnx_detector.detect_raw_many(v for v in videos)
+    with pytest.raises(AMNetError, match=lazy):
+        onnx_detector.detect_many((v for v in videos), durations=[1.0, 2.0])
+    with pytest.raises(AMNetError, match="top_k: 1 values for 2 videos"):
+        onnx_detector.detect_raw_many(videos, top_k=[3])
+    with pytest.raises(AMNetError, match="min_score must be a list or tuple"):
+        onnx_detector.detect_raw_many(videos, min_score=0.5)  # type: ignore[arg-type]
+    # numpy arrays of per-video values work as lists do
+    got = onnx_detector.detect_raw_many(videos, top_k=np.array([3, 4]), min_score=np.zeros(2))
+    want = [onnx_detector.detect_raw(v, top_k=k) for v, k in zip(videos, (3, 4), strict=True)]
+    assert [d.scores.tolist() for d in got] == [d.scores.tolist() for d in want]
+
+
+def test_torch_tensors_give_their_values_detections(onnx_detector):
+    """Tensors are taken as their values, whether they need grad, or are bfloat16 (numpy has
+    no such dtype), never an error from torch."""
+    torch = pytest.importorskip("torch")
+    feats = video(90, seed=6)
+    want = onnx_detector(feats)
+    assert onnx_detector(torch.from_numpy(feats).requires_grad_()) == want
+    half = torch.from_numpy(feats).to(torch.bfloat16)
+    assert onnx_detector(half) == onnx_detector(half.float().numpy())
+    live = onnx_detector.stream()
+    live.push(torch.from_numpy(feats).requires_grad_())
+    assert live.flush()  # the stream takes them too
+
+
+def test_detectors_are_not_pickled_silently_or_obscurely(onnx_detector):
+    import pickle
+
+    for obj in (onnx_detector, onnx_detector.stream()):
+        with pytest.raises(TypeError, match=r"cannot be pickled .* open"):
+            pickle.dumps(obj)
+
+
+def test_a_pt_models_sha256_is_that_of_the_file_it_loaded(models, tmp_path, caplog):
+    """``describe()`` names the checkpoint that is running: the bytes it loaded, not whatever
+    file has the name now (a training run that writes ``best.pt`` again, a moved file)."""
+    import hashlib
+
+    original = hashlib.sha256(models["pt"].read_bytes()).hexdigest()
+    path = tmp_path / "best.pt"
+    shutil.copy(models["pt"], path)
+    with Detector(path) as det:
+        assert det.describe()["checkpoint_sha256"] == original
+        other = tmp_path / "other.pt"
+        other.write_bytes(path.read_bytes() + b"\0")
+        os.replace(other, path)  # replaced after the first describe(): still the loaded one
+        assert det.describe()["checkpoint_sha256"] == original
+    for change in ("replace", "move"):
+        shutil.copy(models["pt"], path)
+        with Detector(path) as det:
+            if change == "replace":
+                other.write_bytes(path.read_bytes() + b"\0")
+                os.replace(other, path)
+            else:
+                path.rename(tmp_path / "moved.pt")
+            caplog.clear()
+            assert det.describe()["checkpoint_sha256"] is None
+            assert "changed, replaced or moved since it was loaded" in caplog.text
+            assert len(det(video(50))) >= 0  # the loaded model still runs
 
 
 def test_bad_duration(onnx_detector):
@@ -431,6 +531,28 @@ def test_bench_bad_arguments():
     assert "unknown tflite" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_bench_never_touches_a_work_folder_it_did_not_make(tmp_path, models):
+    """A run replaces its own data, models and results in ``--work``; a folder with the
+    user's files in it (here a ``data`` folder) is refused before anything is written."""
+    work = tmp_path / "mine"
+    (work / "data").mkdir(parents=True)
+    (work / "data" / "IMPORTANT.txt").write_text("precious")
+    (work / "results_onnxruntime.json").write_text("mine")
+    args = ["--engine", str(models["onnx"]), "--preset", "tiny", "--videos", "1",
+            "--backends", "onnxruntime", "--work", str(work), "--quiet"]  # fmt: skip
+    proc = run_main("amnet.cli.bench", *args)
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f"amnet-bench: error: {work}: holds files amnet-bench did not write (data, "
+        "results_onnxruntime.json); give a new or empty --work folder\n"
+    )
+    assert (work / "data" / "IMPORTANT.txt").read_text() == "precious"
+    assert sorted(os.listdir(work)) == ["data", "results_onnxruntime.json"]
+    (work / "file").write_text("")
+    proc = run_main("amnet.cli.bench", *args[:-3], "--work", str(work / "file"), "--quiet")
+    assert "--work must be a folder" in proc.stderr
+
+
 def test_bench_takes_relative_paths_and_fails_when_a_backend_fails(
     tmp_path, models, monkeypatch, capsys
 ):
@@ -556,19 +678,26 @@ def test_windows_of_several_videos_packed_into_shared_calls(models, onnx_detecto
         np.testing.assert_allclose(dets.segments, want.segments, atol=1e-4)
 
 
-def test_more_post_processing_workers_than_cpus_are_cut_to_the_cpus(models, caplog):
-    """Each worker is a fresh interpreter: a slip such as 1000 would start hundreds of them to
-    compete for a few CPUs. The pool is cut to the CPUs this process may use, with a warning."""
+@pytest.mark.parametrize("option", ["postprocess_workers", "intra_op_threads"])
+def test_more_workers_or_threads_than_cpus_are_cut_to_the_cpus(models, caplog, option):
+    """A slip such as 1000 post-processing workers would start hundreds of interpreters to
+    compete for a few CPUs, and 100000 PyTorch threads crash the process (ONNX Runtime stalls
+    opening its session). Both are cut to the CPUs this process may use, with a warning."""
+
+    def used(det: Detector) -> int:
+        if option == "postprocess_workers":
+            return det.postprocess_workers
+        return det.backend.session.get_session_options().intra_op_num_threads  # type: ignore[attr-defined]
+
     cpus = len(os.sched_getaffinity(0))
-    with Detector(models["onnx"], postprocess_workers=cpus + 998) as det:
-        assert det.postprocess_workers == cpus
+    with Detector(models["onnx"], **{option: cpus + 99998}) as det:
+        assert used(det) == cpus
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert said == [
-        f"postprocess_workers {cpus + 998} is more than the {cpus} CPUs this process may use; "
-        f"using {cpus}"
+        f"{option} {cpus + 99998} is more than the {cpus} CPUs this process may use; using {cpus}"
     ]
-    with Detector(models["onnx"], postprocess_workers=cpus) as det:
-        assert det.postprocess_workers == cpus
+    with Detector(models["onnx"], **{option: cpus}) as det:
+        assert used(det) == cpus
 
 
 @pytest.mark.parametrize(("batch_size", "workers"), [(1, None), (3, 2)])
@@ -691,6 +820,13 @@ def test_a_closed_detector_says_so(models, kind):
     for call in (lambda: det(x), lambda: det.detect_raw_many([x]), stream):
         with pytest.raises(AMNetError, match=r"this model was closed; open it again"):
             call()
+    # A stream of videos closed under it (another thread, or between two next() calls).
+    det = Detector(models["pt" if kind == "pt" else "onnx"], **options)
+    found = det.detect_raw_iter([x, x, x])
+    next(found)
+    det.close()
+    with pytest.raises(AMNetError, match=r"this model was closed; open it again"):
+        next(found)
 
 
 def _cpu_has_bf16() -> bool:

@@ -372,6 +372,23 @@ def test_bad_predictions_raise(preds: dict, message: str) -> None:
         evaluate_detection(gt, preds, ["a"], [0.5])
 
 
+def test_arrays_of_the_wrong_shape_are_refused_not_re_read() -> None:
+    """Segments that are not [N, 2] are an error, not reshaped into other pairs; predictions
+    that are not Detections (a list of Detection objects) are named."""
+    with pytest.raises(ValueError, match=r"segments must be \[N, 2\], got \[2, 3\]"):
+        Detections(np.arange(6.0).reshape(2, 3), [0.9, 0.8, 0.7], [0, 0, 0])
+    with pytest.raises(ValueError, match=r"segments must be \[N, 2\], got \[4\]"):
+        Detections(np.arange(4.0), [0.9, 0.8], [0, 0])
+    with pytest.raises(ValueError, match=r"segments must be \[N, 2\]"):
+        VideoAnnotation("v", "test", 10.0, 30.0, np.arange(6.0).reshape(2, 3), ["a"] * 3, [0] * 3)
+    with pytest.raises(ValueError, match="2 segments, 1 labels"):
+        VideoAnnotation("v", "test", 10.0, 30.0, np.array([[0, 1], [2, 3]]), ["a"], [0])
+    assert Detections([], [], []).segments.shape == (0, 2)
+    gt = {"v": video("v", [(0, 10, "a")])}
+    with pytest.raises(AMNetError, match="video 'v': expected Detections, got list"):
+        evaluate_detection(gt, {"v": [(0, 10, 0.9, 0)]}, ["a"], [0.5])
+
+
 def test_bad_ground_truth_raises() -> None:
     with pytest.raises(AMNetError, match="not in the class list"):
         evaluate_detection({"v": video("v", [(0, 10, "zzz")])}, {}, ["a"], [0.5])
@@ -384,6 +401,22 @@ def test_bad_thresholds_raise(thresholds: list[float]) -> None:
     gt = {"v": video("v", [(0, 10, "a")])}
     with pytest.raises(AMNetError):
         evaluate_detection(gt, {}, ["a"], thresholds)
+
+
+def test_label_ids_number_the_classes() -> None:
+    def videos(*labels: tuple[str, int]) -> list[VideoAnnotation]:
+        segments = np.array([[0.0, 1.0]] * len(labels))
+        names, ids = [n for n, _ in labels], np.array([i for _, i in labels])
+        return [VideoAnnotation("v", "test", 10.0, 30.0, segments, names, ids)]
+
+    assert build_label_map(videos(("A", 0), ("B", 2))) == ["A", "class_1", "B"]  # a gap
+    # An id far beyond the classes would allocate a list that long (10**12: memory runs out).
+    with pytest.raises(AMNetError, match=r"label_id 65536 is out of range: .*at most 65535"):
+        build_label_map(videos(("A", 65536)))
+    # A placeholder that is also a label would be a second class of that name: half its
+    # detections would count against the other.
+    with pytest.raises(AMNetError, match="label_id 1 is unused and its placeholder name"):
+        build_label_map(videos(("A", 0), ("class_1", 2)))
 
 
 def test_parse_tiou() -> None:
@@ -414,6 +447,8 @@ def test_parse_tiou() -> None:
 def test_parse_tiou_rejects(spec: str) -> None:
     with pytest.raises(AMNetError):
         parse_tiou(spec)
+    with pytest.raises(AMNetError, match="is a string"):
+        parse_tiou(None)  # type: ignore[arg-type]
 
 
 def test_a_threshold_given_twice_is_refused() -> None:

@@ -133,9 +133,15 @@ def test_reported_points_hold_and_none_is_better(seed):
 
 
 def test_bad_targets_are_refused():
-    for bad in (0.0, 1.5, -0.1, float("nan")):
+    for bad in (0.0, 1.5, -0.1, float("nan"), True, "0.9"):
         with pytest.raises(AMNetError, match="target precision"):
             operating_points(GT, PREDS, NAMES, target_precision=bad)
+    for bad in ([0.5, 0.9], 0.0, float("nan"), "0.5"):  # one tIoU: a list would use its first
+        with pytest.raises(AMNetError, match="one number in"):
+            operating_points(GT, PREDS, NAMES, tiou=bad)
+    # numpy scalars are numbers
+    points = operating_points(GT, PREDS, NAMES, np.float32(0.5), np.float64(0.65))
+    assert points == operating_points(GT, PREDS, NAMES, 0.5, 0.65)
 
 
 def test_the_file_round_trips_and_cuts_detections(tmp_path):
@@ -150,6 +156,27 @@ def test_the_file_round_trips_and_cuts_detections(tmp_path):
     assert sorted(kept.scores.tolist()) == [0.7, 0.8, 0.9]  # class a at >= 0.7; b and c none
     assert set(kept.labels.tolist()) == {0}
     assert len(apply_class_thresholds(Detections.empty(), thresholds)) == 0
+
+
+@pytest.mark.parametrize(
+    ("detections", "thresholds", "message"),
+    [
+        (PREDS["v"], np.array([0.5, 0.5]), r"class ids 0\.\.2 for 2 class thresholds"),  # too few
+        (PREDS["v"], np.full((3, 1), 0.5), r"one score in \[0, 1\]"),  # not [K]
+        (PREDS["v"], np.array([0.5, np.nan, 0.5]), r"one score in \[0, 1\]"),
+        (PREDS["v"], np.array([0.5, -np.inf, 0.5]), r"one score in \[0, 1\]"),
+        (PREDS["v"], np.array([0.5, 1.5, 0.5]), r"one score in \[0, 1\]"),
+        (PREDS["v"], ["0.5", "x", None], r"one score in \[0, 1\]"),
+        (list(PREDS["v"].scores), np.full(3, 0.5), "must be Detections"),
+    ],
+)
+def test_applying_thresholds_checks_them(detections, thresholds, message):
+    """Thresholds that are not one cut per class of these detections are refused, never
+    indexed out of range or broadcast into a wrong answer; a list of values works."""
+    with pytest.raises(AMNetError, match=message):
+        apply_class_thresholds(detections, thresholds)
+    kept = apply_class_thresholds(PREDS["v"], [0.7, 1.0, math.inf])
+    assert sorted(kept.scores.tolist()) == [0.7, 0.8, 0.9]
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -79,6 +80,35 @@ def test_special_files_and_folder_paths_are_never_replaced(tiny_model, video, tm
         atomic_write_text(fifo, "x")
 
 
+def test_outputs_keep_to_their_kind(tiny_dataset, tiny_model, video, tmp_path, capsys,
+                                    monkeypatch):  # fmt: skip
+    """A text output (results, operating points, a description) never takes the name of a file
+    users keep, so a slip such as ``-o run/best.pt`` cannot replace a checkpoint; a model is
+    written only under its own suffix (it picks the backend); and ``-`` is stdout only where a
+    command writes there, never a file named ``-``."""
+    from amnet.cli.export import main as export_main
+
+    for name in ("best.pt", "model.ONNX", "model.plan", "other.npy", "frame.png", "cfg.yaml"):
+        target = tmp_path / name
+        target.write_bytes(b"keep")
+        code = infer_main(["--engine", str(tiny_model["onnx"]), str(video), "-o", str(target)])
+        one_line_refusal(capsys, code, f"{target}: a {target.suffix.lower()} name is for a model")
+        assert target.read_bytes() == b"keep"
+    target = tmp_path / "best.pt"
+    code = baseline_main(["--data", str(tiny_dataset), "--subset", "test", "--out", str(target)])
+    one_line_refusal(capsys, code, "is for a model, features")
+    assert target.read_bytes() == b"keep"
+    annotations = tmp_path / "annotations.json"  # e.g. a calibration set's
+    annotations.write_text("{}")
+    code = export_main(["onnx", "--ckpt", str(tiny_model["pt"]), "--out", str(annotations)])
+    one_line_refusal(capsys, code, "the output must be a .onnx file")
+    assert annotations.read_text() == "{}"
+    monkeypatch.chdir(tmp_path)
+    code = baseline_main(["--data", str(tiny_dataset), "--subset", "test", "--out", "-"])
+    one_line_refusal(capsys, code, "-: this output is a file")
+    assert not (tmp_path / "-").exists()
+
+
 def test_dash_is_stdout(tiny_model, video, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert infer_main(["--engine", str(tiny_model["onnx"]), str(video), "-o", "-"]) == 0
@@ -146,6 +176,35 @@ def test_fifo_inputs_are_refused_without_blocking(tiny_model, tmp_path, capsys):
     os.mkfifo(fifo_json)
     with pytest.raises(AMNetError, match="not a regular file"):
         load_annotations(fifo_json)
+    from amnet.results import read_results
+
+    with pytest.raises(AMNetError, match="not a regular file"):
+        read_results(fifo_json, ["a"])  # (its other-format hint must not open it either)
+
+
+def test_a_folder_s_unreadable_entries_are_reported_not_dropped(tiny_model, video, tmp_path,
+                                                                capsys):  # fmt: skip
+    """A dangling link or a FIFO among a folder's ``.npy`` files is a bad file, as it is when
+    named on the command line: silently leaving it out would drop a video from the results."""
+    folder = tmp_path / "features"
+    folder.mkdir()
+    shutil.copy(video, folder / "good.npy")
+    (folder / "gone.npy").symlink_to(tmp_path / "nowhere.npy")
+    os.mkfifo(folder / "pipe.npy")
+    (folder / "sub.npy").mkdir()  # a folder is not an entry
+    code = infer_main(
+        ["--engine", str(tiny_model["onnx"]), str(folder), "-o", str(tmp_path / "r.json")]
+    )
+    said = capsys.readouterr().err
+    assert code == 2 and "2 of 3 feature files are bad; nothing was run" in said
+    assert "gone.npy: feature file not found" in said and "pipe.npy: not a regular file" in said
+    assert not (tmp_path / "r.json").exists()
+    code = infer_main(["--engine", str(tiny_model["onnx"]), str(folder), "--skip-bad", "-q",
+                       "-o", str(tmp_path / "r.json")])  # fmt: skip
+    assert code == 3
+    assert list(json.loads((tmp_path / "r.json").read_text())["results"]) == ["good"]
+    said = capsys.readouterr().err
+    assert "gone.npy" in said and "pipe.npy: not a regular file" in said and "sub.npy" not in said
 
 
 def test_finished_work_is_not_replaced_without_a_flag(tiny_dataset, tmp_path, capsys):
@@ -169,7 +228,24 @@ def test_finished_work_is_not_replaced_without_a_flag(tiny_dataset, tmp_path, ca
     before = fingerprint(run / "last.pt")
     one_line_refusal(capsys, train_main(args), "--resume", "--overwrite")
     assert fingerprint(run / "last.pt") == before
-    assert train_main([*args, "--overwrite"]) == 0
+    shutil.copy(run / "last.pt", run / "best.pt")  # as if the run had validated
+    assert train_main([*args, "--overwrite", "--seed", "5"]) == 0
+    # The replaced run's best.pt goes with it: left there, it would be evaluated as this run's.
+    assert sorted(p.name for p in run.glob("*.pt")) == ["last.pt"]
+    # Continuing another run's checkpoint here would replace this run's checkpoints; in a
+    # folder of its own it continues.
+    other = tmp_path / "other"
+    assert train_main([*args[:5], str(other), *args[6:]]) == 0
+    before = fingerprint(run / "last.pt")
+    code = train_main([*args, "--resume", str(other / "last.pt")])
+    one_line_refusal(capsys, code, "already holds a run", "is another run's checkpoint")
+    assert fingerprint(run / "last.pt") == before
+    assert (
+        train_main(
+            [*args[:5], str(tmp_path / "branch"), *args[6:], "--resume", str(other / "last.pt")]
+        )
+        == 0
+    )
     # A dataset folder that is not empty (here: real files of the user) needs --overwrite.
     data = tmp_path / "mine"
     data.mkdir()
@@ -178,6 +254,12 @@ def test_finished_work_is_not_replaced_without_a_flag(tiny_dataset, tmp_path, ca
     one_line_refusal(capsys, code, "--overwrite")
     assert (data / "annotations.json").read_text() == "{}"
     assert not (data / "features").exists()
+    # Its layout is an input, never replaced, even with --overwrite.
+    code = synth_main(["--out", str(data), "--layout", str(data / "annotations.json"),
+                       "--overwrite", "--dim", "8", "-q"])  # fmt: skip
+    one_line_refusal(capsys, code, "the layout is inside --out")
+    assert os.listdir(data) == ["annotations.json"]
+    assert (data / "annotations.json").read_text() == "{}"
 
 
 def test_one_training_at_a_time_per_run_folder(tiny_dataset, tmp_path, capsys):

@@ -88,6 +88,13 @@ def test_write_fails_cleanly_and_keeps_the_old_file(tmp_path: Path) -> None:
     bad = {"v": Detections(np.array([[0.0, 1.0]]), np.array([0.5]), np.array([3]))}
     with pytest.raises(AMNetError, match="class id"):
         write_results(path, bad, CLASSES)
+    # What read_results would refuse is not written either.
+    bad = {"v": Detections(np.array([[2.0, 1.0]]), np.array([0.5]), np.array([0]))}
+    with pytest.raises(AMNetError, match="ends before it starts"):
+        write_results(path, bad, CLASSES)
+    for vid in ("../v", "a/b", "", "x\n"):
+        with pytest.raises(AMNetError, match="video id"):
+            write_results(path, {vid: sample()["video_a"]}, CLASSES)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
     with pytest.raises(AMNetError, match="does not exist"):

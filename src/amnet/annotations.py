@@ -34,6 +34,20 @@ class VideoAnnotation:
     labels: list[str] = field(default_factory=list)
     label_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=np.int64))
 
+    def __post_init__(self) -> None:
+        segments = np.asarray(self.segments, dtype=np.float64)
+        if segments.size and (segments.ndim != 2 or segments.shape[1] != 2):
+            raise ValueError(
+                f"video {self.video_id!r}: segments must be [N, 2], got {list(segments.shape)}"
+            )
+        self.segments = segments.reshape(-1, 2)
+        self.label_ids = np.asarray(self.label_ids, dtype=np.int64).reshape(-1)
+        if not len(self.labels) == len(self.label_ids) == len(self.segments):
+            raise ValueError(
+                f"video {self.video_id!r}: {len(self.segments)} segments, {len(self.labels)} "
+                f"labels, {len(self.label_ids)} label ids"
+            )
+
 
 def _number(value: object, where: str, path: os.PathLike | str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -148,6 +162,11 @@ def select_subset(
     return chosen
 
 
+# Label ids index the class list (their gaps get placeholder names): a larger one is a typo or
+# a foreign id space, and would allocate a list that large.
+MAX_LABEL_ID = 65535
+
+
 def build_label_map(
     videos: Iterable[VideoAnnotation], path: os.PathLike | str = "annotations"
 ) -> list[str]:
@@ -179,7 +198,20 @@ def build_label_map(
             )
         by_id[label_id] = label
     size = max(by_id) + 1
-    return [by_id.get(i, f"class_{i}") for i in range(size)]
+    if size > MAX_LABEL_ID + 1:
+        raise AMNetError(
+            f"{path}: label_id {size - 1} is out of range: label ids number the classes "
+            f"0..K-1 (at most {MAX_LABEL_ID})"
+        )
+    names = [by_id.get(i, f"class_{i}") for i in range(size)]
+    clash = next((n for i, n in enumerate(names) if i not in by_id and n in pairs), None)
+    if clash is not None:
+        # Two classes of one name would split its detections between them, silently.
+        raise AMNetError(
+            f"{path}: label_id {names.index(clash, 0)} is unused and its placeholder name "
+            f"{clash!r} is also a label; number the labels 0..K-1"
+        )
+    return names
 
 
 def dump_database(videos: Iterable[VideoAnnotation], version: str = "amnet") -> dict:

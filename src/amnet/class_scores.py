@@ -54,6 +54,8 @@ class ClassScores:
     path: str = "class scores"
 
     def _find(self, video_id: str) -> np.ndarray | None:
+        if not isinstance(video_id, str):
+            raise AMNetError(f"a video id is a string, got {video_id!r}")
         for key in (video_id, prefix_twin(video_id)):
             found = self.scores.get(key)
             if found is not None:
@@ -146,9 +148,30 @@ def fuse_class_scores(
     Each detection appears once per class, scored ``sqrt(score * probability)``; labels index
     the classifier's classes. The result is sorted by score, best first; ties keep the class
     rank, then the detection order. Labels of ``detections`` are ignored."""
-    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
         raise AMNetError(f"class topk must be an integer >= 1, got {topk!r}")
-    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if not isinstance(detections, Detections):
+        raise AMNetError(
+            f"detections must be Detections (detect_raw), got {type(detections).__name__}"
+        )
+    # The file reader checks the same: a NaN or negative probability would turn every fused
+    # score NaN (sqrt), and an infinite one would outrank every real detection.
+    wrong = AMNetError(
+        "class probabilities must be one finite, non-negative value per class ([K]), got "
+        f"{np.array2string(np.asarray(probabilities, dtype=object), threshold=6)}"
+    )
+    try:
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise wrong from None
+    if (
+        probabilities.ndim != 1
+        or not len(probabilities)
+        or not np.isfinite(probabilities).all()
+        or (probabilities < 0).any()
+    ):
+        raise wrong
+    topk = int(topk)
     # Stable, on the negated values: equal probabilities keep the lower class id first.
     classes = np.argsort(-probabilities, kind="stable")[:topk]
     scores = np.sqrt(probabilities[classes][:, None] * detections.scores[None, :]).reshape(-1)

@@ -17,7 +17,10 @@ class Detections:
     labels: np.ndarray
 
     def __post_init__(self) -> None:
-        self.segments = np.asarray(self.segments, dtype=np.float64).reshape(-1, 2)
+        segments = np.asarray(self.segments, dtype=np.float64)
+        if segments.size and (segments.ndim != 2 or segments.shape[1] != 2):
+            raise ValueError(f"Detections: segments must be [N, 2], got {list(segments.shape)}")
+        self.segments = segments.reshape(-1, 2)
         self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
         n = len(self.scores)

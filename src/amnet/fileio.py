@@ -95,15 +95,41 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+# Suffixes of the files users keep (models, features, pictures, configs): a text output (results,
+# operating points) is never written under one, so a slip such as ``-o run/best.pt`` cannot
+# replace a checkpoint with JSON.
+KEPT_SUFFIXES = (
+    ".pt",
+    ".pth",
+    ".onnx",
+    ".plan",
+    ".engine",
+    ".npy",
+    ".npz",
+    ".png",
+    ".yaml",
+    ".yml",
+)
+
+
 def check_out_path(
-    out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), *, probe: bool = True
+    out: str | os.PathLike,
+    inputs: Iterable[str | os.PathLike] = (),
+    *,
+    probe: bool = True,
+    suffixes: Sequence[str] = (),
+    text: bool = False,
 ) -> Path:
     """Fail early (one line) when ``out`` cannot be an output file: a path ending in a separator
     (a folder), a folder, a device/FIFO/socket, a missing parent folder, or the same file as one
-    of ``inputs`` (symlinks followed, same inode)."""
-    text = os.fspath(out)
-    if text.endswith(("/", os.sep)):
-        raise AMNetError(f"{text}: ends with '/', expected an output file path")
+    of ``inputs`` (symlinks followed, same inode). ``suffixes``: the names a model output must
+    end with (its suffix picks the backend that reads it); ``text``: a text output, which may
+    not take the suffix of a file users keep (:data:`KEPT_SUFFIXES`)."""
+    text_path = os.fspath(out)
+    if text_path == "-":  # commands that write to stdout take "-" before they get here
+        raise AMNetError("-: this output is a file (stdout is not one of its choices); give a name")
+    if text_path.endswith(("/", os.sep)):
+        raise AMNetError(f"{text_path}: ends with '/', expected an output file path")
     out = Path(out)
     _refuse_special(out)
     if out.is_dir():
@@ -128,6 +154,14 @@ def check_out_path(
                 raise AMNetError(
                     f"{out}: is an input of this command ({source}); refusing to overwrite it"
                 )
+    suffix = out.suffix.lower()
+    if suffixes and suffix not in suffixes:
+        raise AMNetError(f"{out}: the output must be a {' or '.join(suffixes)} file")
+    if text and suffix in KEPT_SUFFIXES:
+        raise AMNetError(
+            f"{out}: a {suffix} name is for a model, features, a picture or a config, not for "
+            "this command's text output; choose a .json (or .jsonl, .csv) name"
+        )
     return out
 
 

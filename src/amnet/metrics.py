@@ -70,6 +70,8 @@ def parse_tiou(spec: str) -> np.ndarray:
     0.3, 0.4, ..., 0.7 rather than ``0.30000000000000004`` and friends. Every threshold must lie
     in (0, 1].
     """
+    if not isinstance(spec, str):
+        raise AMNetError(f"a tIoU specification is a string such as '0.3:0.7:0.1', got {spec!r}")
     text = spec.strip()
     if not text:
         raise AMNetError("empty tIoU specification")
@@ -200,6 +202,10 @@ def _prediction_arrays(
     segs, scores, labels, vids = [], [], [], []
     unknown = 0
     for vid, det in predictions.items():
+        if not isinstance(det, Detections):
+            raise AMNetError(
+                f"predictions of video {vid!r}: expected Detections, got {type(det).__name__}"
+            )
         n = len(det)
         if n == 0:
             continue
@@ -487,10 +493,15 @@ def operating_points(
     order, so the detections above a threshold are matched as they would be alone. Thresholds
     fall only between distinct scores. Every class of ``class_names`` gets a point; one without
     events, or whose detections never reach the target, gets threshold None."""
-    if target_precision is not None and not (
-        isinstance(target_precision, (int, float)) and 0.0 < target_precision <= 1.0
+    real = (int, float, np.integer, np.floating)
+    if target_precision is not None and (
+        isinstance(target_precision, bool)
+        or not isinstance(target_precision, real)
+        or not 0.0 < target_precision <= 1.0
     ):
         raise AMNetError(f"target precision must be in (0, 1], got {target_precision!r}")
+    if isinstance(tiou, bool) or not isinstance(tiou, real) or not 0.0 < tiou <= 1.0:
+        raise AMNetError(f"an operating point's tIoU is one number in (0, 1], got {tiou!r}")
     m = _match(ground_truth, predictions, class_names, [tiou])
     points: dict[str, OperatingPoint] = {}
     for c, name in enumerate(class_names):

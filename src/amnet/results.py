@@ -33,12 +33,17 @@ def results_to_json(
     num_classes = len(class_names)
     results: dict[str, list[dict]] = {}
     for vid, det in per_video.items():
+        # What read_results refuses is not written: an id that cannot name a file, a segment
+        # that ends before it starts.
+        check_video_id(vid, "results")
         labels = det.labels.tolist()
         if labels and (min(labels) < 0 or max(labels) >= num_classes):
             raise AMNetError(f"video {vid!r}: class id outside [0, {num_classes})")
         if not (np.isfinite(det.scores).all() and np.isfinite(det.segments).all()):
             # json.dumps would write NaN/Infinity, which is not JSON.
             raise AMNetError(f"video {vid!r}: non-finite score or segment bound")
+        if (det.segments[:, 1] < det.segments[:, 0]).any():
+            raise AMNetError(f"video {vid!r}: a segment ends before it starts")
         results[str(vid)] = [
             {"label": class_names[c], "label_id": c, "score": score, "segment": [s, e]}
             for c, score, (s, e) in zip(
@@ -64,6 +69,8 @@ def _finite(value: object) -> bool:
 
 def _other_format_hint(path: str | os.PathLike) -> str | None:
     """A pointer to the right format when a file is another ``amnet-infer`` output format."""
+    if not os.path.isfile(path):  # a FIFO or device would block or never end
+        return None
     try:
         with open(path, encoding="utf-8") as handle:
             first = handle.readline(4096).strip()
@@ -88,13 +95,18 @@ def _other_format_hint(path: str | os.PathLike) -> str | None:
 
 
 def read_results(
-    path: str | os.PathLike, class_names: Sequence[str], agnostic: bool = False
+    path: str | os.PathLike,
+    class_names: Sequence[str],
+    agnostic: bool = False,
+    one_class: bool = False,
 ) -> dict[str, Detections]:
     """Read and validate a results file; returns detections per video in file order.
 
     ``label`` must be one of ``class_names``; ``label_id`` is optional, but when present it
     must name the same class. With ``agnostic`` every detection is read as class 0, whatever
-    its label (the detections of a class-agnostic localizer, or a class-agnostic evaluation).
+    its label (the detections of a class-agnostic localizer, or a class-agnostic evaluation);
+    ``one_class`` then also requires that they all carry one label (a localizer's results,
+    whose classes come from a classifier: several labels would be silently dropped).
     Any problem is an AMNetError naming the file, the video and the entry.
     """
     try:
@@ -114,6 +126,7 @@ def read_results(
         class_index.setdefault(name, i)
 
     out: dict[str, Detections] = {}
+    first_label: str | None = None
     for vid, entries in results.items():
         check_video_id(vid, path)
         if not isinstance(entries, list):
@@ -129,6 +142,11 @@ def read_results(
             label = entry.get("label")
             if not isinstance(label, str):
                 raise AMNetError(f"{where} has no 'label' string")
+            if one_class and label != (first_label := first_label or label):
+                raise AMNetError(
+                    f"{where}: label {label!r} besides {first_label!r}: class scores go with the "
+                    "results of a class-agnostic model (one label), these hold several classes"
+                )
             c = 0 if agnostic else class_index.get(label)
             if c is None:
                 raise AMNetError(

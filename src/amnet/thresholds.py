@@ -94,8 +94,31 @@ def read_class_thresholds(path: str | os.PathLike, class_names: Sequence[str]) -
 
 
 def apply_class_thresholds(detections: Detections, thresholds: np.ndarray) -> Detections:
-    """The detections scoring at least their class's threshold, in their order."""
+    """The detections scoring at least their class's threshold, in their order.
+    ``thresholds`` is indexed by label id (:func:`read_class_thresholds`): a score in [0, 1],
+    or ``inf`` for a class whose detections are all dropped."""
+    if not isinstance(detections, Detections):
+        raise AMNetError(
+            f"detections must be Detections (detect_raw), got {type(detections).__name__}"
+        )
+    wrong = AMNetError(
+        "class thresholds must be one score in [0, 1] (or inf) per class ([K]), got "
+        f"{np.array2string(np.asarray(thresholds, dtype=object), threshold=6)}"
+    )
+    try:
+        thresholds = np.asarray(thresholds, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise wrong from None
+    cuts = (thresholds >= 0) & ((thresholds <= 1) | np.isposinf(thresholds))
+    if thresholds.ndim != 1 or not cuts.all():
+        raise wrong
     if not len(detections):
         return detections
+    lo, hi = int(detections.labels.min()), int(detections.labels.max())
+    if lo < 0 or hi >= len(thresholds):
+        raise AMNetError(
+            f"detections of class ids {lo}..{hi} for {len(thresholds)} class thresholds "
+            "(thresholds read for another model's classes?)"
+        )
     keep = detections.scores >= thresholds[detections.labels]
     return Detections(detections.segments[keep], detections.scores[keep], detections.labels[keep])

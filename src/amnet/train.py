@@ -31,7 +31,6 @@ from amnet.data import (
     VideoFeatureDataset,
     collate_videos,
     feature_statistics,
-    has_split,
     make_dataset,
 )
 from amnet.errors import AMNetError
@@ -216,6 +215,13 @@ def _refuse_existing_run(out_dir: Path, resume: object, overwrite: bool) -> None
             f"{out_dir}: already holds a run ({', '.join(existing)}); pass --resume "
             f"{out_dir / 'last.pt'} to continue it or --overwrite to start again"
         )
+    # Continuing another run's checkpoint here would replace this run's checkpoints.
+    other = isinstance(resume, (str, os.PathLike)) and resume != AUTO_RESUME
+    if existing and other and not _same_file(Path(resume).parent, out_dir):  # type: ignore[arg-type]
+        raise AMNetError(
+            f"{out_dir}: already holds a run ({', '.join(existing)}), and {resume} is another "
+            f"run's checkpoint; continue it in its own folder or in an empty --out"
+        )
 
 
 def _train_logged(
@@ -280,8 +286,18 @@ class TrainingRun:
     use_amp: bool
     start_epoch: int = 0
     best_map: float = -1.0
+    # Checkpoints of the run an --overwrite run replaces: removed with its first checkpoint (a
+    # best.pt left beside a new last.pt would be evaluated as this run's best).
+    replaced: tuple[str, ...] = ()
 
     def save(self, name: str, epoch: int, weights: str = "ema") -> None:
+        self._save(name, epoch, weights)
+        for old in self.replaced:
+            if old != name:
+                (self.out_dir / old).unlink(missing_ok=True)
+        self.replaced = ()
+
+    def _save(self, name: str, epoch: int, weights: str) -> None:
         save_checkpoint(
             self.out_dir / name, config=self.cfg, class_names=self.class_names, model=self.model.state_dict(),
             ema=self.ema.module.state_dict(), ema_updates=self.ema.updates, weights=weights,
@@ -337,11 +353,20 @@ def build_run(
 
     train_set = make_dataset(cfg, data_dir, "train_split", training=True, seed=seed)
     class_names = train_set.class_names
-    val_set = (
-        make_dataset(cfg, data_dir, "val_split", training=False, class_names=class_names)
-        if has_split(cfg, data_dir, "val_split")
-        else None
-    )
+    val_set = None
+    if cfg["dataset"]["val_split"]:  # [] trains without validation
+        try:
+            val_set = make_dataset(
+                cfg, data_dir, "val_split", training=False, class_names=class_names
+            )
+        except AMNetError as exc:
+            if "has no videos" not in str(exc):
+                raise
+            # A misspelt subset would otherwise train without validation, silently: no best.pt.
+            raise AMNetError(
+                f"{exc}; dataset.val_split names the subsets to validate on (val_split: [] "
+                "trains without validation)"
+            ) from None
     model = AMNet.from_config(cfg)
     model.set_input_statistics(*feature_statistics(train_set))
     model = model.to(device)
@@ -518,6 +543,8 @@ def _train(
     run = build_run(cfg, data_dir, out_dir, epochs, 0 if seed is None else seed, device_name)
     if resume is not None:
         resume_run(run, resume, seed)
+    else:  # a new run in a folder with checkpoints: --overwrite said to replace them
+        run.replaced = tuple(name for name in CHECKPOINTS if (out_dir / name).exists())
     log.info(
         "training AMNet: %d videos, %d classes, %d epochs, device %s, attention path %s, AMP %s, %.2fM parameters",
         len(run.train_set), len(run.class_names), run.epochs, run.device,

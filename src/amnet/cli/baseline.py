@@ -49,7 +49,8 @@ def _run(argv: list[str] | None) -> int:
     setup_logging(args.verbose, args.quiet)
     annotations = dataset_annotations(args.data)
     features = Path(args.data) / "features"
-    check_out_path(args.out, [annotations, *(features.glob("*.npy") if features.is_dir() else ())])
+    inputs = [annotations, *(features.glob("*.npy") if features.is_dir() else ())]
+    check_out_path(args.out, inputs, text=True)
     detections, class_names, _ = run_baseline(annotations, args.subset, args.train_subset)
     write_results(args.out, detections, class_names, version="amnet-baseline prior")
     logger.info(

@@ -599,6 +599,28 @@ def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, 
     return "\n".join([header, rule, *body])
 
 
+WORK_MARK = ".amnet-bench-work"
+
+
+def _claim_work_folder(work: Path) -> None:
+    """A run replaces what runs before it wrote in ``--work`` (data, models, results), so a
+    folder holding anything else is refused: no file of the user's is removed or replaced."""
+    if work.exists() and not work.is_dir():
+        raise AMNetError(f"{work}: --work must be a folder")
+    if work.is_dir() and not (work / WORK_MARK).is_file():
+        theirs = sorted(p.name for p in work.iterdir() if p.name != ".amnet-bench.lock")
+        if theirs:
+            raise AMNetError(
+                f"{work}: holds files amnet-bench did not write ({', '.join(theirs[:3])}"
+                f"{', ...' if len(theirs) > 3 else ''}); give a new or empty --work folder"
+            )
+    work.mkdir(parents=True, exist_ok=True)
+    (work / WORK_MARK).write_text(
+        "amnet-bench's work folder: the next run replaces its data, models and results\n",
+        encoding="utf-8",
+    )
+
+
 def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
@@ -619,7 +641,7 @@ def _run(argv: list[str] | None) -> int:
 
     temporary = args.work is None
     work = Path(tempfile.mkdtemp(prefix="amnet-bench-")) if temporary else Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+    _claim_work_folder(work)
     # Two runs in one work folder would write each other's data and models, and time each other.
     busy = (
         f"{work}: another amnet-bench is using this work folder; wait for it or give another --work"

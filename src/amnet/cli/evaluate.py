@@ -181,7 +181,8 @@ def read_evaluation_files(
     if class_scores is not None:
         scores = read_class_scores(class_scores, class_names)
         scores.check_classes(ground_truth.values())
-        predictions = fuse_results(read_results(pred_path, [], agnostic=True), scores, topk)
+        localized = read_results(pred_path, [], agnostic=True, one_class=True)
+        predictions = fuse_results(localized, scores, topk)
         class_names = scores.names
     elif agnostic:
         predictions = read_results(pred_path, [], agnostic=True)
@@ -283,7 +284,7 @@ def _file_mode_with_operating_points(args: argparse.Namespace) -> int:
     if not 0 < args.operating_tiou <= 1:
         raise AMNetError(f"--operating-tiou must be in (0, 1], got {args.operating_tiou}")
     inputs = [args.gt, args.pred] + ([args.class_scores] if args.class_scores else [])
-    check_out_path(args.operating_points, inputs)
+    check_out_path(args.operating_points, inputs, text=True)
     thresholds = parse_tiou(args.tiou or DEFAULT_TIOU)
     ground_truth, predictions, class_names = read_evaluation_files(
         args.gt, args.subset, args.pred, args.class_scores, args.class_topk, args.class_agnostic
@@ -354,7 +355,7 @@ def _model_mode(args: argparse.Namespace) -> int:
         inputs = [dataset.annotation_file, args.ckpt]
         inputs += [args.class_scores] if args.class_scores is not None else []
         inputs += [dataset.feature_path(v.video_id) for v in dataset.videos]
-        check_out_path(args.out, inputs)
+        check_out_path(args.out, inputs, text=True)
     model = model.to(args.device)
     detections, result = evaluate_model(
         model, dataset, cfg, torch.device(args.device), progress=not args.json,

@@ -116,6 +116,14 @@ def _run(argv: list[str] | None) -> int:
     if args.layout is not None:
         if args.preset is not None:
             raise AMNetError("give either --layout or --preset, not both")
+        from amnet.layouts import layout_path
+
+        if layout_path(args.layout).resolve().is_relative_to(out.resolve()):
+            # --overwrite replaces what is in --out: the layout would go with it.
+            raise AMNetError(
+                f"{args.layout}: the layout is inside --out {out}, which this command writes; "
+                "give another --out (or a copy of the layout from elsewhere)"
+            )
         videos, class_names = synth.layout_from_file(
             args.layout, subsets, args.videos, spread=args.spread
         )

@@ -62,16 +62,6 @@ def make_dataset(
     return dataset
 
 
-def has_split(cfg: Mapping[str, Any], data_dir: str | os.PathLike | None, split: str) -> bool:
-    try:
-        make_dataset(cfg, data_dir, split, training=False)
-    except AMNetError as exc:
-        if "has no videos" in str(exc):
-            return False
-        raise
-    return True
-
-
 def feature_statistics(
     dataset: VideoFeatureDataset, max_videos: int = 500
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -141,6 +141,27 @@ def check_batch(
     return features, lengths
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's or a job's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def fit_to_cpus(name: str, count: int) -> int:
+    """Threads or processes beyond the usable CPUs only compete for them, and a slip such as
+    100000 would exhaust the machine (PyTorch crashes outright): cut, with a warning."""
+    cpus = usable_cpus()
+    if count > cpus:
+        logger.warning(
+            "%s %d is more than the %d CPUs this process may use; using %d",
+            name, count, cpus, cpus,
+        )  # fmt: skip
+        return cpus
+    return count
+
+
 def open_backend(
     path: str | os.PathLike,
     device: str | None = None,
@@ -183,6 +204,8 @@ def open_backend(
         or intra_op_threads < 1
     ):
         raise AMNetError(f"intra_op_threads must be an integer >= 1, got {intra_op_threads!r}")
+    if intra_op_threads is not None:
+        intra_op_threads = fit_to_cpus("intra_op_threads", int(intra_op_threads))
     if name == "onnxruntime":
         from amnet.deploy.backend_onnx import OnnxRuntimeBackend
 

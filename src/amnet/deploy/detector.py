@@ -37,7 +37,9 @@ The batch paths (:meth:`Detector.detect_raw_many`, :meth:`Detector.detect_raw_it
 their backend calls on a thread of the Detector's, one call in flight and the next queued: the
 caller's thread meanwhile takes the next video (a generator may be reading it) and
 post-processes the videos whose windows are back. Batch calls from several threads share that
-thread, so their backend calls take turns (on a CPU one call already uses every core).
+thread, so their backend calls take turns (on a CPU one call already uses every core). Each
+video is checked as :meth:`Detector.detect_raw` checks it (the error names its index), and a
+Detector closed under a running batch says so.
 
 Post-processing (decoding, NMS, score voting) runs on the CPU. With ``postprocess_workers=N``,
 :meth:`Detector.detect_raw_many` hands each video to a pool of N processes as soon as its last
@@ -59,7 +61,7 @@ import signal
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -68,7 +70,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from amnet import __version__
-from amnet.deploy.backends import Backend, open_backend
+from amnet.deploy.backends import Backend, closed_error, fit_to_cpus, open_backend
 from amnet.detections import Detections
 from amnet.errors import AMNetError
 from amnet.fileio import file_sha256, first_non_finite
@@ -118,25 +120,26 @@ def _score(name: str, value: Any) -> float:
     return float(value)
 
 
-def _usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity: a container's or a job's share)."""
+def _identity(path: Path) -> tuple[int, ...] | None:
+    """Which file ``path`` is now (device, inode, size, modification time), or None."""
     try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _fit_to_cpus(workers: int) -> int:
-    """Post-processing processes beyond the usable CPUs only compete for them (each one is a
-    fresh interpreter, so a slip such as 1000 would start hundreds): cut, with a warning."""
-    cpus = _usable_cpus()
-    if workers > cpus:
-        logger.warning(
-            "postprocess_workers %d is more than the %d CPUs this process may use; using %d",
-            workers, cpus, cpus,
-        )  # fmt: skip
-        return cpus
-    return workers
+def _count(values: Any, name: str, lazy: str | None = None) -> int:
+    """``len(values)`` of a per-video sequence; anything without one is a clear error (a
+    generator has no length: ``lazy`` names the method that takes one)."""
+    try:
+        return len(values)
+    except TypeError:
+        hint = f"; for a generator use {lazy}" if lazy else ""
+        raise AMNetError(
+            f"{name} must be a list or tuple (one item per video), got {type(values).__name__}"
+            + hint
+        ) from None
 
 
 def _positive(name: str, value: Any, integer: bool = False) -> Any:
@@ -230,13 +233,18 @@ class Detector:
         feature_stride = _positive("feature_stride", feature_stride, integer=True)
         num_frames = _positive("num_frames", num_frames, integer=True)
         batch_size = _positive("batch_size", batch_size, integer=True)
-        self.postprocess_workers: int = _fit_to_cpus(
-            _positive("postprocess_workers", postprocess_workers, integer=True) or 0
+        self.postprocess_workers: int = fit_to_cpus(
+            "postprocess_workers",
+            _positive("postprocess_workers", postprocess_workers, integer=True) or 0,
         )
         self._pool: ProcessPoolExecutor | None = None
         self._runners: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._closed = False
 
+        # What file a .pt model came from, to name its SHA-256 later (describe()).
+        self._loaded_identity = _identity(Path(path))
+        self._sha256: str | None = None
         self.backend: Backend = open_backend(path, device, intra_op_threads, precision, runtime)
         self.precision = precision
         meta = self.backend.metadata
@@ -299,7 +307,9 @@ class Detector:
         and window it expects, its classes, and where it came from (the checkpoint's SHA-256,
         which weights, the amnet version that exported it). ``amnet-infer --describe`` prints
         it and ``amnet-serve`` answers it at ``GET /v1/model``. For a ``.pt`` model the
-        checkpoint's SHA-256 is that of the file now at ``path``, read on this call."""
+        checkpoint's SHA-256 is that of the file it loaded, read on the first call: None, with
+        a warning, when the file was changed, replaced or moved since it was loaded (a
+        training run that writes ``best.pt`` again) and the loaded model no longer has one."""
         meta = self.metadata
         engine = meta.get("engine") or {}
         if self.precision != "fp32":
@@ -309,7 +319,7 @@ class Detector:
         checkpoint: str | None
         exported_with: str | None
         if self.backend_name == "torch":
-            checkpoint, exported_with = file_sha256(self.path), None
+            checkpoint, exported_with = self._loaded_file_sha256(), None
         else:
             checkpoint, exported_with = meta.get("checkpoint_sha256"), meta.get("amnet_version")
         return {
@@ -334,6 +344,24 @@ class Detector:
             "exported_with": exported_with,
             "amnet_version": __version__,
         }
+
+    def _loaded_file_sha256(self) -> str | None:
+        """The SHA-256 of the checkpoint this Detector loaded, hashed once and only while the
+        file at ``path`` is still that file (hashing every checkpoint on opening would cost a
+        paper-size one about half a second)."""
+        if self._sha256 is None:
+            sha = None
+            if _identity(self.path) == self._loaded_identity:
+                sha = file_sha256(self.path)
+            if sha is None or _identity(self.path) != self._loaded_identity:
+                logger.warning(
+                    "%s: changed, replaced or moved since it was loaded; the loaded model's "
+                    "SHA-256 is unknown",
+                    self.path,
+                )
+                return None
+            self._sha256 = sha
+        return self._sha256
 
     def duration_of(self, num_snippets: int) -> float:
         """The duration (seconds) of a video of ``num_snippets`` snippets (see the module doc)."""
@@ -366,6 +394,12 @@ class Detector:
                 "first (amnet.fileio.read_features(path, detector.input_dim), or np.load)"
             )
         if not isinstance(features, np.ndarray):
+            if type(features).__module__.startswith("torch") and hasattr(features, "detach"):
+                # A tensor that needs grad, lives on a GPU or is bfloat16 has no direct numpy
+                # view: take its values as they are (float32 for bfloat16, which numpy lacks).
+                features = features.detach().cpu()
+                if str(features.dtype) == "torch.bfloat16":
+                    features = features.float()
             try:
                 features = np.asarray(features)
             except (TypeError, ValueError) as exc:
@@ -406,8 +440,23 @@ class Detector:
         :func:`amnet.inference.predict_chunks` does).
         """
         return run_chunked(
-            self.backend.run, features, self.max_seq_len, self.chunk_overlap, self.batch_size
+            self.run_backend, features, self.max_seq_len, self.chunk_overlap, self.batch_size
         )
+
+    def run_backend(
+        self, features: np.ndarray, lengths: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One backend call (``[B, T, C]`` windows -> scores, segments), its outputs checked:
+        finite features of extreme magnitude overflow inside the model, and NaN scores would
+        otherwise vanish in post-processing, a silent wrong answer."""
+        scores, segments = self.backend.run(features, lengths)
+        if not (np.isfinite(scores).all() and np.isfinite(segments).all()):
+            largest = float(np.abs(features).max()) if features.size else 0.0
+            raise AMNetError(
+                "the model's outputs are NaN or Inf for these features (the largest magnitude "
+                f"is {largest:.3g}; features of extreme magnitude overflow inside the model)"
+            )
+        return scores, segments
 
     def detect_raw(
         self,
@@ -446,12 +495,16 @@ class Detector:
     def _runner(self) -> ThreadPoolExecutor:
         """The thread that makes the backend calls of the batch paths."""
         with self._pool_lock:
+            if self._closed:
+                raise closed_error(self.path)
             if self._runners is None:
                 self._runners = ThreadPoolExecutor(1, thread_name_prefix="amnet-run")
             return self._runners
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._pool_lock:
+            if self._closed:
+                raise closed_error(self.path)
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(
                     self.postprocess_workers,
@@ -486,16 +539,20 @@ class Detector:
 
     def detect_raw_many(
         self,
-        videos: Sequence[np.ndarray],
+        videos: Sequence[Any],
         top_k: Sequence[int | None] | None = None,
         min_score: Sequence[float | None] | None = None,
     ) -> list[Detections]:
-        """:meth:`detect_raw` of several prepared videos, their windows packed together into
-        backend calls of ``batch_size`` (what pays on a GPU; on a CPU it is one window per
-        call, as for one video). Each result equals that video's own :meth:`detect_raw`."""
-        n = len(videos)
-        top_k = top_k or [None] * n
-        min_score = min_score or [None] * n
+        """:meth:`detect_raw` of several videos, their windows packed together into backend
+        calls of ``batch_size`` (what pays on a GPU; on a CPU it is one window per call, as
+        for one video). Each result equals that video's own :meth:`detect_raw`; ``top_k`` and
+        ``min_score``, when given, hold one value (or None) per video."""
+        n = _count(videos, "videos", "detect_raw_iter")
+        top_k = [None] * n if top_k is None else top_k
+        min_score = [None] * n if min_score is None else min_score
+        for name, values in (("top_k", top_k), ("min_score", min_score)):
+            if _count(values, name) != n:
+                raise AMNetError(f"{name}: {len(values)} values for {n} videos")
         jobs = []
         for video, k, floor in zip(videos, top_k, min_score, strict=True):
             post = self.postprocess
@@ -505,8 +562,8 @@ class Detector:
             jobs.append((video, post, floor))
         return list(self._pipeline(jobs))
 
-    def detect_raw_iter(self, videos: Iterable[np.ndarray]) -> Iterator[Detections]:
-        """Detections of a stream of prepared videos, in order, as they are ready.
+    def detect_raw_iter(self, videos: Iterable[Any]) -> Iterator[Detections]:
+        """Detections of a stream of videos, in order, as they are ready.
 
         ``videos`` is consumed lazily (a generator that reads files may feed it): windows of
         consecutive videos share backend calls as in :meth:`detect_raw_many`, and with
@@ -538,6 +595,12 @@ class Detector:
                 'that uses postprocess_workers needs the `if __name__ == "__main__":` guard); '
                 "the next call starts new workers"
             ) from None
+        except (RuntimeError, CancelledError):  # (BrokenProcessPool, handled above, is one)
+            # close() from another thread (or between two next() calls) shut the runner and
+            # the pool down under this pipeline: say so as every other call after close does.
+            if self._closed:
+                raise closed_error(self.path) from None
+            raise
 
     def _run_pipeline(
         self,
@@ -565,7 +628,7 @@ class Detector:
                 for j, (_, video, start, end) in enumerate(group):
                     x[j, : end - start] = video[start:end]
             lengths = np.array([end - start for _, _, start, end in group], dtype=np.int64)
-            running.append((group, runner.submit(self.backend.run, x, lengths)))
+            running.append((group, runner.submit(self.run_backend, x, lengths)))
 
         def collect(limit: int) -> None:
             """Wait for the oldest calls until at most ``limit`` are in flight."""
@@ -596,7 +659,9 @@ class Detector:
                 slots.popleft()
                 yield head
 
-        for video, post, floor in jobs:
+        for index, (video, post, floor) in enumerate(jobs):
+            # Validated as detect_raw validates (prepare() on a prepared array is one scan).
+            video = self.prepare(video, name=f"video {index}")
             length = video.shape[0]
             slot: list[Any] = [
                 None, [], (post, floor, self.duration_of(length), *self.timebase(length))
@@ -622,7 +687,8 @@ class Detector:
         self, videos: Sequence[Any], durations: Sequence[float | None] | None = None
     ) -> list[list[Detection]]:
         """Detections of several videos (in order); ``durations`` optional, one per video."""
-        if durations is not None and len(durations) != len(videos):
+        _count(videos, "videos", "detect_raw_iter")
+        if durations is not None and _count(durations, "durations") != len(videos):
             raise AMNetError(f"{len(durations)} durations for {len(videos)} videos")
         return [self(v, None if durations is None else durations[i]) for i, v in enumerate(videos)]
 
@@ -635,6 +701,7 @@ class Detector:
 
     def close(self) -> None:
         with self._pool_lock:
+            self._closed = True
             pool, self._pool = self._pool, None
             runners, self._runners = self._runners, None
         # Work queued and not started is dropped: closing mid-stream (a stopped command, a
@@ -650,6 +717,12 @@ class Detector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a Detector cannot be pickled (it holds a loaded model and threads); pass its model "
+            "path and open a Detector where it runs"
+        )
 
     def __repr__(self) -> str:
         return (

@@ -246,8 +246,9 @@ def build_parser() -> OneLineParser:
 
 
 def expand_inputs(items: Sequence[str]) -> list[FeatureFile]:
-    """Files as given, folders as their ``*.npy`` files (sorted, not recursive); in a folder,
-    hidden files (``.name.npy``, macOS's ``._name.npy``) are left out."""
+    """Files as given, folders as their ``*.npy`` entries (sorted, not recursive); in a folder,
+    hidden files (``.name.npy``, macOS's ``._name.npy``) are left out. An entry that is not a
+    readable file (a dangling link, a FIFO) is kept, to be reported as bad, not dropped."""
     files: list[FeatureFile] = []
     for item in items:
         path = Path(item)
@@ -255,7 +256,7 @@ def expand_inputs(items: Sequence[str]) -> list[FeatureFile]:
             found = sorted(
                 p
                 for p in path.iterdir()
-                if p.suffix.lower() == ".npy" and not p.name.startswith(".") and p.is_file()
+                if p.suffix.lower() == ".npy" and not p.name.startswith(".") and not p.is_dir()
             )
             if not found:
                 raise AMNetError(f"{path}: folder has no .npy feature files")
@@ -455,7 +456,7 @@ def _run(argv: list[str] | None) -> int:
         # Before any work, and never onto an input: a feature file, the model, the class scores.
         inputs = [f.path for f in files] + [args.engine]
         inputs += [p for p in (args.class_scores, args.class_thresholds) if p is not None]
-        output = check_out_path(args.output, inputs)
+        output = check_out_path(args.output, inputs, text=True)
     if args.workers is not None:
         return _run_workers(args, files, output)
     plot_dir = Path(args.plot) if args.plot else None
@@ -773,7 +774,7 @@ def _run_describe(args: Any) -> int:
         raise AMNetError("--format and --skip-bad do not apply to --describe (it writes JSON)")
     output = None
     if args.output and args.output != "-":
-        output = check_out_path(args.output, [args.engine])
+        output = check_out_path(args.output, [args.engine], text=True)
     from amnet.deploy.detector import Detector
 
     with Detector(args.engine, **detector_options(args)) as detector:

@@ -122,6 +122,12 @@ class StreamingDetector:
             self._rows = np.empty((0, self._rows.shape[1]), dtype=np.float32)
             return self._detections(found)
 
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a StreamingDetector cannot be pickled (it holds its Detector's loaded model); "
+            "open the stream where the features arrive"
+        )
+
     # -- internals --------------------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -137,7 +143,7 @@ class StreamingDetector:
 
     def _run(self, start: int, length: int) -> Detections:
         rows = self._rows[start - self._first : start - self._first + length]
-        scores, segments = self.detector.backend.run(rows[None], np.array([length], dtype=np.int64))
+        scores, segments = self.detector.run_backend(rows[None], np.array([length], dtype=np.int64))
         self._last_run = start
         scores = np.asarray(scores, dtype=np.float32)[0]
         segments = np.asarray(segments, dtype=np.float32)[0]

@@ -339,7 +339,9 @@ def export_onnx(
         reason = f"the model's graph needs opset {MIN_OPSET} or later"
     if reason:
         raise AMNetError(f"--opset {opset}: {reason} (the export takes {opset_range()})")
-    check_out_path(out, [ckpt])  # never onto the checkpoint: symlinks and hard links too
+    # Never onto the checkpoint (symlinks and hard links too), and only as .onnx: the name
+    # picks the backend, and a calibration set's annotation file is no place for a model.
+    check_out_path(out, [ckpt], suffixes=(".onnx",))
     if not ckpt.is_file():
         raise AMNetError(f"{ckpt}: checkpoint not found")
     if out.resolve() == ckpt.resolve():

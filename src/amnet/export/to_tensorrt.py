@@ -285,7 +285,7 @@ def build_engine(
             f"{onnx_path}: TensorRT 10 cannot import this graph "
             f"({len(problems)} problem(s)): {problems[0]}"
         )
-    check_out_path(out, [onnx_path])
+    check_out_path(out, [onnx_path], suffixes=(".plan", ".engine"))
     check_out_path(plan_sidecar_path(out), [onnx_path])
     trt = import_tensorrt()
     fp16_graph = meta.get("precision") == "fp16"  # amnet-export onnx --fp16
