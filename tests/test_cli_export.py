@@ -1,6 +1,8 @@
 """``amnet-export onnx|tensorrt``: the export tools as one console command. (``python
 export/to_onnx.py`` run from another folder is test_export's ``exported`` fixture.)"""
 
+import os
+
 import pytest
 
 from amnet.cli.export import main as export_main
@@ -53,14 +55,28 @@ def test_export_onnx_command_passes_its_options_through(models, tmp_path, capsys
     np.testing.assert_allclose(got.segments, want.segments, atol=0.1)  # seconds
 
 
-def test_a_failed_fp16_parity_leaves_no_fp16_file(tiny_model, tmp_path, monkeypatch):
-    from amnet.export import to_onnx
+def test_the_files_of_an_export_appear_together_or_not_at_all(tiny_model, tmp_path, monkeypatch):
+    """A failed fp16 parity check or INT8 quantization (or Ctrl-C) after the fp32 graph passed
+    leaves none of the files asked for: a model without the siblings the command promised
+    (or that a pipeline picks up by name) is a partial output."""
+    from amnet.export import quantize, to_onnx
 
-    monkeypatch.setattr(to_onnx, "FP16_SCORES_ATOL", 0.0)
     out = tmp_path / "m.onnx"
-    with pytest.raises(to_onnx.ParityError, match=r"fp16 graph differs.*m\.fp16\.onnx not written"):
-        to_onnx.export_onnx(tiny_model["pt"], out, fp16=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # the fp32 model passed
+    with monkeypatch.context() as patch:
+        patch.setattr(to_onnx, "FP16_SCORES_ATOL", 0.0)
+        with pytest.raises(
+            to_onnx.ParityError, match=r"m\.fp16\.onnx: the fp16 graph differs.*nothing was written"
+        ):
+            to_onnx.export_onnx(tiny_model["pt"], out, fp16=True, parity=True)
+    assert os.listdir(tmp_path) == []
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quantize, "quantize_int8", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        to_onnx.export_onnx(tiny_model["pt"], out, int8=True, parity=False)
+    assert os.listdir(tmp_path) == []
 
 
 def test_export_command_errors_are_one_line(tmp_path, capsys):

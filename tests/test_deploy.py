@@ -518,17 +518,18 @@ def test_bench_json_tiny(tmp_path, models):
         )
 
 
-def test_bench_bad_arguments():
-    args = ["--config", str(TINY), "--backends", "tflite"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "amnet.cli.bench", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--backends", "tflite"], "unknown tflite"),
+        (["--seed", str(2**70)], "--seed must be an integer in [0, 2**32)"),
+        (["--seed", "-1"], "--seed must be an integer in [0, 2**32)"),
+    ],
+)
+def test_bench_bad_arguments(extra, message):
+    proc = run_main("amnet.cli.bench", "--config", str(TINY), *extra)
     assert proc.returncode == 2
-    assert "unknown tflite" in proc.stderr and "Traceback" not in proc.stderr
+    assert message in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
 
 
 def test_bench_never_touches_a_work_folder_it_did_not_make(tmp_path, models):

@@ -5,10 +5,13 @@ API and on the command line."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -141,6 +144,12 @@ def test_a_zero_length_video_gets_no_detections_in_the_api_and_the_cli(
         path = tmp_path / f"out.{fmt}"
         assert infer_main(["--engine", str(tiny_model["onnx"]), str(empty), "--format", fmt, "-o", str(path), "-q"]) == 0  # fmt: skip
         assert check(path.read_text())
+    if importlib.util.find_spec("matplotlib") is not None:
+        # Its timeline is drawn (empty); a .pt model has no AME curves to draw for it.
+        plots = tmp_path / "plots"
+        args = ["--engine", str(tiny_model["pt"]), str(empty), "--plot", str(plots), "-q"]
+        assert infer_main([*args, "-o", str(tmp_path / "p.json")]) == 0
+        assert sorted(p.name for p in plots.iterdir()) == ["empty.png"]
 
 
 def test_stale_temporary_files_are_ignored_then_cleaned(tmp_path):
@@ -235,8 +244,18 @@ def finished_run(tiny_dataset, tmp_path_factory) -> Path:
         (lambda c: c.update(class_names=c["class_names"][::-1]), "another order"),
         (lambda c: c.pop("optimizer"), "cannot resume"),
         (lambda c: c["model"].pop(next(iter(c["model"]))), "does not match"),
+        (lambda c: c.update(model=list(c["model"].values())), "'model' must map parameter names"),
+        (lambda c: c.update(ema={"w": 1.0}), "'ema' must map parameter names to tensors"),
     ],
-    ids=["architecture", "class count", "class order", "not a training checkpoint", "weights"],
+    ids=[
+        "architecture",
+        "class count",
+        "class order",
+        "not a training checkpoint",
+        "weights",
+        "weights not a mapping",
+        "weights not tensors",
+    ],
 )
 def test_mismatched_resumes_are_one_line(
     finished_run, tiny_dataset, tmp_path, capsys, change, needle
@@ -289,12 +308,47 @@ def test_a_full_disk_on_stdout_is_one_line(tiny_model, tmp_path, capsys, monkeyp
     one_line_error(capsys, code, "No space left")
 
 
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    """Writers that lose the system's reason on a full disk (numpy's short write, PyTorch's
+    zip writer) are still one line naming the file and the cause; nothing half-written stays.
+    (A full disk cannot be made here: the writers' failures are the ones they raise.)"""
+    from amnet.checkpoint import save_checkpoint
+    from amnet.fileio import atomic_save_npy
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=4096))
+
+    def short_write(handle, array, allow_pickle):
+        handle.write(b"\x93NUMPY")
+        raise OSError("552960 requested and 523232 written")
+
+    def zip_writer(obj, f):
+        Path(f).write_bytes(b"PK")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 512 vs 398")
+
+    monkeypatch.setattr(np, "save", short_write)
+    monkeypatch.setattr(torch, "save", zip_writer)
+    for write, path in ((lambda p: atomic_save_npy(p, np.zeros(3)), tmp_path / "v.npy"),
+                        (lambda p: save_checkpoint(p, model={}), tmp_path / "last.pt")):  # fmt: skip
+        with pytest.raises(AMNetError) as info:
+            write(path)
+        assert str(info.value) == f"{path}: cannot write (no space left on the device)"
+    assert os.listdir(tmp_path) == []
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage)  # room left: the writer's words
+    with pytest.raises(AMNetError, match=r"v.npy: cannot write \(552960 requested and 523232"):
+        atomic_save_npy(tmp_path / "v.npy", np.zeros(3))
+
+
 def _cpu_tensor_beyond_the_address_space() -> None:
     torch.empty(2**62, dtype=torch.uint8)  # a real refusal of PyTorch's CPU allocator
 
 
 def _python_buffer_beyond_the_address_space() -> None:
     bytearray(2**62)
+
+
+def _numpy_array_beyond_the_address_space() -> None:
+    np.empty((2**40, 2**40), np.float32)  # numpy says ValueError: array is too big
 
 
 def _cuda_out_of_memory() -> None:
@@ -307,6 +361,7 @@ def _cuda_out_of_memory() -> None:
     [
         (_cpu_tensor_beyond_the_address_space, "(DefaultCPUAllocator: "),
         (_python_buffer_beyond_the_address_space, ""),
+        (_numpy_array_beyond_the_address_space, "(array is too big"),
         (_cuda_out_of_memory, "(CUDA out of memory. Tried to allocate 20.00 GiB."),
     ],
 )
@@ -329,6 +384,27 @@ def test_running_out_of_memory_is_one_line_not_an_internal_error(allocate, detai
     one_line_error(capsys, run_cli(a_bug, [], "amnet-x"), "internal error (RuntimeError: shape")
 
 
+def test_closed_standard_streams_are_one_line(tiny_model, tmp_path):
+    """A command started without stdout (``>&-``) or stdin (``<&-``) says so when it needs
+    one, instead of an internal error on None; one that does not need it runs."""
+    engine = str(tiny_model["onnx"])
+    infer = f"{sys.executable} -m amnet.deploy.infer_cli --engine {engine}"
+    out = tmp_path / "d.json"
+    for shell, needle in (
+        (f"{infer} --describe >&-", "stdout is closed (the command was started with >&-)"),
+        (f"{infer} --stream --dim {DIM} <&-", "stdin is closed (the command was started with <&-)"),
+        (f"{infer} --describe -o {out} >&-", None),
+    ):
+        proc = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=120)
+        if needle is None:
+            assert proc.returncode == 0 and json.loads(out.read_text())["model"], proc.stderr
+        else:
+            assert (
+                proc.returncode == 2
+                and proc.stderr == f"amnet-infer: error: {needle}; give it one (a file or a pipe)\n"
+            )
+
+
 def test_name_clashes_leave_no_partial_png_set(tiny_model, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     videos = []
@@ -346,9 +422,20 @@ def test_name_clashes_leave_no_partial_png_set(tiny_model, tmp_path, capsys):
     (plots / "v2.png").rmdir()
     assert infer_main([*argv, "-o", str(out), "-q"]) == 0
     assert sorted(p.name for p in plots.iterdir()) == ["v0.png", "v1.png", "v2.png"]
+    # A --plot folder that a failed run would have made is not left behind, empty.
+    new = tmp_path / "new" / "plots"
+    (tmp_path / "bad.npy").write_bytes(b"not a .npy file")
+    argv = ["--engine", str(tiny_model["onnx"]), str(videos[0]), str(tmp_path / "bad.npy")]
+    assert infer_main([*argv, "--plot", str(new), "-o", str(out)]) == 2
+    assert "bad.npy: not a .npy file" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 def test_staged_files_appear_together_or_not_at_all(tmp_path):
+    with pytest.raises(RuntimeError), StagedFiles() as staged:  # its folders go with it
+        staged.write_bytes(tmp_path / "made" / "for" / "a.png", b"new")
+        raise RuntimeError("the work failed")
+    assert os.listdir(tmp_path) == []
     (tmp_path / "a.png").write_bytes(b"old")
     with pytest.raises(RuntimeError), StagedFiles() as staged:
         staged.write_bytes(tmp_path / "a.png", b"new")

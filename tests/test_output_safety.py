@@ -165,6 +165,39 @@ def test_ids_from_files_never_become_paths(tmp_path, bad_id, capsys):
     assert not (tmp_path / "escape.npy").exists() and not out.exists()
 
 
+def test_a_new_dataset_that_does_not_finish_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    """A synthetic dataset that fails (a video too long to build, a full disk, Ctrl-C) leaves
+    no folder: the next try would otherwise need --overwrite."""
+    import amnet.synth
+    from amnet.cli.synth import main as synth_main
+
+    def layout(*durations: float) -> Path:
+        path = tmp_path / "layout.json"
+        videos = {f"v{i}": {"subset": "test", "duration": d, "fps": 30.0, "annotations": []}
+                  for i, d in enumerate(durations)}  # fmt: skip
+        path.write_text(json.dumps({"database": videos}))
+        return path
+
+    out = tmp_path / "data"
+    args = ["--out", str(out), "--dim", "8", "-q", "--layout"]
+    code = synth_main([*args, str(layout(20.0, 1e15))])
+    one_line_refusal(capsys, code, "'v1': 1e+15 s is", "more than a synthetic video may have")
+    assert not out.exists()
+    real, made = amnet.synth.synthesize_features, []
+
+    def stopped_after_one(*a, **k):
+        if made:
+            raise KeyboardInterrupt
+        made.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(amnet.synth, "synthesize_features", stopped_after_one)
+    assert synth_main([*args, str(layout(20.0, 20.0))]) == 130
+    assert not out.exists() and made
+    monkeypatch.undo()
+    assert synth_main([*args, str(layout(20.0, 20.0))]) == 0  # no --overwrite needed
+
+
 def test_fifo_inputs_are_refused_without_blocking(tiny_model, tmp_path, capsys):
     fifo = tmp_path / "feed.npy"
     os.mkfifo(fifo)

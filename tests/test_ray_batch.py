@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -229,6 +230,51 @@ def test_a_shard_without_videos_is_not_left_behind(tmp_path):
     kept.close()
     ShardWriter(folder, {"amnet_shard": 1}).close()  # a resume that finished nothing more
     assert [p.name for p in folder.iterdir()] == [kept.path.name]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        {"video_id": "v", "scores": [0.5]},  # cut short of its fields
+        {
+            "video_id": "v",
+            "segments": [[1, 2, 3]],
+            "scores": [0.5],
+            "labels": [0],
+            "duration": 9.0,
+            "snippets": 10,
+        },  # segments not [N, 2]
+        {
+            "video_id": "../v",
+            "segments": [],
+            "scores": [],
+            "labels": [],
+            "duration": 9.0,
+            "snippets": 10,
+        },  # an id that would become a path (--plot)
+        ["not", "an", "object"],
+    ],
+    ids=["fields missing", "bad segments", "bad id", "not an object"],
+)
+def test_a_damaged_shard_line_is_one_line_naming_it(tmp_path, line):
+    """A shard line that is whole JSON but not a finished video (edited, or written by another
+    tool) is an error naming the shard and the line, not an internal error."""
+    from amnet.deploy.ray_batch import ShardWriter, parts_dir, read_shards
+    from amnet.detections import Detections
+    from amnet.errors import AMNetError
+
+    folder = parts_dir(tmp_path / "out.json")
+    header = {"amnet_shard": 1}
+    shard = ShardWriter(folder, header)
+    shard.add("good", Detections.empty(), 1.0, 10)
+    shard.close()
+    with open(shard.path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+    said = (
+        "video id '../v' cannot name a file" if "../v" in str(line) else "line 3 is not a finished"
+    )
+    with pytest.raises(AMNetError, match=rf"{shard.path.name}: {re.escape(said)}"):
+        read_shards(folder, header)
 
 
 def test_workers_are_sized_to_the_cluster(models, corpus, reference, cluster, tmp_path, caplog):

@@ -180,6 +180,17 @@ def test_concurrent_clients_are_batched_and_answered_right(server, onnx_detector
         ("/v1/detect", b"[1, 2, 3]", "application/json", None, 400, "expected shape"),
         (
             "/v1/detect",
+            b"[" * 5000 + b"]" * 5000,
+            "application/json",
+            None,
+            400,
+            "nested too deeply",
+        ),
+        ("/v1/detect", b'[["1", "2"]]', "application/json", None, 400, "not strings or booleans"),
+        ("/v1/detect", b"[[true, 1.5]]", "application/json", None, 400, "not strings or booleans"),
+        ("/v1/detect", b"[[null, 1.5]]", "application/json", None, 400, "array of numbers"),
+        (
+            "/v1/detect",
             npy(np.full((3, DIM), np.nan, np.float32)),
             "application/octet-stream",
             None,

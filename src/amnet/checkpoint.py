@@ -14,7 +14,7 @@ import torch
 from amnet import __version__
 from amnet.config import config_from_dict
 from amnet.errors import AMNetError
-from amnet.fileio import atomic_output, refuse_special_input
+from amnet.fileio import atomic_output, refuse_special_input, write_failure
 from amnet.model import AMNet
 
 FORMAT = "amnet-checkpoint"
@@ -27,7 +27,10 @@ def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
     """Write a checkpoint atomically (temporary file, then rename)."""
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__, **fields}
     with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as exc:  # its zip writer's words for a full disk: "unexpected pos"
+            raise write_failure(path, exc) from None
 
 
 def _is_cut_zip(path: Path) -> bool:
@@ -103,6 +106,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise AMNetError(
             f"{path}: checkpoint field 'class_names' must be a list of non-empty names"
         )
+    for key in ("model", "ema"):  # state dicts: names -> tensors (``ema`` may be absent)
+        weights = ckpt.get(key)
+        if (key == "model" or weights is not None) and not (
+            isinstance(weights, dict)
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items())
+        ):
+            raise AMNetError(
+                f"{path}: checkpoint field {key!r} must map parameter names to tensors"
+            )
     if ckpt.get("weights", "ema") not in ("ema", "raw"):
         raise AMNetError(
             f"{path}: checkpoint field 'weights' must be 'ema' or 'raw', got {ckpt['weights']!r}"

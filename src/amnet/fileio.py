@@ -9,6 +9,7 @@ import json
 import logging
 import mmap as mmap_module
 import os
+import shutil
 import stat
 import tempfile
 import time
@@ -266,9 +267,47 @@ def atomic_output(out: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         publish(tmp, out)
+    except OSError as exc:
+        error = write_failure(out, exc)
+        tmp.unlink(missing_ok=True)
+        raise error from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def make_folders(folder: str | os.PathLike) -> list[Path]:
+    """``mkdir -p folder``; returns the folders it made, outermost first (to remove again)."""
+    folder = Path(folder)
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        try:
+            made.mkdir()
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise AMNetError(f"{made}: cannot create the folder ({exc.strerror})") from None
+    return missing[::-1]
+
+
+def check_out_folder(folder: str | os.PathLike, what: str) -> Path:
+    """Fail early (one line) when ``folder`` cannot take output files: not a folder, or one
+    that cannot be made or written to. Nothing is left behind: a folder made for the check is
+    removed again, and made when the first file is staged (:class:`StagedFiles`)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise AMNetError(f"{folder}: exists and is not a folder ({what})")
+    made = make_folders(folder)
+    try:
+        temp_beside(folder / "probe").unlink()
+    finally:
+        for path in reversed(made):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+    return folder
 
 
 class StagedFiles:
@@ -283,13 +322,15 @@ class StagedFiles:
 
     def __init__(self) -> None:
         self._staged: dict[Path, Path] = {}  # target -> temporary file
+        self._made: list[Path] = []  # folders made for the set, removed again on failure
 
     def stage(self, out: str | os.PathLike) -> Path:
-        """A temporary file to write ``out``'s contents to."""
+        """A temporary file to write ``out``'s contents to (its folder made if need be)."""
         out = Path(out)
         key = out.resolve()
         if key in self._staged:
             raise AMNetError(f"{out}: written twice by one command (two inputs with one name?)")
+        self._made += make_folders(out.parent)
         self._staged[key] = temp_beside(out)
         return self._staged[key]
 
@@ -307,6 +348,7 @@ class StagedFiles:
             for out, tmp in self._staged.items():
                 publish(tmp, out)
                 done.append(out)
+            self._made.clear()  # they hold the set now
         finally:
             self.discard()
         return done
@@ -315,6 +357,10 @@ class StagedFiles:
         for tmp in self._staged.values():
             tmp.unlink(missing_ok=True)
         self._staged.clear()
+        for folder in reversed(self._made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+        self._made.clear()
 
     def __len__(self) -> int:
         return len(self._staged)
@@ -337,6 +383,21 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def write_failure(path: str | os.PathLike, exc: BaseException) -> AMNetError:
+    """One line for a write of ``path`` that failed: the system's reason, or for writers that
+    lose it (numpy's short writes, PyTorch's zip writer) whether the disk is full. Call it
+    before the partial file is removed: its size is part of what filled the disk."""
+    reason = getattr(exc, "strerror", None)
+    if not reason:
+        try:
+            full = shutil.disk_usage(Path(path).parent).free < 1 << 20
+        except OSError:
+            full = False
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        reason = "no space left on the device" if full else first
+    return AMNetError(f"{path}: cannot write ({reason})")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename, so no half file is left."""
     path = Path(path)
@@ -351,6 +412,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         _publish(tmp, path)
+    except OSError as exc:
+        error = write_failure(path, exc)
+        Path(tmp).unlink(missing_ok=True)
+        raise error from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -371,6 +436,10 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
         with os.fdopen(fd, "wb") as handle:
             np.save(handle, array, allow_pickle=False)
         _publish(tmp, path)
+    except OSError as exc:
+        error = write_failure(path, exc)
+        Path(tmp).unlink(missing_ok=True)
+        raise error from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -408,6 +477,8 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise AMNetError(f"{path}: is a folder, expected a {what}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AMNetError(f"{path}: malformed {what} ({exc})") from None
+    except RecursionError:  # Python's parser recurses per level: [[[[...
+        raise AMNetError(f"{path}: malformed {what} (nested too deeply)") from None
     except OSError as exc:
         raise AMNetError(f"{path}: cannot read {what} ({exc.strerror})") from None
 

@@ -45,6 +45,7 @@ and generating a subset (``videos=N``) yields exactly the first videos of the fu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -190,6 +191,11 @@ TINY_SPLITS: tuple[TinyStats, ...] = (TinyStats("validation", 80), TinyStats("te
 TINY_SNIPPETS = (96, 300)
 TINY_ACTIONS = (1, 6)
 TINY_ACTION_SNIPPETS = (2.0, 40.0)
+
+
+# A synthetic video is built in memory: at most 4 GB of float32 features (THUMOS14's longest
+# video is about 40k snippets x 2048, 0.3 GB).
+MAX_VIDEO_VALUES = 2**30
 
 
 def num_snippets(duration: float) -> int:
@@ -745,9 +751,17 @@ def write_dataset(
     The annotation file comes last, so a folder with one holds a complete dataset.
     """
     Difficulty.at(difficulty)  # validate before touching the disk
+    longest = max(videos, key=lambda v: v.duration, default=None)
+    if longest is not None and num_snippets(longest.duration) * dim > MAX_VIDEO_VALUES:
+        raise AMNetError(
+            f"video {longest.video_id!r}: {longest.duration:g} s is "
+            f"{num_snippets(longest.duration)} snippets of {dim} features, more than a synthetic "
+            f"video may have ({MAX_VIDEO_VALUES * 4 / 2**30:.0f} GB)"
+        )
     world = FeatureWorld.create(seed, class_names, dim)
     out = prepare_output(out)
     features_dir = out / "features"
+    new_folders = [folder for folder in (out, features_dir) if not folder.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -759,21 +773,34 @@ def write_dataset(
     busy = (
         f"{out}: another amnet-synth is writing this dataset; wait for it or choose another --out"
     )
-    with exclusive_lock(out / ".amnet-synth.lock", busy):
-        try:
-            features_dir.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise AMNetError(f"{features_dir}: cannot create ({exc.strerror})") from None
-        bar = tqdm(videos, desc="amnet-synth", unit="video", disable=bar_disabled(progress))
-        for video in bar:
-            rng = video_rng(seed, video.video_id)
-            features = synthesize_features(video, world, difficulty, rng)
-            atomic_save_npy(features_dir / f"{video.video_id}.npy", features)
-            snippets += len(features)
-            written += features.nbytes
-            inside += int(foreground_mask(video, len(features)).sum())
-        database = dump_database(videos, version=version)
-        atomic_write_json(out / "annotations.json", database, indent=1)
+    files: list[Path] = []
+    try:
+        with exclusive_lock(out / ".amnet-synth.lock", busy):
+            try:
+                features_dir.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise AMNetError(f"{features_dir}: cannot create ({exc.strerror})") from None
+            bar = tqdm(videos, desc="amnet-synth", unit="video", disable=bar_disabled(progress))
+            for video in bar:
+                rng = video_rng(seed, video.video_id)
+                features = synthesize_features(video, world, difficulty, rng)
+                files.append(features_dir / f"{video.video_id}.npy")
+                atomic_save_npy(files[-1], features)
+                snippets += len(features)
+                written += features.nbytes
+                inside += int(foreground_mask(video, len(features)).sum())
+            database = dump_database(videos, version=version)
+            atomic_write_json(out / "annotations.json", database, indent=1)
+    except BaseException:
+        # A new dataset that did not finish (bad layout, full disk, Ctrl-C) leaves nothing:
+        # its folders would otherwise need --overwrite on the next try.
+        if features_dir in new_folders:
+            for path in files:
+                path.unlink(missing_ok=True)
+        for folder in reversed(new_folders):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: never a file this run did not write
+        raise
     elapsed = time.perf_counter() - began
     summary = DatasetSummary(
         videos=len(videos),

@@ -44,7 +44,7 @@ import numpy as np
 
 from amnet.detections import Detections
 from amnet.errors import AMNetError
-from amnet.fileio import StagedFiles, atomic_write_bytes
+from amnet.fileio import StagedFiles, atomic_write_bytes, check_out_folder
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +245,8 @@ def _action_contrast(z: Any, m: Any) -> Any:
 def ame_profile(
     model: Any, feats: np.ndarray, max_seq_len: int, overlap: float
 ) -> AMEProfile | None:
-    """The AME curves of one ``[T, C]`` video through a PyTorch AMNet; None without an AME.
+    """The AME curves of one ``[T, C]`` video through a PyTorch AMNet; None without an AME
+    or without snippets.
 
     The mask comes from :func:`amnet.inference.actionness` (local, the whole video at once).
     The rest comes from ``AMNet.encode`` on the inference chunks (the AME attends within a
@@ -256,7 +257,7 @@ def ame_profile(
     from amnet.inference import actionness
     from amnet.postprocess import plan_chunks
 
-    if getattr(model, "ame", None) is None:
+    if getattr(model, "ame", None) is None or len(feats) == 0:
         return None
     feats = np.ascontiguousarray(feats, dtype=np.float32)
     if not feats.flags.writeable:  # memory-mapped input: torch warns on read-only memory
@@ -478,13 +479,7 @@ def _run(argv: list[str] | None) -> int:
         if not features_dir.is_dir():
             raise AMNetError(f"{features_dir}: features folder not found")
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise AMNetError(f"{out}: exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise AMNetError(f"{out}: cannot create the folder ({exc.strerror})") from None
+    out = check_out_folder(args.out, "--out")  # made with its first picture
 
     from tqdm import tqdm
 

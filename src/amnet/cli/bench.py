@@ -632,6 +632,8 @@ def _run(argv: list[str] | None) -> int:
         raise AMNetError(f"--videos must be >= 1, got {args.videos}")
     if args.threads is not None and args.threads < 1:
         raise AMNetError(f"--threads must be >= 1, got {args.threads}")
+    if not 0 <= args.seed < 2**32:
+        raise AMNetError(f"--seed must be an integer in [0, 2**32), got {args.seed}")
     if args.repeats < 1:
         raise AMNetError(f"--repeats must be >= 1, got {args.repeats}")
     if args.rounds < 1:

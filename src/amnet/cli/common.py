@@ -82,9 +82,35 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
+class ClosedStream:
+    """Stands in for a standard stream the command was started without: using it is one line
+    (``stdout is closed``), not an AttributeError on None; asking whether it is a terminal, or
+    flushing it, is harmless."""
+
+    def __init__(self, name: str, how: str) -> None:
+        self._name, self._how = name, how
+
+    def isatty(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        pass
+
+    def __getattr__(self, attr: str) -> Any:
+        raise AMNetError(
+            f"{self._name} is closed (the command was started with {self._how}); give it one "
+            "(a file or a pipe)"
+        )
+
+
 def run_cli(fn: Callable[[list[str] | None], int | None], argv: list[str] | None, prog: str) -> int:
     """Run ``fn``; a user error prints ``prog: error: ...`` on one line and exits 2. Ctrl-C exits
     130 and SIGTERM 143, each with one line, after the command's clean-up."""
+    # A command started with a standard stream closed (``>&-``, ``<&-``) has None there.
+    if sys.stdout is None:
+        sys.stdout = ClosedStream("stdout", ">&-")
+    if sys.stdin is None:
+        sys.stdin = ClosedStream("stdin", "<&-")
     try:
         with sigterm_as_interrupt():
             return int(fn(argv) or 0)
@@ -122,6 +148,12 @@ def run_cli(fn: Callable[[list[str] | None], int | None], argv: list[str] | None
         # is a folder): one line naming the file. The atomic writers leave nothing behind.
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"{prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except ValueError as exc:
+        # numpy's refusal of a size beyond the address space is a ValueError.
+        if not any(s in str(exc) for s in ("array is too big", "Maximum allowed size exceeded")):
+            return _internal_error(exc, prog)
+        print(f"{prog}: error: out of memory ({str(exc)[:200]})", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as exc:
         return _internal_error(exc, prog)

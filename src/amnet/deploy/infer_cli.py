@@ -93,11 +93,11 @@ from amnet.fileio import (
     StagedFiles,
     atomic_write_text,
     channel_mismatch,
+    check_out_folder,
     check_out_path,
     exclusive_lock,
     read_ahead,
     read_features,
-    temp_beside,
 )
 from amnet.results import results_to_json
 from amnet.thresholds import apply_class_thresholds, read_class_thresholds
@@ -464,15 +464,7 @@ def _run(argv: list[str] | None) -> int:
         from amnet.viz import check_matplotlib
 
         check_matplotlib()
-        if plot_dir.exists() and not plot_dir.is_dir():
-            raise AMNetError(f"{plot_dir}: exists and is not a folder (--plot)")
-        try:
-            plot_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise AMNetError(
-                f"{plot_dir}: cannot create the --plot folder ({exc.strerror})"
-            ) from None
-        temp_beside(plot_dir / "plot.png").unlink()  # writable, before any work
+        check_out_folder(plot_dir, "--plot")  # before any work; made with its first picture
 
     from amnet.deploy.detector import Detector
 

@@ -35,8 +35,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from amnet.annotations import check_video_id
 from amnet.detections import Detections
 from amnet.errors import AMNetError
 from amnet.fileio import file_sha256
@@ -170,17 +169,20 @@ def read_shards(folder: Path, header: dict[str, Any]) -> dict[str, tuple[Detecti
                 f"{folder}: made with another model or other settings; use those, or remove "
                 "the folder to start over"
             )
-        for line in lines[1:]:
+        for number, line in enumerate(lines[1:], start=2):
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
                 continue  # the last line of a killed run (or the empty tail)
-            dets = Detections(
-                np.asarray(entry["segments"], dtype=np.float64).reshape(-1, 2),
-                entry["scores"],
-                entry["labels"],
-            )
-            done[str(entry["video_id"])] = (dets, float(entry["duration"]), int(entry["snippets"]))
+            try:
+                dets = Detections(entry["segments"], entry["scores"], entry["labels"])
+                vid = check_video_id(entry["video_id"], shard)
+                done[vid] = (dets, float(entry["duration"]), int(entry["snippets"]))
+            except (KeyError, TypeError, ValueError) as exc:  # complete JSON, not a video
+                raise AMNetError(
+                    f"{shard}: line {number} is not a finished video ({type(exc).__name__}: "
+                    f"{_first_line(exc)}); remove the shard to run its videos again"
+                ) from None
     return done
 
 

@@ -129,12 +129,21 @@ class DetectionService:
                 value = json.loads(body)
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise RequestError(400, f"body is not JSON ({exc})") from None
+            except RecursionError:  # Python's parser recurses per level: [[[[...
+                raise RequestError(400, "body is not JSON (nested too deeply)") from None
             if not isinstance(value, list):
                 raise RequestError(400, "JSON body must be an array of rows [[...], ...]")
+            numbers = "JSON body must be a [T, C] array of numbers"
+            # numpy would read "1" and true as numbers; in an array of numbers, a quote or
+            # these literals can only be a string or a boolean.
+            if b'"' in body or b"true" in body or b"false" in body:
+                raise RequestError(400, f"{numbers} (not strings or booleans)")
             try:
-                array = np.asarray(value, dtype=np.float64)
+                array = np.asarray(value)
             except (TypeError, ValueError, OverflowError):
-                raise RequestError(400, "JSON body must be a [T, C] array of numbers") from None
+                raise RequestError(400, numbers) from None
+            if array.dtype.kind not in "iuf":  # null, or integers beyond 64 bits
+                raise RequestError(400, numbers)
         else:
             raise RequestError(
                 415,

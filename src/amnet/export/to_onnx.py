@@ -329,7 +329,7 @@ def export_onnx(
     checked against PyTorch fp32 within fp16 tolerances.
     """
     from amnet.export.trt_compat import check_opset
-    from amnet.fileio import check_out_path, publish, temp_beside
+    from amnet.fileio import StagedFiles, check_out_path
 
     start = time.perf_counter()
     ckpt = Path(ckpt)
@@ -367,57 +367,67 @@ def export_onnx(
         if calibration is None:
             raise AMNetError("static INT8 needs calibration features: --calibration DATA_DIR")
         windows, held_out = _calibration_set(ckpt, calibration, calibration_windows)
-    tmp = temp_beside(out)
+    # The files asked for appear together or not at all (a failed parity check, a failed
+    # quantization, Ctrl-C): each is written to a temporary file, renamed into place at the end.
+    staged = StagedFiles()
     try:
+        tmp = staged.stage(out)
         result = _export_checked(
             ckpt, out, tmp, int(opset), use_ema, scores_atol, segments_atol, parity
         )
-        publish(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if fp16:
-        result.fp16_path = fp16_path_for(out)
-        tmp = temp_beside(result.fp16_path)
-        try:
+        if fp16:
+            result.fp16_path = fp16_path_for(out)
             result.fp16_parity = _export_fp16(
-                ckpt, result.fp16_path, tmp, int(opset), use_ema, result.metadata, parity
+                ckpt,
+                result.fp16_path,
+                staged.stage(result.fp16_path),
+                int(opset),
+                use_ema,
+                result.metadata,
+                parity,
             )
-            publish(tmp, result.fp16_path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    if scheme:
-        from amnet.export.quantize import int8_path_for, quantize_int8, quantize_int8_static
+        if scheme:
+            result.int8_path = int8_path_for(out)
+            int8_tmp = staged.stage(result.int8_path)
+            _quantize(tmp, int8_tmp, windows, out)
+            if parity:
+                from amnet.checkpoint import load_model
+                from amnet.deploy.backend_onnx import open_session
 
-        result.int8_path = int8_path_for(out)
-        try:
-            if windows is not None:
-                quantize_int8_static(out, result.int8_path, windows)
-            else:
-                quantize_int8(out, result.int8_path)
-        except (RuntimeError, ValueError, OSError) as exc:  # ORT's quantizer raises plain errors
-            raise AMNetError(
-                f"{out} written, but INT8 quantization failed: {_first_line(exc)}"
-            ) from None
-        if parity:
-            from amnet.checkpoint import load_model
-            from amnet.deploy.backend_onnx import open_session
-
-            model, _, _ = load_model(ckpt, use_ema=use_ema)
-            # Static ranges hold for features like the calibration set's, not for random
-            # inputs: its parity is reported on training windows it was not calibrated on.
-            result.int8_parity = check_parity(
-                open_session(result.int8_path),
-                model,
-                result.metadata["input_dim"],
-                parity_cases(result.metadata["max_seq_len"]),
-                scores_atol,
-                segments_atol,
-                batches=held_out or windows or (),
-            )
+                model, _, _ = load_model(ckpt, use_ema=use_ema)
+                # Static ranges hold for features like the calibration set's, not for random
+                # inputs: its parity is reported on training windows it was not calibrated on.
+                result.int8_parity = check_parity(
+                    open_session(int8_tmp),
+                    model,
+                    result.metadata["input_dim"],
+                    parity_cases(result.metadata["max_seq_len"]),
+                    scores_atol,
+                    segments_atol,
+                    batches=held_out or windows or (),
+                )
+        staged.publish()
+    except BaseException:
+        staged.discard()
+        raise
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _quantize(src: Path, dst: Path, windows: list[Any] | None, out: Path) -> None:
+    """INT8 of the float graph ``src``: static (QDQ) when calibration ``windows`` are given,
+    else dynamic; ``out`` names the export in the error."""
+    from amnet.export.quantize import quantize_int8, quantize_int8_static
+
+    try:
+        if windows is not None:
+            quantize_int8_static(src, dst, windows)
+        else:
+            quantize_int8(src, dst)
+    except (RuntimeError, ValueError, OSError) as exc:  # ORT's quantizer raises plain errors
+        raise AMNetError(
+            f"{out}: INT8 quantization failed, nothing was written: {_first_line(exc)}"
+        ) from None
 
 
 def _calibration_set(
@@ -526,9 +536,9 @@ def _refuse_failed_parity(
     if failed:
         worst = max(failed, key=lambda r: (r.scores_diff, r.segments_diff))
         raise ParityError(
-            f"{what} (B={worst.batch}, T={worst.seq_len}: max |Δ scores| "
+            f"{out}: {what} (B={worst.batch}, T={worst.seq_len}: max |Δ scores| "
             f"{worst.scores_diff:.3g} > {scores_atol:g} or |Δ segments| "
-            f"{worst.segments_diff:.3g} > {segments_atol:g}); {out} not written"
+            f"{worst.segments_diff:.3g} > {segments_atol:g}); nothing was written"
         )
 
 
