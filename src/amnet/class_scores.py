@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from amnet.annotations import VideoAnnotation, check_video_id, prefix_twin
-from amnet.detections import Detections
+from amnet.detections import Detections, per_class_array, require_detections
 from amnet.errors import AMNetError
 from amnet.fileio import read_json
 
@@ -150,27 +150,14 @@ def fuse_class_scores(
     rank, then the detection order. Labels of ``detections`` are ignored."""
     if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
         raise AMNetError(f"class topk must be an integer >= 1, got {topk!r}")
-    if not isinstance(detections, Detections):
-        raise AMNetError(
-            f"detections must be Detections (detect_raw), got {type(detections).__name__}"
-        )
+    require_detections(detections)
     # The file reader checks the same: a NaN or negative probability would turn every fused
     # score NaN (sqrt), and an infinite one would outrank every real detection.
-    wrong = AMNetError(
-        "class probabilities must be one finite, non-negative value per class ([K]), got "
-        f"{np.array2string(np.asarray(probabilities, dtype=object), threshold=6)}"
+    probabilities = per_class_array(
+        probabilities,
+        "class probabilities must be one finite, non-negative value",
+        lambda p: np.isfinite(p) & (p >= 0),
     )
-    try:
-        probabilities = np.asarray(probabilities, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise wrong from None
-    if (
-        probabilities.ndim != 1
-        or not len(probabilities)
-        or not np.isfinite(probabilities).all()
-        or (probabilities < 0).any()
-    ):
-        raise wrong
     topk = int(topk)
     # Stable, on the negated values: equal probabilities keep the lower class id first.
     classes = np.argsort(-probabilities, kind="stable")[:topk]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from amnet.errors import AMNetError
 
 
 @dataclass
@@ -48,3 +52,28 @@ class Detections:
             np.concatenate([p.scores for p in parts]),
             np.concatenate([p.labels for p in parts]),
         )
+
+
+def require_detections(value: Any) -> Detections:
+    """``value`` itself when it is :class:`Detections`, else one AMNetError naming its type."""
+    if not isinstance(value, Detections):
+        raise AMNetError(f"detections must be Detections (detect_raw), got {type(value).__name__}")
+    return value
+
+
+def per_class_array(
+    values: Any, what: str, valid: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """``values`` as a float64 ``[K]`` array, one per class, each passing ``valid``; anything
+    else (another shape, text, an empty list) is one AMNetError: ``what`` they must be."""
+    wrong = AMNetError(
+        f"{what} per class ([K]), got "
+        f"{np.array2string(np.asarray(values, dtype=object), threshold=6)}"
+    )
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise wrong from None
+    if array.ndim != 1 or not len(array) or not valid(array).all():
+        raise wrong
+    return array

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from amnet.detections import Detections
+from amnet.detections import Detections, per_class_array, require_detections
 from amnet.errors import AMNetError
 from amnet.fileio import atomic_write_json, read_json
 
@@ -97,21 +97,12 @@ def apply_class_thresholds(detections: Detections, thresholds: np.ndarray) -> De
     """The detections scoring at least their class's threshold, in their order.
     ``thresholds`` is indexed by label id (:func:`read_class_thresholds`): a score in [0, 1],
     or ``inf`` for a class whose detections are all dropped."""
-    if not isinstance(detections, Detections):
-        raise AMNetError(
-            f"detections must be Detections (detect_raw), got {type(detections).__name__}"
-        )
-    wrong = AMNetError(
-        "class thresholds must be one score in [0, 1] (or inf) per class ([K]), got "
-        f"{np.array2string(np.asarray(thresholds, dtype=object), threshold=6)}"
+    require_detections(detections)
+    thresholds = per_class_array(
+        thresholds,
+        "class thresholds must be one score in [0, 1] (or inf)",
+        lambda t: (t >= 0) & ((t <= 1) | np.isposinf(t)),
     )
-    try:
-        thresholds = np.asarray(thresholds, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise wrong from None
-    cuts = (thresholds >= 0) & ((thresholds <= 1) | np.isposinf(thresholds))
-    if thresholds.ndim != 1 or not cuts.all():
-        raise wrong
     if not len(detections):
         return detections
     lo, hi = int(detections.labels.min()), int(detections.labels.max())
