@@ -1,6 +1,8 @@
 """amnet-train and amnet-eval (model mode) as a user runs them, including their bad input."""
 
 import json
+import logging
+import os
 import subprocess
 from pathlib import Path
 
@@ -194,7 +196,7 @@ def test_a_killed_loader_worker_is_one_line_and_the_run_resumes(small_data, tmp_
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 2
 
 
-def test_loader_workers_draw_their_own_crops(tmp_path):
+def test_loader_workers_draw_their_own_crops(tmp_path, caplog):
     """With loader workers, each draws its own crops, new ones every epoch, and the same ones
     again for the same seed (without seeding them, every worker starts each epoch from a copy
     of one generator and repeats the others' crops)."""
@@ -223,6 +225,12 @@ def test_loader_workers_draw_their_own_crops(tmp_path):
     assert first[0::2] != first[1::2]
     assert first != second
     assert epochs(0) == [first, second]
+    # More workers than CPUs only compete for them (PyTorch warns, in a paragraph): cut.
+    cpus = len(os.sched_getaffinity(0))
+    with caplog.at_level(logging.WARNING, "amnet"):
+        many = training_loader(dataset, {"batch_size": 1, "num_workers": cpus + 30}, 0, 1)
+    assert many.num_workers == cpus
+    assert f"loader.num_workers {cpus + 30} is more than the {cpus} CPUs" in caplog.text
 
 
 def test_eval_model_mode_matches_file_mode(one_epoch, small_data, tmp_path):
@@ -294,6 +302,32 @@ def test_feature_dim_not_matching_the_config(small_data, tmp_path):
         cli("train", "--config", str(cfg), "--data", str(small_data), "--out", str(tmp_path / "r")),
         "expected [T, 1024]",
     )
+
+
+def test_a_run_that_diverges_stops_without_writing_nan_weights(small_data, tmp_path):
+    """A learning rate far too high turns the loss and the weights NaN: the run stops at that
+    epoch with one line, instead of exiting 0 with NaN checkpoints (best.pt among them) that
+    fail later, in export or as empty detections."""
+    cfg = tmp_path / "lr.yaml"
+    cfg.write_text(f"base: {TINY}\nopt:\n  learning_rate: 1.0e+30\n")
+    run = tmp_path / "r"
+    assert_one_line_error(
+        cli(
+            "train",
+            "--config",
+            str(cfg),
+            "--data",
+            str(small_data),
+            "--out",
+            str(run),
+            "--epochs",
+            "2",
+        ),
+        ": the training loss is nan (diverged",
+    )
+    for kept in run.glob("*.pt"):  # the epochs before it, whose weights are still numbers
+        weights = torch.load(kept, weights_only=True)["model"]
+        assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
 
 
 @pytest.mark.parametrize(

@@ -74,6 +74,10 @@ def test_unknown_key_is_named(tmp_path):
             r"malformed YAML \(key 'learning_rate' given twice, line 3\)",
         ),
         ("model: {embd_dim: 64, embd_dim: 128}\n", "key 'embd_dim' given twice"),
+        ("model:\n  <<: {embd_dim: 64}\n  n_heads: 4\n  n_heads: 2\n", "key 'n_heads' given twice"),
+        # A name, not a structure (an alias tree there expanded to gigabytes on export).
+        ("dataset_name: [1, {a: 2}]\n", "dataset_name must be a short non-empty name, got list"),
+        ("dataset_name: ''\n", "dataset_name must be a short non-empty name"),
         # Python tags are never constructed (no code runs from a config).
         ("opt: !!python/object/apply:os.system ['true']\n", "could not determine a constructor"),
         ("base: missing.yaml\n", "not found"),
@@ -105,6 +109,13 @@ def test_bad_configs_give_one_line_errors(tmp_path, text, message):
     with pytest.raises(AMNetError, match=message) as info:
         load_config(bad)
     assert "\n" not in str(info.value)
+
+
+def test_yaml_merge_keys_work_and_explicit_keys_override_them(tmp_path):
+    good = tmp_path / "merge.yaml"
+    good.write_text("model:\n  <<: {embd_dim: 64, n_heads: 2}\n  n_heads: 4\n")
+    cfg = load_config(good)
+    assert (cfg["model"]["embd_dim"], cfg["model"]["n_heads"]) == (64, 4)
 
 
 def test_base_cycle_is_an_error(tmp_path):

@@ -152,6 +152,31 @@ def test_a_zero_length_video_gets_no_detections_in_the_api_and_the_cli(
         assert sorted(p.name for p in plots.iterdir()) == ["empty.png"]
 
 
+@pytest.mark.parametrize("batch_size", ["1", "3"])  # 3: windows of all three videos share calls
+def test_a_file_the_model_cannot_answer_is_named_and_skipped_like_a_bad_file(
+    tiny_model, tmp_path, capsys, batch_size
+):
+    """Finite features of extreme magnitude make the model's outputs NaN: the error names the
+    file (not "these features"), and --skip-bad skips it as it skips an unreadable file, the
+    other videos' results unchanged."""
+    rng = np.random.default_rng(2)
+    paths = [tmp_path / f"{name}.npy" for name in "abc"]
+    for path in (paths[0], paths[2]):
+        np.save(path, np.abs(rng.normal(0, 0.3, (300, DIM))).astype(np.float32))
+    np.save(paths[1], np.full((300, DIM), 3e38, np.float32))
+    out, alone = tmp_path / "out.json", tmp_path / "alone.json"
+    args = ["--engine", str(tiny_model["onnx"]), *map(str, paths), "--batch-size", batch_size]
+    one_line_error(
+        capsys, infer_main([*args, "-o", str(out)]), f"{paths[1]}: the model's outputs are NaN"
+    )
+    assert not out.exists()
+    assert infer_main([*args, "--skip-bad", "-q", "-o", str(out)]) == 3
+    assert f"{paths[1]}: the model's outputs are NaN" in capsys.readouterr().err
+    good = ["--engine", str(tiny_model["onnx"]), str(paths[0]), str(paths[2]), "-q"]
+    assert infer_main([*good, "-o", str(alone)]) == 0
+    assert json.loads(out.read_text())["results"] == json.loads(alone.read_text())["results"]
+
+
 def test_stale_temporary_files_are_ignored_then_cleaned(tmp_path):
     out = tmp_path / "results.json"
     stale = tmp_path / ".results.json.killed.tmp"

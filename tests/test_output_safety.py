@@ -217,27 +217,28 @@ def test_fifo_inputs_are_refused_without_blocking(tiny_model, tmp_path, capsys):
 
 def test_a_folder_s_unreadable_entries_are_reported_not_dropped(tiny_model, video, tmp_path,
                                                                 capsys):  # fmt: skip
-    """A dangling link or a FIFO among a folder's ``.npy`` files is a bad file, as it is when
+    """A dangling link, a FIFO or a folder among a folder's ``.npy`` entries is a bad file, as when
     named on the command line: silently leaving it out would drop a video from the results."""
     folder = tmp_path / "features"
     folder.mkdir()
     shutil.copy(video, folder / "good.npy")
     (folder / "gone.npy").symlink_to(tmp_path / "nowhere.npy")
     os.mkfifo(folder / "pipe.npy")
-    (folder / "sub.npy").mkdir()  # a folder is not an entry
+    (folder / "sub.npy").mkdir()
     code = infer_main(
         ["--engine", str(tiny_model["onnx"]), str(folder), "-o", str(tmp_path / "r.json")]
     )
     said = capsys.readouterr().err
-    assert code == 2 and "2 of 3 feature files are bad; nothing was run" in said
+    assert code == 2 and "3 of 4 feature files are bad; nothing was run" in said
     assert "gone.npy: feature file not found" in said and "pipe.npy: not a regular file" in said
+    assert "sub.npy: is a folder" in said
     assert not (tmp_path / "r.json").exists()
     code = infer_main(["--engine", str(tiny_model["onnx"]), str(folder), "--skip-bad", "-q",
                        "-o", str(tmp_path / "r.json")])  # fmt: skip
     assert code == 3
     assert list(json.loads((tmp_path / "r.json").read_text())["results"]) == ["good"]
     said = capsys.readouterr().err
-    assert "gone.npy" in said and "pipe.npy: not a regular file" in said and "sub.npy" not in said
+    assert "gone.npy" in said and "pipe.npy: not a regular file" in said and "sub.npy" in said
 
 
 def test_finished_work_is_not_replaced_without_a_flag(tiny_dataset, tmp_path, capsys):

@@ -232,6 +232,19 @@ def test_a_shard_without_videos_is_not_left_behind(tmp_path):
     assert [p.name for p in folder.iterdir()] == [kept.path.name]
 
 
+def test_a_file_where_the_shards_go_is_named_not_taken_for_shards(models, corpus, tmp_path):
+    from clitools import run_main
+
+    out = tmp_path / "out.json"
+    (tmp_path / "out.json.parts").write_text("precious")
+    for extra in ((), ("--resume-from", str(out))):
+        proc = run_main("amnet.deploy.infer_cli", "--engine", str(models["onnx"]), str(corpus),
+                        "--workers", "2", "-o", str(out), *extra)  # fmt: skip
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "out.json.parts: a file of that name is there" in proc.stderr
+    assert (tmp_path / "out.json.parts").read_text() == "precious" and not out.exists()
+
+
 @pytest.mark.parametrize(
     "line",
     [

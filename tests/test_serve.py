@@ -90,8 +90,9 @@ def wait_ready(proc: subprocess.Popen, client: Client, seconds: float = 180) -> 
 def server(models):
     port = free_port()
     command = serve_command(
-        models["onnx"], port, "--max-batch", "4", "--batch-wait-ms", "50", "--max-body-mb", "1"
-    )
+        models["onnx"], port, "--max-batch", "4", "--batch-wait-ms", "50", "--max-body-mb", "1",
+        "--body-timeout-s", "1.5",
+    )  # fmt: skip
     proc = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
@@ -107,6 +108,30 @@ def server(models):
             proc.wait()
     # -q, from start to stop: nothing from Ray or Serve either (their notices, INFO lines).
     assert proc.returncode == 0 and proc.stderr.read() == b"", proc.returncode
+
+
+def raw_request(port: int, head: bytes, timeout: float = 30) -> tuple[bytes, float]:
+    """Send ``head`` (request line, headers and part of a body) and wait: the status line of
+    the answer and the seconds it took."""
+    began = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(head)
+        conn.settimeout(timeout)
+        answer = conn.recv(200)
+    return answer.split(b"\r\n")[0], time.monotonic() - began
+
+
+def test_stalled_or_oversized_uploads_do_not_hold_the_service(server):
+    """A client that stops sending its body would hold a replica's request slot for ever (a
+    few of them, every slot: /healthz too); it gets 408 after --body-timeout-s of silence. A
+    body declared far over the limit is refused at once, not after it arrived."""
+    port = int(server.base.rsplit(":", 1)[1])
+    head = b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+    status, seconds = raw_request(port, head + b"Content-Length: 1000\r\n\r\n" + b"x" * 10)
+    assert status == b"HTTP/1.1 408 Request Timeout" and 1.4 < seconds < 20, (status, seconds)
+    status, seconds = raw_request(port, head + b"Content-Length: 1000000000\r\n\r\n" + b"x" * 10)
+    assert status == b"HTTP/1.1 413 Request Entity Too Large" and seconds < 1.4, (status, seconds)
+    assert server.detect(video(30, seed=2))[0] == 200
 
 
 def assert_answer(detections: list[dict], detector: Detector, features, **kwargs) -> None:
@@ -189,6 +214,24 @@ def test_concurrent_clients_are_batched_and_answered_right(server, onnx_detector
         ("/v1/detect", b'[["1", "2"]]', "application/json", None, 400, "not strings or booleans"),
         ("/v1/detect", b"[[true, 1.5]]", "application/json", None, 400, "not strings or booleans"),
         ("/v1/detect", b"[[null, 1.5]]", "application/json", None, 400, "array of numbers"),
+        (
+            "/v1/detect",
+            npy(np.zeros((3, DIM), np.float32)) + b"more",
+            "application/octet-stream",
+            None,
+            400,
+            "body has 4 bytes after its .npy array",
+        ),
+        ("/v1/detect?top_k=1&top_k=3", b"[]", "application/json", None, 400, "given twice: top_k"),
+        # finite features of extreme magnitude overflow inside the model
+        (
+            "/v1/detect",
+            npy(np.full((50, DIM), 3e38, np.float32)),
+            "application/octet-stream",
+            None,
+            422,
+            "outputs are NaN or Inf",
+        ),
         (
             "/v1/detect",
             npy(np.full((3, DIM), np.nan, np.float32)),

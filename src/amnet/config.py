@@ -107,6 +107,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # ``<<: *base``: merged keys may be overridden, that is its point
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -300,6 +302,12 @@ def _validate_settings(cfg: Mapping[str, Any], where: str) -> None:
         value = cfg[section][key]
         if not test(value):
             raise AMNetError(f"{where}: {section}.{key} must be {rule}, got {value!r}")
+    name = cfg.get("dataset_name")
+    if not (isinstance(name, str) and name and len(name) <= 200):
+        # A name only, written into every checkpoint and model: not a structure (a YAML
+        # alias tree there expanded to gigabytes when the model's metadata was written).
+        shown = repr(name) if isinstance(name, str) else type(name).__name__
+        raise AMNetError(f"{where}: dataset_name must be a short non-empty name, got {shown[:60]}")
     try:
         config_from_test_cfg(cfg["test_cfg"])
     except (AMNetError, TypeError, ValueError) as exc:

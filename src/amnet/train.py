@@ -27,6 +27,7 @@ from amnet import __version__
 from amnet.checkpoint import read_checkpoint, save_checkpoint
 from amnet.config import config_from_dict
 from amnet.console import bar_disabled
+from amnet.cpus import fit_to_cpus
 from amnet.data import (
     VideoFeatureDataset,
     collate_videos,
@@ -393,7 +394,8 @@ def training_loader(
     batch_size = loader_cfg["batch_size"]
     return DataLoader(
         train_set, batch_size=batch_size, shuffle=True, drop_last=len(train_set) > batch_size,
-        num_workers=loader_cfg["num_workers"], generator=torch.Generator().manual_seed(seed),
+        num_workers=fit_to_cpus("loader.num_workers", loader_cfg["num_workers"]),
+        generator=torch.Generator().manual_seed(seed),
         collate_fn=functools.partial(collate_videos, pad_multiple=pad_multiple),  # picklable
         worker_init_fn=seed_loader_worker,
     )  # fmt: skip
@@ -556,6 +558,13 @@ def _train(
     for epoch in range(run.start_epoch, run.epochs):
         started = time.perf_counter()
         means = train_one_epoch(run, epoch, progress)
+        if not all(math.isfinite(v) for v in means.values()):
+            # Diverged: its weights are NaN. Stop before they become last.pt or best.pt.
+            raise AMNetError(
+                f"epoch {epoch + 1}: the training loss is {means.get('final_loss')} (diverged; "
+                "a lower opt.learning_rate or a longer warm-up may help); checkpoints of the "
+                "epochs before are kept"
+            )
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "seconds": time.perf_counter() - started,

@@ -34,6 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from amnet.cpus import fit_to_cpus
 from amnet.errors import AMNetError
 from amnet.metadata import validate_metadata
 
@@ -139,27 +140,6 @@ def check_batch(
     if lengths.shape != (features.shape[0],):
         raise ValueError(f"lengths must be [{features.shape[0]}], got {list(lengths.shape)}")
     return features, lengths
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity: a container's or a job's share)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def fit_to_cpus(name: str, count: int) -> int:
-    """Threads or processes beyond the usable CPUs only compete for them, and a slip such as
-    100000 would exhaust the machine (PyTorch crashes outright): cut, with a warning."""
-    cpus = usable_cpus()
-    if count > cpus:
-        logger.warning(
-            "%s %d is more than the %d CPUs this process may use; using %d",
-            name, count, cpus, cpus,
-        )  # fmt: skip
-        return cpus
-    return count
 
 
 def open_backend(

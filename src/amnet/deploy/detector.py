@@ -70,7 +70,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from amnet import __version__
-from amnet.deploy.backends import Backend, closed_error, fit_to_cpus, open_backend
+from amnet.cpus import fit_to_cpus
+from amnet.deploy.backends import Backend, closed_error, open_backend
 from amnet.detections import Detections
 from amnet.errors import AMNetError
 from amnet.fileio import file_sha256, first_non_finite
@@ -118,6 +119,15 @@ def _score(name: str, value: Any) -> float:
     ):
         raise AMNetError(f"{name} must be a number in [0, 1], got {value!r}")
     return float(value)
+
+
+class VideoError(AMNetError):
+    """One video of a batch path that the model cannot answer (its outputs overflow):
+    ``index`` is its place in the input, ``reason`` why."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"video {index}: {reason}")
+        self.index, self.reason = index, reason
 
 
 def _identity(path: Path) -> tuple[int, ...] | None:
@@ -634,7 +644,12 @@ class Detector:
             """Wait for the oldest calls until at most ``limit`` are in flight."""
             while len(running) > limit:
                 group, call = running.popleft()
-                scores, segments = call.result()
+                try:
+                    scores, segments = call.result()
+                except AMNetError as exc:
+                    if self._closed:
+                        raise
+                    raise self._failed_video(group, exc) from None
                 scores = np.asarray(scores, dtype=np.float32)
                 segments = np.asarray(segments, dtype=np.float32)
                 for j, (slot, video, start, end) in enumerate(group):
@@ -664,7 +679,7 @@ class Detector:
             video = self.prepare(video, name=f"video {index}")
             length = video.shape[0]
             slot: list[Any] = [
-                None, [], (post, floor, self.duration_of(length), *self.timebase(length))
+                None, [], (post, floor, self.duration_of(length), *self.timebase(length)), index
             ]  # fmt: skip
             slots.append(slot)
             if length == 0:
@@ -682,6 +697,18 @@ class Detector:
             collect(1)
         collect(0)
         yield from ready(final=True)
+
+    def _failed_video(
+        self, group: list[tuple[list[Any], np.ndarray, int, int]], exc: AMNetError
+    ) -> VideoError:
+        """Which video of a failed backend call is the cause: its windows run alone (a call
+        may hold the windows of several videos); the first video's when none fails alone."""
+        for slot, video, start, end in group:
+            try:
+                self.run_backend(video[None, start:end], np.array([end - start], dtype=np.int64))
+            except AMNetError as own:
+                return VideoError(slot[3], str(own))
+        return VideoError(group[0][0][3], str(exc))
 
     def detect_many(
         self, videos: Sequence[Any], durations: Sequence[float | None] | None = None

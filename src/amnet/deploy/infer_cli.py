@@ -248,7 +248,8 @@ def build_parser() -> OneLineParser:
 def expand_inputs(items: Sequence[str]) -> list[FeatureFile]:
     """Files as given, folders as their ``*.npy`` entries (sorted, not recursive); in a folder,
     hidden files (``.name.npy``, macOS's ``._name.npy``) are left out. An entry that is not a
-    readable file (a dangling link, a FIFO) is kept, to be reported as bad, not dropped."""
+    readable file (a dangling link, a FIFO, a folder) is kept, to be reported as bad, not
+    dropped."""
     files: list[FeatureFile] = []
     for item in items:
         path = Path(item)
@@ -256,7 +257,7 @@ def expand_inputs(items: Sequence[str]) -> list[FeatureFile]:
             found = sorted(
                 p
                 for p in path.iterdir()
-                if p.suffix.lower() == ".npy" and not p.name.startswith(".") and not p.is_dir()
+                if p.suffix.lower() == ".npy" and not p.name.startswith(".")
             )
             if not found:
                 raise AMNetError(f"{path}: folder has no .npy feature files")
@@ -466,7 +467,7 @@ def _run(argv: list[str] | None) -> int:
         check_matplotlib()
         check_out_folder(plot_dir, "--plot")  # before any work; made with its first picture
 
-    from amnet.deploy.detector import Detector
+    from amnet.deploy.detector import Detector, VideoError
 
     start = time.perf_counter()
     # Checking pass: every file is read and validated before any inference. Only the channel
@@ -549,8 +550,8 @@ def _run(argv: list[str] | None) -> int:
         except AMNetError as exc:
             return exc
 
-    def stream() -> Iterator[np.ndarray]:
-        for f, array in zip(good, read_ahead(good, read), strict=True):
+    def stream(todo: list[FeatureFile]) -> Iterator[np.ndarray]:
+        for f, array in zip(todo, read_ahead(todo, read), strict=True):
             if isinstance(array, AMNetError):
                 if not args.skip_bad:
                     raise array
@@ -566,16 +567,34 @@ def _run(argv: list[str] | None) -> int:
     # PNGs (--plot) are staged and published after the results: a failure leaves no partial set.
     staged = StagedFiles()
     try:
-        found = detector.detect_raw_iter(stream())
-        for f, dets in zip(bar, found, strict=True):
-            if f.video_id in skipped:
-                del durations[f.video_id]
-                continue
-            results[f.video_id] = _final(args, fusion, thresholds, f.video_id, dets)
-            if plot_dir is not None:
-                array = arrays.pop(f.video_id)
-                _plot(plot_dir, f.video_id, array, dets, detector, class_names, staged)
-            snippets += sizes[f.video_id]
+        todo, finished = good, set()
+        while todo:
+            try:
+                for f, dets in zip(todo, detector.detect_raw_iter(stream(todo)), strict=True):
+                    bar.update()
+                    finished.add(f.video_id)
+                    if f.video_id in skipped:
+                        del durations[f.video_id]
+                        continue
+                    results[f.video_id] = _final(args, fusion, thresholds, f.video_id, dets)
+                    if plot_dir is not None:
+                        array = arrays.pop(f.video_id)
+                        _plot(plot_dir, f.video_id, array, dets, detector, class_names, staged)
+                    snippets += sizes[f.video_id]
+                todo = []
+            except VideoError as exc:  # a file the model cannot answer (its outputs overflow)
+                failed = todo[exc.index]
+                if not args.skip_bad:
+                    raise AMNetError(f"{failed.path}: {exc.reason}") from None
+                bad.append((failed.path, f"{failed.path}: {exc.reason}"))
+                bar.update()
+                finished.add(failed.video_id)
+                arrays.clear()
+                # The videos after it, and those before it still in flight, run again; those
+                # read and found bad meanwhile are listed already.
+                todo = [g for g in todo if g.video_id not in finished | skipped]
+                for vid in set(durations) - set(results):
+                    del durations[vid]
         bar.close()
         if not results:
             raise AMNetError(f"none of the {len(files)} feature files is usable:\n{_bad_list(bad)}")
@@ -658,13 +677,20 @@ def _run_workers_on(
             "runtime": args.runtime,
         }
     engine = str(Path(args.engine).resolve())
-    items = [(str(f.path.resolve()), f.video_id) for f in files]
+    # Absolute for the workers (they run elsewhere), but not resolved: a bad file is named as
+    # the user gave it, not as the target of its link.
+    items = [(str(f.path.absolute()), f.video_id) for f in files]
 
     results: dict[str, tuple[Detections, float, int]] = {}
     shards: ray_batch.ShardWriter | None = None
     if output is not None:
         folder = ray_batch.parts_dir(output)
         header = ray_batch.shard_header(engine, settings)
+        if folder.exists() and not folder.is_dir():
+            raise AMNetError(
+                f"{folder}: a file of that name is there, where this output keeps its shards; "
+                "choose another output name"
+            )
         if args.resume_from:
             known = {f.video_id for f in files}
             results = {k: v for k, v in ray_batch.read_shards(folder, header).items() if k in known}

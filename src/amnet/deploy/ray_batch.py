@@ -252,9 +252,12 @@ class _Worker:
 
         try:
             array = read_features(path, self.detector.input_dim, mmap=True)
-            dets = self.detector.detect_raw(array)
-        except AMNetError as exc:
+        except AMNetError as exc:  # its words name the file
             return video_id, str(exc)
+        try:
+            dets = self.detector.detect_raw(array)
+        except AMNetError as exc:  # the model's (outputs that overflow): name the file
+            return video_id, f"{path}: {exc}"
         return video_id, (dets, self.detector.duration_of(array.shape[0]), int(array.shape[0]))
 
 

@@ -42,6 +42,7 @@ import socket
 import sys
 import threading
 import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,7 @@ logger = logging.getLogger("amnet.deploy.serve")
 PROG = "amnet-serve"
 APP_NAME = "amnet"  # the Ray Serve application's name
 DEFAULT_MAX_BODY_MB = 64.0
+DEFAULT_BODY_TIMEOUT_S = 10.0
 _QUERY = ("top_k", "min_score")
 # An oversized body is read (and dropped) up to this many times the limit before answering 413.
 _DRAIN_FACTOR = 8
@@ -92,10 +94,19 @@ class DetectionService:
     def model_info(self) -> dict[str, Any]:
         return self._model_info
 
-    def parse_query(self, query: dict[str, str]) -> tuple[int | None, float | None]:
-        unknown = sorted(set(query) - set(_QUERY))
+    def parse_query(
+        self, pairs: Mapping[str, str] | Sequence[tuple[str, str]]
+    ) -> tuple[int | None, float | None]:
+        """``top_k`` and ``min_score`` of the query (its ``(key, value)`` pairs in order)."""
+        items = list(pairs.items()) if isinstance(pairs, Mapping) else list(pairs)
+        keys = [key for key, _ in items]
+        unknown = sorted(set(keys) - set(_QUERY))
         if unknown:
             raise RequestError(400, f"unknown query parameter(s): {', '.join(unknown)}")
+        twice = sorted({key for key in keys if keys.count(key) > 1})
+        if twice:  # which one would count is a guess: say so instead
+            raise RequestError(400, f"query parameter(s) given twice: {', '.join(twice)}")
+        query = dict(items)
         top_k = min_score = None
         if "top_k" in query:
             try:
@@ -119,11 +130,15 @@ class DetectionService:
         """The request's features as a prepared float32 ``[T, C]`` array."""
         kind = content_type.split(";")[0].strip().lower()
         if kind == "application/octet-stream":
+            stream = io.BytesIO(body)
             try:
-                array = np.lib.format.read_array(io.BytesIO(body), allow_pickle=False)
+                array = np.lib.format.read_array(stream, allow_pickle=False)
             except Exception as exc:  # numpy raises ValueError, EOFError, OSError, ...
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise RequestError(400, f"body is not a .npy array ({reason})") from None
+            if stream.tell() != len(body):  # a second array, or anything else, would be dropped
+                extra = len(body) - stream.tell()
+                raise RequestError(400, f"body has {extra} bytes after its .npy array")
         elif kind == "application/json":
             try:
                 value = json.loads(body)
@@ -156,10 +171,17 @@ class DetectionService:
             raise RequestError(400, str(exc)) from None
 
     def detect(self, items: list[tuple[np.ndarray, int | None, float | None]]) -> list[dict]:
-        """Detections of several prepared videos (one batch), as response bodies."""
-        found = self.detector.detect_raw_many(
-            [a for a, _, _ in items], [k for _, k, _ in items], [m for _, _, m in items]
-        )
+        """Detections of several prepared videos (one batch), as response bodies; a video the
+        model cannot answer (its outputs overflow) gets ``{"error", "status"}`` instead, and
+        the others of its batch their detections."""
+        try:
+            found = self.detector.detect_raw_many(
+                [a for a, _, _ in items], [k for _, k, _ in items], [m for _, _, m in items]
+            )
+        except AMNetError as exc:
+            if len(items) == 1:
+                return [{"error": str(exc), "status": 422}]
+            return [answer for item in items for answer in self.detect([item])]
         out = []
         for dets in found:
             out.append(
@@ -204,6 +226,7 @@ def make_app(
     max_batch: int,
     batch_wait_s: float,
     resources: dict[str, float] | None = None,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
 ) -> Any:
     """The Ray Serve application: ``replicas`` copies of the service behind one HTTP route, each
     with ``resources`` (Ray actor options; default: as many CPUs as ONNX Runtime threads)."""
@@ -237,18 +260,36 @@ def make_app(
             if path == "/v1/model":
                 return JSONResponse(self.service.model_info())
             try:
-                query = self.service.parse_query(dict(request.query_params))
+                query = self.service.parse_query(request.query_params.multi_items())
                 body = await self._read_body(request)
                 array = self.service.parse_body(body, request.headers.get("content-type", ""))
             except RequestError as exc:
                 return error(exc.status, str(exc))
-            return JSONResponse(await self.detect_batch((array, *query)))
+            answer = await self.detect_batch((array, *query))
+            if "error" in answer:
+                return error(answer["status"], answer["error"])
+            return JSONResponse(answer)
 
         async def _read_body(self, request: Request) -> bytes:
             limit = self.service.max_body_bytes
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > _DRAIN_FACTOR * limit:
+                # More than would be drained (below): answer now, not once it has arrived.
+                raise RequestError(413, f"body of {declared} bytes, larger than the limit {limit}")
             body = bytearray()
             seen = 0
-            async for part in request.stream():
+            parts = request.stream().__aiter__()
+            while True:
+                # A client that stops sending would hold a replica's request slot for ever
+                # (a few such clients, every slot): it gets 408 after body_timeout_s of silence.
+                try:
+                    part = await asyncio.wait_for(parts.__anext__(), body_timeout_s)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    raise RequestError(
+                        408, f"no body data for {body_timeout_s:g} s; the request was dropped"
+                    ) from None
                 seen += len(part)
                 if seen <= limit:
                     body += part
@@ -296,6 +337,12 @@ def build_parser() -> OneLineParser:
         help="largest request body in MiB (%(default)s)",
     )
     parser.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=DEFAULT_BODY_TIMEOUT_S,
+        help="drop a request whose body stops arriving for this long, with 408 (%(default)s)",
+    )
+    parser.add_argument(
         "--max-batch",
         type=int,
         help="requests batched together (default: 1 on a CPU, 8 on a GPU)",
@@ -324,6 +371,8 @@ def _check(args: argparse.Namespace) -> None:
         raise AMNetError(f"--max-batch must be >= 1, got {args.max_batch}")
     if not (math.isfinite(args.max_body_mb) and args.max_body_mb > 0):
         raise AMNetError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
+    if not (math.isfinite(args.body_timeout_s) and args.body_timeout_s > 0):
+        raise AMNetError(f"--body-timeout-s must be > 0, got {args.body_timeout_s}")
     if not (math.isfinite(args.batch_wait_ms) and args.batch_wait_ms >= 0):
         raise AMNetError(f"--batch-wait-ms must be >= 0, got {args.batch_wait_ms}")
     if not 0 < args.port < 65536:
@@ -392,6 +441,7 @@ def _run(argv: list[str] | None) -> int:
             max_batch,
             args.batch_wait_ms / 1000.0,
             resources,
+            args.body_timeout_s,
         )
         try:
             serve.run(app, route_prefix="/", name=APP_NAME)
