@@ -121,6 +121,10 @@ def _score(name: str, value: Any) -> float:
     return float(value)
 
 
+class OutputOverflow(AMNetError):
+    """The model's outputs are NaN or Inf for these inputs (features of extreme magnitude)."""
+
+
 class VideoError(AMNetError):
     """One video of a batch path that the model cannot answer (its outputs overflow):
     ``index`` is its place in the input, ``reason`` why."""
@@ -462,7 +466,7 @@ class Detector:
         scores, segments = self.backend.run(features, lengths)
         if not (np.isfinite(scores).all() and np.isfinite(segments).all()):
             largest = float(np.abs(features).max()) if features.size else 0.0
-            raise AMNetError(
+            raise OutputOverflow(
                 "the model's outputs are NaN or Inf for these features (the largest magnitude "
                 f"is {largest:.3g}; features of extreme magnitude overflow inside the model)"
             )
@@ -646,9 +650,7 @@ class Detector:
                 group, call = running.popleft()
                 try:
                     scores, segments = call.result()
-                except AMNetError as exc:
-                    if self._closed:
-                        raise
+                except OutputOverflow as exc:  # which video's? (a call may hold several)
                     raise self._failed_video(group, exc) from None
                 scores = np.asarray(scores, dtype=np.float32)
                 segments = np.asarray(segments, dtype=np.float32)
@@ -699,14 +701,14 @@ class Detector:
         yield from ready(final=True)
 
     def _failed_video(
-        self, group: list[tuple[list[Any], np.ndarray, int, int]], exc: AMNetError
+        self, group: list[tuple[list[Any], np.ndarray, int, int]], exc: OutputOverflow
     ) -> VideoError:
         """Which video of a failed backend call is the cause: its windows run alone (a call
         may hold the windows of several videos); the first video's when none fails alone."""
         for slot, video, start, end in group:
             try:
                 self.run_backend(video[None, start:end], np.array([end - start], dtype=np.int64))
-            except AMNetError as own:
+            except OutputOverflow as own:
                 return VideoError(slot[3], str(own))
         return VideoError(group[0][0][3], str(exc))
 
