@@ -311,20 +311,8 @@ def test_a_run_that_diverges_stops_without_writing_nan_weights(small_data, tmp_p
     cfg = tmp_path / "lr.yaml"
     cfg.write_text(f"base: {TINY}\nopt:\n  learning_rate: 1.0e+30\n")
     run = tmp_path / "r"
-    assert_one_line_error(
-        cli(
-            "train",
-            "--config",
-            str(cfg),
-            "--data",
-            str(small_data),
-            "--out",
-            str(run),
-            "--epochs",
-            "2",
-        ),
-        ": the training loss is nan (diverged",
-    )
+    args = ["--config", str(cfg), "--data", str(small_data), "--out", str(run), "--epochs", "2"]
+    assert_one_line_error(cli("train", *args), ": the training loss is nan (diverged")
     for kept in run.glob("*.pt"):  # the epochs before it, whose weights are still numbers
         weights = torch.load(kept, weights_only=True)["model"]
         assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
