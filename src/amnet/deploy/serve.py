@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from amnet.cli.common import OneLineParser, run_cli, setup_logging
+from amnet.deploy.detector import VideoError
 from amnet.deploy.ray_batch import (
     cluster_address,
     driver_options,
@@ -178,9 +179,9 @@ class DetectionService:
             found = self.detector.detect_raw_many(
                 [a for a, _, _ in items], [k for _, k, _ in items], [m for _, _, m in items]
             )
-        except AMNetError as exc:
+        except VideoError as exc:  # not other failures: those are the server's, not the request's
             if len(items) == 1:
-                return [{"error": str(exc), "status": 422}]
+                return [{"error": exc.reason, "status": 422}]
             return [answer for item in items for answer in self.detect([item])]
         out = []
         for dets in found:
